@@ -1,0 +1,1 @@
+"""SmartBus: wire codec, development bus and client backends."""
