@@ -1,0 +1,66 @@
+"""``sys.*`` methods: ping, version, methods, reload.
+
+The server wires this module to its state at start-up:
+
+* :func:`bind_registry` with the current :class:`sbusr.dispatch.Registry` (again after every reload),
+  so ``sys.methods`` lists what is actually served;
+* :func:`set_reload_handler` with a no-argument callable that reloads the endpoints and returns a
+  JSON-friendly dict describing the result (e.g. ``Registry.summary()``).
+
+Both live in the main process; an execution layer running methods in worker processes must run the
+``sys`` namespace in the main process. The state survives ``importlib.reload`` of this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import oslo_messaging
+
+import sbusr
+from sbusr import jsonrpc
+
+
+class _State:
+    registry: Any = None
+    reload_handler: Callable[[], Any] | None = None
+
+
+_state: _State = globals().get("_state") or _State()
+
+
+def bind_registry(registry: Any) -> None:
+    """Tell ``sys.methods`` which Registry is being served (None to unbind)."""
+    _state.registry = registry
+
+
+def set_reload_handler(handler: Callable[[], Any] | None) -> None:
+    """Install (or with None remove) the callable behind ``sys.reload``."""
+    _state.reload_handler = handler
+
+
+class SystemEndpoint:
+    """Administrative methods in the ``sys`` namespace."""
+
+    target = oslo_messaging.Target(namespace="sys")
+
+    def ping(self, ctxt: Any) -> str:
+        return "pong"
+
+    def version(self, ctxt: Any) -> str:
+        return sbusr.__version__
+
+    def methods(self, ctxt: Any) -> list[str]:
+        """Every JSON-RPC method name served, sorted."""
+        registry = _state.registry
+        if registry is None:
+            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, "method list not available")
+        return registry.methods()
+
+    def reload(self, ctxt: Any) -> Any:
+        """Reload endpoint code through the server's handler and return its description."""
+        handler = _state.reload_handler
+        if handler is None:
+            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, "reload not available")
+        return handler()

@@ -1,0 +1,384 @@
+"""JSON-RPC 2.0 framing for sbusr: parsing requests, building responses, mapping exceptions.
+
+The SmartBus driver turns each parsed :class:`Call` into an oslo.messaging message and answers with
+:func:`result_response` / :func:`error_from_exception`; nothing here touches the bus.
+
+Compatibility with the original sbusr: a request without a ``"jsonrpc"`` member is accepted (its docs
+show ``{"method": "add", "params": [1, 2]}``); a present but wrong one is rejected.
+
+Encoding decisions (:func:`dumps`): replies are pure ASCII (``\\uXXXX`` escapes) so they survive whatever
+encoding the IPSC assumes. :class:`decimal.Decimal` becomes an ``int`` when integral, else a ``float``
+(a JSON number is what flow scripts compute with; beyond ~15 significant digits precision is lost, so a
+method that needs exact decimals should return ``str(value)`` itself). NaN and infinities become
+``null``. If a value cannot be encoded at all (circular structure, runaway nesting, a failing
+``__json__``), :func:`dumps` returns an internal-error response for the same id instead of raising.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import decimal
+import enum
+import json
+import logging
+import math
+import traceback
+import uuid
+from collections import abc
+from dataclasses import dataclass
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+VERSION = "2.0"
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+SERVER_ERROR = -32000  # the method raised
+CALL_TIMEOUT = -32001
+SERVER_BUSY = -32002
+WORKER_CRASHED = -32003
+
+#: Attribute names of sbusr.dispatch.EndpointAdapter that oslo's dispatcher would find before any
+#: endpoint method; a method whose last dotted part is one of these is never dispatched.
+RESERVED_METHOD_NAMES = frozenset({"target", "endpoint", "origin", "invoker"})
+
+
+# --------------------------------------------------------------------------- exceptions
+
+def _rebuild_error(cls: type, code: int, message: str, data: Any) -> RpcError:
+    err = cls.__new__(cls)
+    RpcError.__init__(err, code, message, data)
+    return err
+
+
+class RpcError(Exception):
+    """An error with a JSON-RPC code; any method may raise it to return that exact error."""
+
+    code = SERVER_ERROR
+    default_message = "Server error"
+
+    def __init__(self, code: int | None = None, message: str | None = None, data: Any = None):
+        self.code = self.code if code is None else int(code)
+        self.message = self.default_message if message is None else str(message)
+        self.data = data
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        # Pickles by value whatever the subclass __init__ looks like (process-pool workers send these).
+        return (_rebuild_error, (type(self), self.code, self.message, self.data))
+
+
+class _FixedCodeError(RpcError):
+    """An RpcError whose code is fixed by its class: constructed as ``Cls(message=None, data=None)``."""
+
+    def __init__(self, message: str | None = None, data: Any = None):
+        super().__init__(None, message, data)
+
+
+class ParseError(_FixedCodeError):
+    code = PARSE_ERROR
+    default_message = "Parse error"
+
+
+class InvalidRequest(_FixedCodeError):
+    code = INVALID_REQUEST
+    default_message = "Invalid Request"
+
+
+class MethodNotFound(_FixedCodeError):
+    code = METHOD_NOT_FOUND
+    default_message = "Method not found"
+
+
+class InvalidParams(_FixedCodeError):
+    code = INVALID_PARAMS
+    default_message = "Invalid params"
+
+
+class InternalError(_FixedCodeError):
+    code = INTERNAL_ERROR
+    default_message = "Internal error"
+
+
+class CallTimeout(_FixedCodeError):
+    code = CALL_TIMEOUT
+    default_message = "Call timed out"
+
+
+class ServerBusy(_FixedCodeError):
+    code = SERVER_BUSY
+    default_message = "Server busy"
+
+
+class WorkerCrashed(_FixedCodeError):
+    code = WORKER_CRASHED
+    default_message = "Worker process crashed"
+
+
+# --------------------------------------------------------------------------- decoding / parsing
+
+def decode_payload(data: bytes, fallback_encoding: str = "gbk") -> str:
+    """Bytes from the bus -> text: UTF-8 (BOM allowed) first, then ``fallback_encoding``.
+
+    Trailing NUL bytes (C-string padding) are dropped. Raises :class:`ParseError` if neither fits.
+    """
+    data = bytes(data).rstrip(b"\x00")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode(fallback_encoding)
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise ParseError(f"Parse error: payload is neither UTF-8 nor {fallback_encoding}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One valid request of a (possibly batch) JSON-RPC message."""
+
+    id: Any
+    is_notification: bool
+    method: str
+    params: list | dict
+
+    @property
+    def namespace(self) -> str | None:
+        return split_method(self.method)[0]
+
+    @property
+    def name(self) -> str:
+        return split_method(self.method)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """Result of :func:`parse`: items are :class:`Call` or ready error-response dicts."""
+
+    is_batch: bool
+    items: list
+
+
+def split_method(method: str) -> tuple[str | None, str]:
+    """``"a.b.c" -> ("a.b", "c")``; ``"add" -> (None, "add")``."""
+    namespace, _, name = method.rpartition(".")
+    return (namespace or None), name
+
+
+def is_dispatchable_name(method: str) -> bool:
+    """True if every dotted part is a public Python identifier and the last is not reserved."""
+    parts = method.split(".")
+    for part in parts:
+        if not part.isidentifier() or part.startswith("_"):
+            return False
+    return parts[-1] not in RESERVED_METHOD_NAMES
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or isinstance(value, str) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _parse_one(obj: Any) -> Call | dict | None:
+    """One request object -> Call, an error response, or None (notification nobody may answer)."""
+    if not isinstance(obj, dict):
+        return error_response(None, INVALID_REQUEST, "Invalid Request: not an object")
+    has_id = "id" in obj
+    req_id = obj.get("id")
+    if has_id and not _valid_id(req_id):
+        return error_response(None, INVALID_REQUEST, "Invalid Request: id must be a string, number or null")
+    if "jsonrpc" in obj and obj["jsonrpc"] != VERSION:
+        return error_response(req_id, INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
+    method = obj.get("method")
+    if not isinstance(method, str) or not method:
+        return error_response(req_id, INVALID_REQUEST, "Invalid Request: method must be a non-empty string")
+    params = obj.get("params", [])
+    if not isinstance(params, (list, dict)):
+        return error_response(req_id, INVALID_REQUEST, "Invalid Request: params must be an array or object")
+    if not is_dispatchable_name(method):
+        if not has_id:
+            LOG.warning("Dropping notification for undispatchable method %r", method[:200])
+            return None
+        return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+    return Call(id=req_id, is_notification=not has_id, method=method, params=params)
+
+
+def parse(text: str) -> Parsed:
+    """Parse a JSON-RPC 2.0 request or batch; never raises for any input text."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError, TypeError):
+        return Parsed(False, [error_response(None, PARSE_ERROR, "Parse error")])
+    if isinstance(obj, list):
+        if not obj:
+            return Parsed(False, [error_response(None, INVALID_REQUEST, "Invalid Request: empty batch")])
+        items = [item for item in map(_parse_one, obj) if item is not None]
+        return Parsed(True, items)
+    item = _parse_one(obj)
+    return Parsed(False, [] if item is None else [item])
+
+
+# --------------------------------------------------------------------------- responses
+
+def result_response(id: Any, value: Any) -> dict:
+    return {"jsonrpc": VERSION, "id": id, "result": value}
+
+
+def error_response(id: Any, code: int, message: str, data: Any = None) -> dict:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": VERSION, "id": id, "error": error}
+
+
+def _qualified_name(cls: type) -> str:
+    module = getattr(cls, "__module__", None) or "builtins"
+    return f"{module}.{getattr(cls, '__qualname__', cls.__name__)}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not break the error reply
+        text = ""
+    return text or type(exc).__name__
+
+
+def unwrap_exception(exc: Any) -> BaseException:
+    """Accept an exception, an ``exc_info`` tuple, or oslo's ``ExpectedException`` wrapper."""
+    from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+
+    if isinstance(exc, tuple):
+        exc = exc[1]
+    if isinstance(exc, rpc_dispatcher.ExpectedException):
+        exc = exc.exc_info[1]
+    return exc
+
+
+def error_from_exception(exc: Any, debug: bool = False) -> tuple[int, str, Any]:
+    """Map a dispatch failure to ``(code, message, data)`` for :func:`error_response`."""
+    from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+
+    exc = unwrap_exception(exc)
+    if isinstance(exc, (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion)):
+        return METHOD_NOT_FOUND, f"Method not found: {exc.method}", None
+    if isinstance(exc, RpcError):
+        return exc.code, exc.message, exc.data
+    data: dict[str, Any] = {"type": _qualified_name(type(exc))}
+    if debug:
+        data["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return SERVER_ERROR, _safe_str(exc), data
+
+
+# --------------------------------------------------------------------------- encoding
+
+def _default(obj: Any) -> Any:
+    """json's hook for values it cannot encode natively."""
+    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        return obj.isoformat()
+    if isinstance(obj, decimal.Decimal):
+        if not obj.is_finite():
+            return None
+        if obj.adjusted() < 64 and obj == obj.to_integral_value():  # bounded: no billion-digit ints
+            return int(obj)
+        as_float = float(obj)
+        return as_float if math.isfinite(as_float) else None
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        raw = bytes(obj)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii")
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    to_json = getattr(type(obj), "__json__", None)
+    if callable(to_json):
+        return to_json(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
+    if isinstance(obj, abc.Mapping):
+        return dict(obj)
+    if isinstance(obj, (abc.Set, abc.Sequence)):
+        return list(obj)
+    try:
+        return str(obj)
+    except Exception:
+        return f"<unprintable {type(obj).__name__}>"
+
+
+_MAX_DEPTH = 200
+
+
+def _sanitize(obj: Any, depth: int = 0, active: frozenset = frozenset()) -> Any:
+    """Slow path: NaN/inf -> None, non-string keys -> strings, cycles -> error. Run only if needed."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("structure nested too deeply")
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int)):
+        return obj
+    if id(obj) in active:
+        raise ValueError("circular reference")
+    inner = active | {id(obj)}
+    if isinstance(obj, dict):
+        return {_key(k): _sanitize(v, depth + 1, inner) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitize(v, depth + 1, inner) for v in obj]
+    return _sanitize(_default(obj), depth + 1, inner)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key, allow_nan=True)
+    value = _default(key)
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
+                      default=_default).encode("ascii")
+
+
+def _encode_or_fallback(obj: Any) -> bytes:
+    try:
+        return _encode(obj)
+    except Exception:
+        pass  # NaN, odd keys, cycles, depth, a failing __json__: take the careful path
+    try:
+        return _encode(_sanitize(obj))
+    except Exception as exc:
+        req_id = obj.get("id") if isinstance(obj, dict) and _valid_id(obj.get("id")) else None
+        LOG.error("Cannot encode reply for id %r as JSON: %s", req_id, _safe_str(exc))
+        return _encode(error_response(req_id, INTERNAL_ERROR, "Internal error: result is not JSON-encodable",
+                                      {"type": _qualified_name(type(exc)), "detail": _safe_str(exc)}))
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact, ASCII-only JSON bytes of a response (or batch list of responses); never raises.
+
+    A batch is encoded element by element on failure, so one bad result spoils only its own reply.
+    """
+    if isinstance(obj, list):
+        try:
+            return _encode(obj)
+        except Exception:
+            return b"[" + b",".join(_encode_or_fallback(item) for item in obj) + b"]"
+    return _encode_or_fallback(obj)
