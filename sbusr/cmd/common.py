@@ -1,0 +1,32 @@
+"""Start-up shared by the console scripts: configuration, logging, transport URL."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+from oslo_config import cfg
+from oslo_log import log
+
+import sbusr
+from sbusr import opts
+
+
+def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
+    """Parse ``--config-file/--config-dir/--debug/--version`` and set up oslo.log."""
+    # oslo.messaging pulls in eventlet-era modules that warn on import; not our users' concern.
+    warnings.filterwarnings("ignore", module="oslo_service")
+    warnings.filterwarnings("ignore", message=".*[Ee]ventlet.*")
+    conf = conf if conf is not None else cfg.ConfigOpts()
+    log.register_options(conf)
+    opts.register_opts(conf)
+    conf(list(argv) if argv is not None else None, project="sbusr", prog=prog, version=sbusr.__version__,
+         default_config_files=[])
+    log.setup(conf, "sbusr")
+    logging.captureWarnings(True)
+    return conf
+
+
+def transport_url(conf: cfg.ConfigOpts) -> str:
+    return conf.transport_url or opts.DEFAULT_TRANSPORT_URL

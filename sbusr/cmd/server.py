@@ -1,0 +1,102 @@
+"""``sbusr-server``: serve endpoint methods to IPSC flows through the standard oslo.messaging RPCServer."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import oslo_messaging
+from oslo_config import cfg
+
+from sbusr import dispatch
+from sbusr.cmd import common
+from sbusr.driver_smartbus import client_config_from_url
+from sbusr.endpoints import system
+
+LOG = logging.getLogger("sbusr.server")
+
+
+class Service:
+    """An RPCServer plus the endpoint registry it serves, reloadable while running."""
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        self.conf = conf
+        url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+        identity = client_config_from_url(conf, url)
+        self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
+        self._reload_lock = threading.Lock()
+        self.registry = dispatch.load_endpoints(conf)
+        system.bind_registry(self.registry)
+        system.set_reload_handler(self.reload)
+        address = f"{identity.unit_id}:{identity.client_id}"
+        target = oslo_messaging.Target(topic=conf.server.topic, server=address)
+        self.server = oslo_messaging.get_rpc_server(self.transport, target, self.registry.adapters,
+                                                    executor="threading",
+                                                    access_policy=dispatch.AccessPolicy)
+        self.address = address
+
+    def start(self) -> None:
+        self.server.start()
+        LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
+                 ", ".join(self.registry.methods()))
+
+    def reload(self) -> dict[str, Any]:
+        """Re-import endpoint code; calls already running finish on the old code."""
+        with self._reload_lock:
+            registry = dispatch.reload(self.conf)
+            self.server.dispatcher.endpoints = registry.adapters
+            self.registry = registry
+            system.bind_registry(registry)
+        methods = registry.methods()
+        LOG.info("reloaded endpoints: %d methods", len(methods))
+        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates]}
+
+    def stop(self, timeout: float) -> bool:
+        """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
+        self.server.stop()
+        waiter = threading.Thread(target=self.server.wait, daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        finished = not waiter.is_alive()
+        if not finished:
+            LOG.warning("calls still running after %.1f s; exiting anyway", timeout)
+        self.transport.cleanup()
+        return finished
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-server")
+    service = Service(conf)
+    stop = threading.Event()
+
+    def on_stop(signum: int, _frame: object) -> None:
+        LOG.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        threading.Thread(target=_safe_reload, args=(service,), name="reload", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    service.start()
+    while not stop.wait(1.0):
+        pass
+    service.stop(conf.server.graceful_timeout)
+    LOG.info("stopped")
+    return 0
+
+
+def _safe_reload(service: Service) -> None:
+    try:
+        service.reload()
+    except Exception:
+        LOG.exception("reload failed; the previous endpoints stay in service")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""One SmartBus connection per process identity, shared by the RPC listener and the sender.
+
+The oslo.messaging driver is thin glue; this module owns the SmartBus side:
+which backend to use, the optional embedded development bus, the table of
+peers learnt from global-connect events, routing incoming packets (JSON-RPC
+requests to the listener, NOTIFY replies to waiting callers) and sending.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from oslo_config import cfg
+
+from sbusr.smartbus import codec
+from sbusr.smartbus.codec import Address, GlobalConnect, Packet
+from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers
+
+LOG = logging.getLogger(__name__)
+
+RequestSink = Callable[[Packet], None]
+
+
+class IpscUnavailable(BusError):
+    """No IPSC on the bus matches the requested unit/process."""
+
+    def __init__(self, message: str, known: bool) -> None:
+        super().__init__(message)
+        #: True when a matching IPSC was seen but has since left the bus
+        self.known = known
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    unit: int
+    client: int
+    type: int
+    access_point: int
+    add_info: str
+
+    @property
+    def address(self) -> Address:
+        return Address(self.unit, self.client, self.type)
+
+    @property
+    def is_ipsc(self) -> bool:
+        return self.type == codec.CLIENT_TYPE_IPSC and self.unit in codec.IPSC_UNITS
+
+    def as_dict(self) -> dict[str, object]:
+        return {"unit": self.unit, "client": self.client, "type": self.type,
+                "access_point": self.access_point, "add_info": self.add_info}
+
+
+def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHandlers) -> BusClient:
+    """The configured backend: the native client or the vendor library."""
+    if conf.smartbus.backend == "vendor":
+        from sbusr.smartbus.vendor import VendorClient
+
+        return VendorClient(config, handlers, library_path=conf.smartbus.library_path)
+    from sbusr.smartbus.threaded import ThreadedClient
+
+    return ThreadedClient(config, handlers)
+
+
+_embedded_lock = threading.Lock()
+_embedded_bus: object | None = None
+
+
+def ensure_embedded_bus(host: str, port: int, encoding: str) -> None:
+    """Start the development bus in this process unless one already listens there."""
+    global _embedded_bus
+    with _embedded_lock:
+        if _embedded_bus is not None:
+            return
+        from sbusr.smartbus.bus import BusThread
+
+        bus = BusThread(host=host, port=port, encoding=encoding)
+        try:
+            bus.start()
+        except OSError as exc:
+            LOG.info("embedded bus not started, %s:%s is taken (%s); using the bus already there",
+                     host, port, exc)
+            return
+        LOG.warning("embedded development SmartBus listening on %s:%s (not for production)", host, port)
+        _embedded_bus = bus
+
+
+class BusConnection:
+    """A started SmartBus client plus the bookkeeping both RPC directions need."""
+
+    _instances: dict[tuple[object, ...], BusConnection] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, conf: cfg.ConfigOpts, config: ClientConfig) -> None:
+        self.conf = conf
+        self.config = config
+        self.encoding = config.encoding
+        self._refs = 0
+        self._peers: dict[tuple[int, int], Peer] = {}
+        self._seen_ipsc: set[tuple[int, int]] = set()
+        self._peers_lock = threading.Lock()
+        self._replies: dict[str, concurrent.futures.Future[bytes]] = {}
+        self._replies_lock = threading.Lock()
+        self._request_sink: RequestSink | None = None
+        self._connected = threading.Event()
+        self.client = make_client(conf, config, ClientHandlers(
+            on_connect=self._on_connect,
+            on_connect_failed=self._on_connect_failed,
+            on_disconnect=self._on_disconnect,
+            on_packet=self._on_packet,
+            on_global_connect=self._on_global_connect,
+        ))
+
+    # ------------------------------------------------------------------ sharing
+
+    @classmethod
+    def acquire(cls, conf: cfg.ConfigOpts, config: ClientConfig) -> BusConnection:
+        """The process-wide connection for this identity, started on first use."""
+        key = (config.host, config.port, config.unit_id, config.client_id, config.client_type,
+               conf.smartbus.backend)
+        with cls._instances_lock:
+            conn = cls._instances.get(key)
+            if conn is None:
+                if conf.smartbus.embedded_bus:
+                    ensure_embedded_bus(config.host, config.port, config.encoding)
+                conn = cls(conf, config)
+                conn.client.start()
+                cls._instances[key] = conn
+                if not conn.client.wait_connected(conf.smartbus.connect_timeout):
+                    LOG.warning("not registered on SmartBus %s:%s yet; retrying in the background",
+                                config.host, config.port)
+            conn._refs += 1
+            return conn
+
+    def release(self) -> None:
+        with self._instances_lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            for key, conn in list(self._instances.items()):
+                if conn is self:
+                    del self._instances[key]
+        self.client.stop()
+        with self._replies_lock:
+            pending, self._replies = self._replies, {}
+        for fut in pending.values():
+            fut.cancel()
+
+    # ------------------------------------------------------------------ events (backend thread)
+
+    def _on_connect(self, access_point: int) -> None:
+        LOG.info("registered on SmartBus %s:%s as %s, access point unit %s", self.config.host,
+                 self.config.port, self.config.address, access_point)
+        self._connected.set()
+
+    def _on_connect_failed(self, code: int) -> None:
+        LOG.warning("SmartBus registration at %s:%s failed with code %s", self.config.host,
+                    self.config.port, code)
+
+    def _on_disconnect(self) -> None:
+        LOG.warning("SmartBus link to %s:%s lost; reconnecting", self.config.host, self.config.port)
+        self._connected.clear()
+        with self._peers_lock:
+            self._peers.clear()
+
+    def _on_global_connect(self, event: GlobalConnect) -> None:
+        key = (event.unit, event.client)
+        with self._peers_lock:
+            if event.status == codec.GC_DISCONNECTED:
+                self._peers.pop(key, None)
+            else:
+                peer = Peer(event.unit, event.client, event.type, event.access_point, event.add_info)
+                self._peers[key] = peer
+                if peer.is_ipsc:
+                    self._seen_ipsc.add(key)
+        LOG.info("peer %s/%s type %s %s (%s)", event.unit, event.client, event.type,
+                 {0: "left", 1: "joined", 2: "present"}.get(event.status, event.status), event.add_info)
+
+    def _on_packet(self, packet: Packet) -> None:
+        header = packet.header
+        if header.cmdtype == codec.CMDTYPE_RPC:
+            sink = self._request_sink
+            if sink is None:
+                LOG.warning("JSON-RPC request from %s but this process serves no methods; dropped",
+                            header.src)
+                return
+            sink(packet)
+        elif header.cmdtype == codec.CMDTYPE_SYSTEM and header.cmd == codec.CMD_NOTIFY:
+            self._on_notify(packet)
+        else:
+            LOG.debug("ignoring packet cmd %s/%s from %s", header.cmd, header.cmdtype, header.src)
+
+    def _on_notify(self, packet: Packet) -> None:
+        try:
+            notify = codec.decode_notify(packet.body, self.encoding)
+        except codec.CodecError as exc:
+            LOG.warning("bad NOTIFY from %s: %s", packet.src, exc)
+            return
+        with self._replies_lock:
+            fut = self._replies.pop(notify.title, None)
+        if fut is None:
+            LOG.debug("NOTIFY %r from %s matches no pending call", notify.title, packet.src)
+        elif not fut.done():
+            fut.set_result(notify.param)
+
+    # ------------------------------------------------------------------ listener side
+
+    def set_request_sink(self, sink: RequestSink | None) -> None:
+        """Route incoming JSON-RPC request packets (cmdtype 211) to ``sink``; None stops routing."""
+        if sink is not None and self._request_sink is not None:
+            raise BusError("this SmartBus connection already has an RPC listener")
+        self._request_sink = sink
+
+    def send_reply(self, to: Address, title: str, body: bytes) -> None:
+        """A JSON-RPC response as the NOTIFY an IPSC flow waits for (title = request id)."""
+        self.client.send_notify(to.unit, to.client, "", title, body,
+                                expires_ms=self.conf.smartbus.notify_ttl, client_type=to.type)
+
+    # ------------------------------------------------------------------ sender side
+
+    def expect_reply(self, title: str) -> concurrent.futures.Future[bytes]:
+        fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        with self._replies_lock:
+            if title in self._replies:
+                raise BusError(f"a call with id {title!r} is already waiting")
+            self._replies[title] = fut
+        return fut
+
+    def forget_reply(self, title: str) -> None:
+        with self._replies_lock:
+            self._replies.pop(title, None)
+
+    def peers(self) -> list[Peer]:
+        with self._peers_lock:
+            return sorted(self._peers.values(), key=lambda p: (p.unit, p.client))
+
+    def choose_ipsc(self, unit: int | None = None, client: int | None = None) -> Peer:
+        """A random IPSC on the bus matching whichever of unit/client is given."""
+        with self._peers_lock:
+            candidates = [p for p in self._peers.values() if p.is_ipsc
+                          and (unit is None or p.unit == unit) and (client is None or p.client == client)]
+            seen = any((unit is None or u == unit) and (client is None or c == client)
+                       for u, c in self._seen_ipsc)
+        if not candidates:
+            wanted = f"unit {'any' if unit is None else unit}, process {'any' if client is None else client}"
+            raise IpscUnavailable(f"no IPSC on the bus for {wanted}", known=seen)
+        return random.choice(candidates)
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected

@@ -1,0 +1,459 @@
+"""oslo.messaging transport driver for Hesong SmartBus (``smartbus://`` URLs).
+
+Listener side: SmartBus data packets with cmdtype 211 carry JSON-RPC 2.0
+requests from IPSC flows.  Each call becomes an incoming message for the
+standard ``RPCServer`` (``a.b.c`` -> namespace ``a.b``, method ``c``); the reply
+goes back to the requesting process as a NOTIFY whose title is the request id.
+
+Sender side: ``RPCClient`` on this transport addresses three topics:
+
+* ``ipsc``  -- ``call(ctxt, "start_flow", project=, flow=, params=[], server=None,
+  process=None, wait=False, ack_timeout=, result_timeout=)`` starts an IPSC flow;
+* ``bus``   -- ``call(ctxt, "peers")`` / ``call(ctxt, "status")`` answer locally;
+* anything else with ``server="unit:client"`` -- a JSON-RPC call to another
+  sbusr-server over the bus (used by the HTTP API's /sys/reset).
+
+URL: ``smartbus://[user:password@]host:port[,slave_host:slave_port]/?unit_id=N&client_id=N&client_type=N``
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import logging
+import queue
+import threading
+import uuid
+from typing import Any
+
+import oslo_messaging
+from oslo_config import cfg
+from oslo_messaging._drivers import base
+
+from sbusr import jsonrpc, opts
+from sbusr.connection import BusConnection, IpscUnavailable
+from sbusr.dispatch import POSITIONAL_KEY
+from sbusr.smartbus import codec
+from sbusr.smartbus.codec import Address, Packet
+from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["FlowRejected", "IpscUnavailable", "RemoteError", "SmartBusDriver", "client_config_from_url"]
+
+
+class FlowRejected(BusError):
+    """The IPSC answered a flow start with an error ack."""
+
+    def __init__(self, ack: int, message: str, source: Address | None) -> None:
+        super().__init__(f"IPSC {source} refused the flow: ack {ack} {message}".strip(), code=ack)
+        self.ack = ack
+        self.ack_message = message
+        self.source = source
+
+
+class RemoteError(BusError):
+    """A JSON-RPC error object returned by another sbusr process."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{code}: {message}", code=code)
+        self.rpc_message = message
+        self.data = data
+
+
+def _query_int(query: dict[str, str], name: str, default: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def client_config_from_url(conf: cfg.ConfigOpts, url: oslo_messaging.TransportURL) -> ClientConfig:
+    """Merge the transport URL over the ``[smartbus]`` defaults into a client identity."""
+    try:
+        return _client_config(conf, url)
+    except ValueError as exc:
+        raise oslo_messaging.InvalidTransportURL(str(url), f"smartbus URL: {exc}") from None
+
+
+def _client_config(conf: cfg.ConfigOpts, url: oslo_messaging.TransportURL) -> ClientConfig:
+    sb = conf.smartbus
+    hosts = url.hosts or []
+    master = hosts[0] if hosts else None
+    slave = hosts[1] if len(hosts) > 1 else None
+    if len(hosts) > 2:
+        raise ValueError("it takes a master and at most one slave host")
+    unknown = set(url.query) - {"unit_id", "client_id", "client_type"}
+    if unknown:
+        raise ValueError(f"unknown parameters {sorted(unknown)}")
+    config = ClientConfig(
+        host=(master.hostname if master and master.hostname else sb.host),
+        port=(master.port if master and master.port else sb.port),
+        unit_id=_query_int(url.query, "unit_id", sb.unit_id),
+        client_id=_query_int(url.query, "client_id", sb.client_id),
+        client_type=_query_int(url.query, "client_type", sb.client_type),
+        slave_host=slave.hostname if slave else None,
+        slave_port=(slave.port or sb.port) if slave else None,
+        user=(master.username or "") if master else "",
+        password=(master.password or "") if master else "",
+        add_info=sb.add_info,
+        encoding=sb.encoding,
+    )
+    if not -128 <= config.client_type <= 127 or not 0 <= config.client_id <= 127:
+        raise ValueError("client id (0..127) or client type (-128..127) out of range")
+    if not 0 <= config.unit_id <= 47:
+        raise ValueError(f"unit_id {config.unit_id} is not 0..47")
+    return config
+
+
+def parse_address(server: str | None) -> tuple[int, int]:
+    """``"unit:client"`` -> (unit, client); the form used in ``Target.server``."""
+    try:
+        unit, client = (int(part) for part in str(server).split(":"))
+    except ValueError:
+        raise BusError(f"target server must be 'unit:client', got {server!r}") from None
+    return unit, client
+
+
+# ---------------------------------------------------------------------------- listener side
+
+
+class _Responder:
+    """Collects the replies to one request packet and sends them as one NOTIFY.
+
+    A single call is answered as soon as it replies; a batch once every member
+    with an id has replied (invalid members are answered with their errors).
+    """
+
+    __slots__ = ("_batch", "_conn", "_debug", "_lock", "_missing", "_slots", "_title", "_to")
+
+    def __init__(self, conn: BusConnection, to: Address, title: str, batch: bool, size: int,
+                 debug: bool) -> None:
+        self._conn = conn
+        self._to = to
+        self._title = title
+        self._batch = batch
+        self._slots: list[dict[str, Any] | None] = [None] * size
+        self._missing = size
+        self._lock = threading.Lock()
+        self._debug = debug
+
+    def fill(self, slot: int, response: dict[str, Any]) -> None:
+        if not self._batch:
+            self._send(response)
+            return
+        with self._lock:
+            self._slots[slot] = response
+            self._missing -= 1
+            done = self._missing == 0
+        if done:
+            answers = [r for r in self._slots if r is not None]
+            if answers:
+                self._send(answers)
+
+    def fill_failure(self, slot: int, request_id: Any, exc: BaseException, method: str) -> None:
+        code, message, data = jsonrpc.error_from_exception(exc, self._debug)
+        if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
+            message = f"Method not found: {method}"
+        self.fill(slot, jsonrpc.error_response(request_id, code, message, data))
+
+    def _send(self, response: dict[str, Any] | list[dict[str, Any]]) -> None:
+        body = jsonrpc.dumps(response)
+        if len(body) > codec.MAX_NOTIFY_PARAM:
+            LOG.error("reply %r to %s is %d bytes; a NOTIFY carries at most %d", self._title, self._to,
+                      len(body), codec.MAX_NOTIFY_PARAM)
+            body = jsonrpc.dumps(_too_large(response, len(body)))
+        try:
+            self._conn.send_reply(self._to, self._title, body)
+        except (BusError, codec.CodecError) as exc:
+            LOG.error("could not send reply %r to %s: %s", self._title, self._to, exc)
+
+
+def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> Any:
+    message = f"response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM}"
+    if isinstance(response, list):
+        return [jsonrpc.error_response(r.get("id"), jsonrpc.INTERNAL_ERROR, message) for r in response]
+    return jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message)
+
+
+class SmartBusIncomingMessage(base.RpcIncomingMessage):
+    """One JSON-RPC call handed to the RPCServer."""
+
+    def __init__(self, ctxt: dict[str, Any], message: dict[str, Any], request_id: Any,
+                 responder: _Responder | None, slot: int) -> None:
+        super().__init__(ctxt, message)
+        self.full_method = (f"{message['namespace']}.{message['method']}" if message.get("namespace")
+                            else message["method"])
+        self._request_id = request_id
+        self._responder = responder
+        self._slot = slot
+
+    def reply(self, reply: Any = None, failure: Any = None) -> None:
+        if self._responder is None:  # a notification: run, answer nothing
+            return
+        if failure is not None:
+            self._responder.fill_failure(self._slot, self._request_id, failure[1], self.full_method)
+        else:
+            self._responder.fill(self._slot, jsonrpc.result_response(self._request_id, reply))
+
+    def acknowledge(self) -> None:
+        """Nothing to acknowledge: SmartBus has no delivery receipts."""
+
+    def requeue(self) -> None:
+        """Not supported (require_features refuses requeue)."""
+
+    def heartbeat(self) -> None:
+        """IPSC flows have no call-monitor protocol."""
+
+
+class SmartBusListener(base.PollStyleListener):
+    """Turns request packets from the bus into incoming messages, parsing off the bus thread."""
+
+    def __init__(self, driver: SmartBusDriver) -> None:
+        super().__init__()
+        self._driver = driver
+        self._conn = driver.connection
+        self._packets: queue.Queue[Packet | None] = queue.Queue()
+        self._ready: collections.deque[SmartBusIncomingMessage] = collections.deque()
+        self._stopping = False
+        self._conn.set_request_sink(self._accept)
+
+    def _accept(self, packet: Packet) -> None:
+        if self._stopping:
+            self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
+            return
+        self._packets.put(packet)
+
+    @base.batch_poll_helper
+    def poll(self, timeout: float | None = None) -> SmartBusIncomingMessage | None:
+        while not self._ready:
+            try:
+                packet = self._packets.get(timeout=timeout) if not self._stopping else \
+                    self._packets.get_nowait()
+            except queue.Empty:
+                return None
+            if packet is None:
+                if self._stopping and self._packets.empty():
+                    return None
+                continue
+            self._ready.extend(self._driver.incoming_from_packet(packet))
+        return self._ready.popleft()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._packets.put(None)
+
+    def cleanup(self) -> None:
+        self._conn.set_request_sink(None)
+
+
+# ---------------------------------------------------------------------------- the driver
+
+
+class SmartBusDriver(base.BaseDriver):
+    """SmartBus transport: JSON-RPC from IPSC flows in, flow starts and sbusr calls out."""
+
+    prefetch_size = 0
+
+    def __init__(self, conf: cfg.ConfigOpts, url: oslo_messaging.TransportURL,
+                 default_exchange: str | None = None, allowed_remote_exmods: list[str] | None = None) -> None:
+        super().__init__(conf, url, default_exchange, allowed_remote_exmods)
+        opts.register_opts(conf)
+        self._config = client_config_from_url(conf, url)
+        self._connection: BusConnection | None = None
+        self._connection_lock = threading.Lock()
+
+    @property
+    def connection(self) -> BusConnection:
+        """Connect lazily: creating a transport must not block on the bus."""
+        with self._connection_lock:
+            if self._connection is None:
+                self._connection = BusConnection.acquire(self.conf, self._config)
+            return self._connection
+
+    @property
+    def debug(self) -> bool:
+        return bool(getattr(self.conf, "debug", False) or self.conf.server.expose_tracebacks)
+
+    def require_features(self, requeue: bool = False) -> None:
+        if requeue:
+            raise NotImplementedError("SmartBus cannot requeue messages")
+
+    # ------------------------------------------------------------------ receiving
+
+    def listen(self, target: oslo_messaging.Target, batch_size: int,
+               batch_timeout: float | None) -> base.PollStyleListenerAdapter:
+        return base.PollStyleListenerAdapter(SmartBusListener(self), batch_size, batch_timeout)
+
+    def listen_for_notifications(self, targets_and_priorities: Any, pool: Any, batch_size: int,
+                                 batch_timeout: float | None) -> Any:
+        raise NotImplementedError("the smartbus transport carries no oslo notifications")
+
+    def _decode(self, packet: Packet) -> jsonrpc.Parsed:
+        if len(packet.body) > self.conf.smartbus.max_request_size:
+            return jsonrpc.Parsed(False, [jsonrpc.error_response(
+                None, jsonrpc.INVALID_REQUEST,
+                f"request is {len(packet.body)} bytes; the limit is {self.conf.smartbus.max_request_size}")])
+        try:
+            text = jsonrpc.decode_payload(packet.body, self._config.encoding)
+        except jsonrpc.RpcError as exc:
+            return jsonrpc.Parsed(False, [jsonrpc.error_response(None, exc.code, exc.message)])
+        return jsonrpc.parse(text)
+
+    def incoming_from_packet(self, packet: Packet) -> list[SmartBusIncomingMessage]:
+        """Parse one request packet; invalid calls are answered here, valid ones returned."""
+        parsed = self._decode(packet)
+        if not parsed.items:
+            return []
+        first_id = next((item.id if isinstance(item, jsonrpc.Call) else item.get("id")
+                         for item in parsed.items
+                         if not (isinstance(item, jsonrpc.Call) and item.is_notification)), None)
+        title = _title(first_id)
+        answerable = [item for item in parsed.items
+                      if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
+        responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
+                               self.debug) if answerable else None
+        source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
+        incoming: list[SmartBusIncomingMessage] = []
+        slot = 0
+        for item in parsed.items:
+            if not isinstance(item, jsonrpc.Call):
+                assert responder is not None
+                responder.fill(slot, item)
+                slot += 1
+                continue
+            namespace, method = jsonrpc.split_method(item.method)
+            args = dict(item.params) if isinstance(item.params, dict) else {POSITIONAL_KEY: list(item.params)}
+            message = {"method": method, "namespace": namespace, "args": args}
+            ctxt = {"request_id": item.id, "source": source}
+            if item.is_notification:
+                incoming.append(SmartBusIncomingMessage(ctxt, message, None, None, 0))
+            else:
+                incoming.append(SmartBusIncomingMessage(ctxt, message, item.id, responder, slot))
+                slot += 1
+        return incoming
+
+    def reject(self, packet: Packet, code: int, message: str) -> None:
+        """Answer every call in ``packet`` with one error (used while shutting down or when full)."""
+        for incoming in self.incoming_from_packet(packet):
+            incoming.reply(failure=(None, jsonrpc.RpcError(code, message), None))
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, target: oslo_messaging.Target, ctxt: dict[str, Any], message: dict[str, Any],
+             wait_for_reply: bool | None = None, timeout: float | None = None,
+             call_monitor_timeout: float | None = None, retry: int | None = None,
+             transport_options: Any = None) -> Any:
+        topic = target.topic
+        if topic == "bus":
+            return self._local_query(message)
+        if topic == "ipsc":
+            return self._start_flow(message.get("args", {}), timeout)
+        return self._call_sbusr(target, message, bool(wait_for_reply), timeout)
+
+    def send_notification(self, target: oslo_messaging.Target, ctxt: dict[str, Any],
+                          message: dict[str, Any], version: str, retry: int | None = None) -> None:
+        raise NotImplementedError("the smartbus transport carries no oslo notifications")
+
+    def _local_query(self, message: dict[str, Any]) -> Any:
+        conn = self.connection
+        method = message.get("method")
+        if method == "peers":
+            return [peer.as_dict() for peer in conn.peers()]
+        if method == "status":
+            return {"connected": conn.connected, "access_point": conn.client.access_point,
+                    "address": {"unit": self._config.unit_id, "client": self._config.client_id,
+                                "type": self._config.client_type},
+                    "ipsc": sum(1 for p in conn.peers() if p.is_ipsc)}
+        raise BusError(f"unknown bus query {method!r}")
+
+    def _start_flow(self, args: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        conn = self.connection
+        peer = conn.choose_ipsc(args.get("server"), args.get("process"))
+        params = jsonrpc.dumps(list(args.get("params") or []))
+        wait = bool(args.get("wait"))
+        ack_timeout = float(args.get("ack_timeout") or timeout or 15.0)
+        result_timeout = float(args.get("result_timeout") or ack_timeout)
+        invocation = conn.client.invoke_flow(peer.unit, peer.client, str(args["project"]), str(args["flow"]),
+                                             params, want_result=wait, ack_timeout=ack_timeout,
+                                             result_timeout=result_timeout if wait else None)
+        try:
+            ack = invocation.ack.result(timeout=ack_timeout + 1.0)
+        except (FlowTimeout, concurrent.futures.TimeoutError):
+            if invocation.result is not None:
+                invocation.result.cancel()
+            raise oslo_messaging.MessagingTimeout(f"IPSC {peer.unit}/{peer.client} did not acknowledge "
+                                                  f"the flow within {ack_timeout:g} s") from None
+        answer: dict[str, Any] = {"server": peer.unit, "process": peer.client,
+                                  "invoke_id": invocation.invoke_id, "ack": ack.ack, "message": ack.message}
+        if ack.ack != codec.FLOW_ACK_OK:
+            raise FlowRejected(ack.ack, ack.message, ack.source)
+        if wait and invocation.result is not None:
+            try:
+                raw = invocation.result.result(timeout=result_timeout + 1.0)
+            except (FlowTimeout, concurrent.futures.TimeoutError):
+                raise oslo_messaging.MessagingTimeout(
+                    f"flow {args['project']}/{args['flow']} returned no result within {result_timeout:g} s"
+                ) from None
+            answer["result"] = _loads(raw)
+        return answer
+
+    def _call_sbusr(self, target: oslo_messaging.Target, message: dict[str, Any], wait: bool,
+                    timeout: float | None) -> Any:
+        conn = self.connection
+        unit, client = parse_address(target.server)
+        name = message["method"] if not target.namespace else f"{target.namespace}.{message['method']}"
+        args = message.get("args") or {}
+        params: Any = args[POSITIONAL_KEY] if POSITIONAL_KEY in args else args
+        request: dict[str, Any] = {"jsonrpc": "2.0", "method": name, "params": params}
+        if wait:
+            request["id"] = uuid.uuid4().hex
+            reply = conn.expect_reply(request["id"])
+        try:
+            conn.client.send_data(Address(unit, client, -1), 1, codec.CMDTYPE_RPC, jsonrpc.dumps(request))
+            if not wait:
+                return None
+            try:
+                raw = reply.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                raise oslo_messaging.MessagingTimeout(
+                    f"no reply from sbusr {unit}:{client} to {name} within {timeout} s") from None
+        finally:
+            if wait:
+                conn.forget_reply(request["id"])
+        response = _loads(raw)
+        if isinstance(response, dict) and "error" in response:
+            error = response["error"] or {}
+            raise RemoteError(error.get("code", jsonrpc.INTERNAL_ERROR), str(error.get("message", "")),
+                              error.get("data"))
+        if not isinstance(response, dict) or "result" not in response:
+            raise RemoteError(jsonrpc.INTERNAL_ERROR, f"malformed reply: {raw[:200]!r}")
+        return response["result"]
+
+    def cleanup(self) -> None:
+        with self._connection_lock:
+            if self._connection is not None:
+                self._connection.release()
+                self._connection = None
+
+
+def _loads(raw: bytes | str) -> Any:
+    """Parse a JSON payload from the bus, falling back to its text when it is not JSON."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw  # flow results are str
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _title(request_id: Any) -> str:
+    """The NOTIFY title a flow waits on: the request id as text ("" for null)."""
+    if request_id is None:
+        return ""
+    if isinstance(request_id, bool):
+        return "true" if request_id else "false"
+    return str(request_id)

@@ -1,0 +1,158 @@
+"""Every sbusr configuration option, in one place, for oslo.config and oslo-config-generator.
+
+``oslo-config-generator --namespace sbusr`` reads :func:`list_opts` through the
+``oslo.config.opts`` entry point; ``etc/sbusr.conf.sample`` is its output.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+smartbus_opts = [
+    cfg.StrOpt("backend", default="native", choices=["native", "vendor"],
+               help="SmartBus client implementation: the pure-Python client (native) or the "
+                    "vendor's libbusnetcli.so loaded through ctypes (vendor, x86_64 Linux only)."),
+    cfg.StrOpt("library_path",
+               help="Path of libbusnetcli.so for the vendor backend. Default: the copy shipped in "
+                    "the installed hesong-ipsc-busnetcli wheel."),
+    cfg.HostAddressOpt("host", default="127.0.0.1",
+                       help="SmartBus master host, used when transport_url names no host."),
+    cfg.PortOpt("port", default=8089, help="SmartBus master port, used when transport_url names none."),
+    cfg.IntOpt("unit_id", default=19, min=0, max=47,
+               help="This process's SmartBus unit id (net clients use 16-47; units 0-15 are IPSC "
+                    "nodes). transport_url's ?unit_id= overrides it."),
+    cfg.IntOpt("client_id", default=1, min=0, max=127,
+               help="This process's SmartBus client id. transport_url's ?client_id= overrides it."),
+    cfg.IntOpt("client_type", default=19, min=-128, max=127,
+               help="This process's SmartBus client type. transport_url's ?client_type= overrides it."),
+    cfg.StrOpt("add_info", default="sbusr",
+               help="Text sent with the registration; other clients see it in global-connect events."),
+    cfg.IntOpt("notify_ttl", default=10000, min=0,
+               help="Lifetime (ms) of the NOTIFY messages that carry JSON-RPC replies to IPSC flows."),
+    cfg.BoolOpt("embedded_bus", default=False,
+                help="Start a development SmartBus in this process on the transport URL's host and "
+                     "port before connecting (for a machine with no IPSC; never in production)."),
+    cfg.StrOpt("encoding", default="gbk",
+               help="Text encoding of SmartBus string fields (project, title, add_info) and the "
+                    "fallback for JSON payloads that are not valid UTF-8."),
+    cfg.FloatOpt("connect_timeout", default=10.0, min=0,
+                 help="Seconds to wait for the first registration before start-up continues anyway "
+                      "(the client keeps reconnecting in the background)."),
+    cfg.IntOpt("max_request_size", default=1024 * 1024, min=1024,
+               help="Largest JSON-RPC request body (bytes) accepted from the bus; larger requests "
+                    "are answered with an invalid-request error."),
+]
+
+endpoint_opts = [
+    cfg.ListOpt("directories", default=[],
+                help="Folders whose *.py files are loaded as endpoint modules."),
+    cfg.ListOpt("modules", default=[],
+                help="Importable module names loaded as endpoint modules."),
+    cfg.BoolOpt("entry_points", default=True,
+                help="Load endpoint modules contributed by installed packages through the "
+                     "'sbusr.endpoints' entry point group (the built-in endpoints come this way)."),
+    cfg.ListOpt("legacy_packages", default=[],
+                help="Original-sbusr style 'methods' packages served unchanged: the JSON-RPC method "
+                     "a.b.c calls <package>.a.b.c (functions, classmethods and staticmethods)."),
+]
+
+execution_opts = [
+    cfg.StrOpt("mode", default="thread", choices=["thread", "process"],
+               help="Run methods in threads (light I/O methods) or in a pool of worker processes "
+                    "(isolation, hard time limits)."),
+    cfg.IntOpt("workers", default=8, min=1, help="Threads or worker processes running methods."),
+    cfg.IntOpt("max_tasks_per_child", default=0, min=0,
+               help="Process mode: recycle a worker (re-importing endpoint code) after this many "
+                    "calls; 0 = never."),
+    cfg.IntOpt("queue_size", default=1000, min=1,
+               help="Requests allowed to wait for a worker; beyond that callers get 'server busy' "
+                    "at once."),
+    cfg.FloatOpt("call_timeout", default=30.0, min=0,
+                 help="Default per-call time limit in seconds (0 = none)."),
+    cfg.StrOpt("worker_init",
+               help="Process mode: 'module:function' called once in every new worker (open DB "
+                    "connections and the like)."),
+]
+
+server_opts = [
+    cfg.StrOpt("topic", default="sbusr", help="oslo.messaging topic the RPC server listens on."),
+    cfg.FloatOpt("graceful_timeout", default=10.0, min=0,
+                 help="Seconds to let in-flight calls finish on SIGTERM/SIGINT before exiting."),
+    cfg.BoolOpt("expose_tracebacks", default=False,
+                help="Put the Python traceback in JSON-RPC error data (also on with --debug)."),
+]
+
+api_opts = [
+    cfg.HostAddressOpt("listen_host", default="127.0.0.1", help="Address the HTTP API listens on."),
+    cfg.PortOpt("listen_port", default=8080, help="Port the HTTP API listens on."),
+    cfg.StrOpt("auth_token", default="", secret=True,
+               help="Bearer token required on every route except /health; empty = no auth."),
+    cfg.FloatOpt("flow_ack_timeout", default=15.0, min=0.1,
+                 help="Seconds to wait for an IPSC to acknowledge a flow start."),
+    cfg.FloatOpt("flow_result_timeout", default=60.0, min=0.1,
+                 help="Seconds to wait for a flow's result when the request asks to wait."),
+    cfg.IntOpt("max_body_size", default=64 * 1024, min=256, help="Largest accepted request body (bytes)."),
+    cfg.IntOpt("client_id", min=0, max=127,
+               help="SmartBus client id of the API process (default: transport URL client_id + 1)."),
+    cfg.IntOpt("unit_id", min=16, max=47,
+               help="SmartBus unit id of the API process (default: the transport URL's)."),
+    cfg.IntOpt("server_unit_id", min=0, max=47,
+               help="Unit id of the sbusr-server that /sys/reset reloads (default: the transport URL's)."),
+    cfg.IntOpt("server_client_id", min=0, max=127,
+               help="Client id of the sbusr-server that /sys/reset reloads (default: the transport "
+                    "URL's)."),
+    cfg.FloatOpt("reset_timeout", default=60.0, min=0.1,
+                 help="Seconds to wait for sbusr-server to finish a reload."),
+]
+
+GROUPS = {
+    "smartbus": smartbus_opts,
+    "endpoints": endpoint_opts,
+    "execution": execution_opts,
+    "server": server_opts,
+    "api": api_opts,
+}
+
+
+#: oslo.messaging's own [DEFAULT] options that sbusr users set.  oslo's list_opts() hands out
+#: copies equal to the registered originals, so registering them here never conflicts as long
+#: as the copies are left unchanged.
+_MESSAGING_DEFAULTS = ("transport_url", "executor_thread_pool_size", "rpc_response_timeout")
+#: sbusr only speaks SmartBus: the [smartbus] host/port/unit/client options fill in the rest
+DEFAULT_TRANSPORT_URL = "smartbus://"
+
+
+def messaging_default_opts() -> list[cfg.Opt]:
+    from oslo_messaging import opts as messaging_opts
+
+    for group, group_opts in messaging_opts.list_opts():
+        if group is None:
+            return [opt for opt in group_opts if opt.name in _MESSAGING_DEFAULTS]
+    return []
+
+
+def _register_messaging_internals(conf: cfg.ConfigOpts) -> None:
+    """oslo.messaging registers its tracing/metrics groups on the global CONF only, yet its
+    RPCServer reads them from the transport's conf: register them on any other conf too."""
+    try:
+        from oslo_messaging._metrics import client as metrics
+        from oslo_messaging._tracing import client as tracing
+    except ImportError:  # older oslo.messaging without these modules
+        return
+    conf.register_opts(tracing.oslo_messaging_tracing, group="oslo_messaging_tracing")
+    conf.register_opts(metrics.oslo_messaging_metrics, group="oslo_messaging_metrics")
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(messaging_default_opts())
+    conf.set_default("transport_url", DEFAULT_TRANSPORT_URL)
+    _register_messaging_internals(conf)
+    for group, opts in GROUPS.items():
+        conf.register_opts(opts, group=group)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point for oslo-config-generator."""
+    defaults = messaging_default_opts()
+    cfg.set_defaults(defaults, transport_url=DEFAULT_TRANSPORT_URL)  # these are private copies
+    return [("DEFAULT", defaults)] + [(group, list(opts)) for group, opts in GROUPS.items()]

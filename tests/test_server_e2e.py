@@ -1,0 +1,255 @@
+"""sbusr-server end to end: a real bus process, a real server process, an IPSC stand-in calling it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import queue
+import signal
+import textwrap
+import threading
+import time
+
+import pytest
+
+from tests.helpers.busproc import BusProcess
+from tests.helpers.ipsc import FakeIpsc
+from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
+
+ENDPOINTS = textwrap.dedent('''
+    import datetime
+    import decimal
+    import time
+
+    import oslo_messaging
+
+
+    class Weather:
+        target = oslo_messaging.Target(namespace="weather")
+
+        def sk(self, ctxt, code):
+            return {"code": code, "source": ctxt["source"]}
+
+        def _secret(self, ctxt):
+            return "must never run"
+
+
+    class Legacyish:
+        target = oslo_messaging.Target(namespace="mymodule.MyClass")
+
+        def mymethod(self, ctxt, path, text="ran"):
+            with open(path, "a") as f:
+                f.write(text + "\\n")
+            return "written"
+
+        def awkward(self, ctxt):
+            return {"when": datetime.datetime(2026, 11, 21, 8, 30), "price": decimal.Decimal("1.50"),
+                    "raw": b"bytes", "tags": {"b", "a"}}
+
+        def slow(self, ctxt, seconds):
+            time.sleep(seconds)
+            return seconds
+''')
+
+
+@pytest.fixture(scope="module")
+def bus():
+    with BusProcess() as bus:
+        yield bus
+
+
+@pytest.fixture(scope="module")
+def server(bus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("endpoints")
+    (folder / "mine.py").write_text(ENDPOINTS)
+    conf = write_config(folder / "sbusr.conf", bus.port, {"endpoints": {"directories": [folder]}})
+    with ServerProcess(conf) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def ipsc(bus, server):
+    with FakeIpsc(bus.host, bus.port, unit=0, process=3) as fake:
+        yield fake
+
+
+def call(ipsc: FakeIpsc, method: str, params=None, request_id="1", **extra):
+    request = {"jsonrpc": "2.0", "id": request_id, "method": method, **extra}
+    if params is not None:
+        request["params"] = params
+    return ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, request)
+
+
+def drain(q: queue.Queue) -> list:
+    items = []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            return items
+
+
+def test_builtin_methods_positional_and_named(ipsc):
+    assert call(ipsc, "echo", ["Hello"], "123456") == {"jsonrpc": "2.0", "id": "123456", "result": "Hello"}
+    assert call(ipsc, "add", [1, 2])["result"] == 3
+    assert call(ipsc, "add", {"a": 5, "b": 6})["result"] == 11
+    assert call(ipsc, "plus", [1, 2, 3.5])["result"] == 6.5
+    assert call(ipsc, "sys.ping", [])["result"] == "pong"
+
+
+def test_class_based_namespaced_method_sees_caller(ipsc):
+    reply = call(ipsc, "weather.sk", ["101010100"], 7)
+    assert reply["id"] == 7
+    assert reply["result"] == {"code": "101010100", "source": {"unit": 0, "client": 3, "type": 2}}
+
+
+def test_seed_style_request_without_jsonrpc_member(ipsc):
+    reply = ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, {"id": "s1", "method": "add", "params": [1, 2]})
+    assert reply["result"] == 3
+
+
+@pytest.mark.parametrize("method", ["nosuch", "foo.os.system", "weather._secret", "weather.nosuch",
+                                    "__class__", "weather.target", "sys.__init__"])
+def test_method_not_found(ipsc, method):
+    reply = call(ipsc, method, [])
+    assert reply["error"]["code"] == -32601, reply
+    assert "result" not in reply
+
+
+def test_full_name_in_method_not_found(ipsc):
+    assert call(ipsc, "foo.os.system", ["ls"])["error"]["message"] == "Method not found: foo.os.system"
+
+
+@pytest.mark.parametrize("method, params", [
+    ("add", [1]), ("add", [1, 2, 3]), ("add", {"a": 1, "c": 2}), ("echo", {"text": "x"}),
+    ("sleep", [-1]),
+])
+def test_invalid_params(ipsc, method, params):
+    assert call(ipsc, method, params)["error"]["code"] == -32602
+
+
+def test_parse_error_and_invalid_request(ipsc):
+    drain(ipsc.notifies)
+    ipsc.client.send_data(_server(), 1, 211, b'{"jsonrpc": "2.0", "id": ')
+    notify = ipsc.notifies.get(timeout=10)
+    assert notify.title == ""
+    assert json.loads(notify.param)["error"]["code"] == -32700
+    assert call(ipsc, "echo", ["x"], jsonrpc="1.0")["error"]["code"] == -32600
+    reply = ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, {"jsonrpc": "2.0", "id": "p", "method": "echo",
+                                                       "params": "not-a-list"})
+    assert reply["error"]["code"] == -32600
+
+
+def test_method_exception_becomes_server_error_without_traceback(ipsc):
+    reply = call(ipsc, "exception", ["boom", 1])
+    assert reply["error"]["code"] == -32000
+    assert reply["error"]["data"]["type"] == "builtins.Exception"
+    assert "traceback" not in reply["error"]["data"]
+
+
+def test_results_json_cannot_encode_are_converted(ipsc):
+    result = call(ipsc, "mymodule.MyClass.awkward", [])["result"]
+    assert result["when"].startswith("2026-11-21T08:30")
+    assert result["raw"] == "bytes"
+    assert sorted(result["tags"]) == ["a", "b"]
+    assert float(result["price"]) == 1.5
+
+
+def test_notification_runs_and_gets_no_reply(ipsc, tmp_path):
+    marker = tmp_path / "notified.txt"
+    drain(ipsc.notifies)
+    assert ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, {"jsonrpc": "2.0", "method": "mymodule.MyClass.mymethod",
+                                                      "params": [str(marker)]}) is None
+    # a call sent after the notification is answered after it ran (one listener, in order)
+    assert call(ipsc, "echo", ["after"], "after")["result"] == "after"
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == "ran\n"
+    time.sleep(0.5)
+    assert [n.title for n in drain(ipsc.notifies)] == ["after"]
+
+
+def test_batch_answered_element_by_element(ipsc):
+    batch = [
+        {"jsonrpc": "2.0", "id": "b1", "method": "add", "params": [1, 2]},
+        {"jsonrpc": "2.0", "method": "echo", "params": ["notification"]},
+        {"jsonrpc": "2.0", "id": "b2", "method": "nosuch"},
+        {"jsonrpc": "2.0", "id": "b3", "method": "echo", "params": {"txt": "named"}},
+        42,
+    ]
+    reply = ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, batch)
+    by_id = {item["id"]: item for item in reply}
+    assert len(reply) == 4
+    assert by_id["b1"]["result"] == 3
+    assert by_id["b2"]["error"]["code"] == -32601
+    assert by_id["b3"]["result"] == "named"
+    assert by_id[None]["error"]["code"] == -32600
+
+
+def test_batch_of_notifications_gets_no_reply(ipsc, tmp_path):
+    marker = tmp_path / "batch.txt"
+    drain(ipsc.notifies)
+    ipsc.client.send_data(_server(), 1, 211, json.dumps([
+        {"jsonrpc": "2.0", "method": "mymodule.MyClass.mymethod", "params": [str(marker), "one"]},
+        {"jsonrpc": "2.0", "method": "mymodule.MyClass.mymethod", "params": [str(marker), "two"]},
+    ]).encode())
+    assert call(ipsc, "echo", ["x"], "batch-after")["result"] == "x"
+    time.sleep(0.5)
+    assert [n.title for n in drain(ipsc.notifies)] == ["batch-after"]
+    assert sorted(marker.read_text().split()) == ["one", "two"]
+
+
+def test_empty_batch_is_invalid(ipsc):
+    drain(ipsc.notifies)
+    ipsc.client.send_data(_server(), 1, 211, b"[]")
+    notify = ipsc.notifies.get(timeout=10)
+    assert json.loads(notify.param)["error"]["code"] == -32600
+
+
+def test_200_concurrent_calls_answered_exactly_once(ipsc):
+    drain(ipsc.notifies)
+    ids = [f"c{i}" for i in range(200)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        replies = list(pool.map(lambda rid: call(ipsc, "echo", [rid], rid), ids))
+    assert [r["result"] for r in replies] == ids
+    time.sleep(0.5)
+    titles = [n.title for n in drain(ipsc.notifies)]
+    assert sorted(titles) == sorted(ids)
+
+
+def test_second_caller_gets_its_own_replies(bus, ipsc):
+    with FakeIpsc(bus.host, bus.port, unit=1, process=0) as other:
+        drain(ipsc.notifies)
+        assert call(other, "echo", ["other"], "o1")["result"] == "other"
+        time.sleep(0.3)
+        assert drain(ipsc.notifies) == []
+
+
+def test_graceful_stop_finishes_in_flight_call(bus, tmp_path):
+    folder = tmp_path / "ep"
+    folder.mkdir()
+    (folder / "mine.py").write_text(ENDPOINTS)
+    conf = write_config(folder / "sbusr.conf", bus.port, {"endpoints": {"directories": [folder]}},
+                        unit=20, client=2)
+    proc = ServerProcess(conf).start()
+    try:
+        with FakeIpsc(bus.host, bus.port, unit=2, process=0) as fake:
+            result: dict = {}
+            caller = threading.Thread(target=lambda: result.update(
+                fake.call_rpc(20, 2, {"jsonrpc": "2.0", "id": "slow", "method": "mymodule.MyClass.slow",
+                                      "params": [1.5]}, timeout=15)))
+            caller.start()
+            time.sleep(0.7)  # the call is running now
+            proc.signal(signal.SIGTERM)
+            caller.join(20)
+            assert result.get("result") == 1.5
+            assert proc.proc.wait(20) == 0
+    finally:
+        proc.stop()
+
+
+def _server():
+    from sbusr.smartbus.codec import Address
+
+    return Address(SERVER_UNIT, SERVER_CLIENT, -1)
