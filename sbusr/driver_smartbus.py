@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import oslo_messaging
@@ -191,8 +192,13 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
         self._request_id = request_id
         self._responder = responder
         self._slot = slot
+        self.on_done: Callable[[], None] | None = None
 
     def reply(self, reply: Any = None, failure: Any = None) -> None:
+        # RPCServer calls reply() once per message, notifications included
+        if self.on_done is not None:
+            self.on_done()
+            self.on_done = None
         if self._responder is None:  # a notification: run, answer nothing
             return
         if failure is not None:
@@ -210,6 +216,46 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
         """IPSC flows have no call-monitor protocol."""
 
 
+class _Admission:
+    """Bounds the request packets received but not yet fully answered.
+
+    Beyond the limit a request is answered "server busy" at once: neither our queue
+    nor the RPCServer executor's can grow without bound, and nothing is dropped.
+    """
+
+    __slots__ = ("_count", "_limit", "_lock")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self._count >= self._limit:
+                return False
+            self._count += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def ticket(self, messages: int) -> Callable[[], None]:
+        """A callback to call once per message; the packet leaves after the last one."""
+        remaining = [messages]
+        lock = threading.Lock()
+
+        def done() -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self.leave()
+
+        return done
+
+
 class SmartBusListener(base.PollStyleListener):
     """Turns request packets from the bus into incoming messages, parsing off the bus thread."""
 
@@ -220,13 +266,29 @@ class SmartBusListener(base.PollStyleListener):
         self._packets: queue.Queue[Packet | None] = queue.Queue()
         self._ready: collections.deque[SmartBusIncomingMessage] = collections.deque()
         self._stopping = False
+        execution = driver.conf.execution
+        self._admission = _Admission(execution.workers + execution.queue_size)
         self._conn.set_request_sink(self._accept)
 
     def _accept(self, packet: Packet) -> None:
+        """Runs on the bus client's thread: decide quickly, parse later."""
         if self._stopping:
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
-            return
-        self._packets.put(packet)
+        elif not self._admission.try_enter():
+            LOG.warning("request from %s refused: %d requests already waiting or running", packet.src,
+                        self._driver.conf.execution.workers + self._driver.conf.execution.queue_size)
+            self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later")
+        else:
+            self._packets.put(packet)
+
+    def _admit(self, messages: list[SmartBusIncomingMessage]) -> list[SmartBusIncomingMessage]:
+        if not messages:
+            self._admission.leave()
+            return messages
+        done = self._admission.ticket(len(messages))
+        for message in messages:
+            message.on_done = done
+        return messages
 
     @base.batch_poll_helper
     def poll(self, timeout: float | None = None) -> SmartBusIncomingMessage | None:
@@ -240,7 +302,7 @@ class SmartBusListener(base.PollStyleListener):
                 if self._stopping and self._packets.empty():
                     return None
                 continue
-            self._ready.extend(self._driver.incoming_from_packet(packet))
+            self._ready.extend(self._admit(self._driver.incoming_from_packet(packet)))
         return self._ready.popleft()
 
     def stop(self) -> None:
