@@ -1,0 +1,85 @@
+"""``sbusr-api``: the HTTP flow-launch and control API, in its own process with its own SmartBus identity."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import oslo_messaging
+from oslo_config import cfg
+from tornado.httpserver import HTTPServer
+
+from sbusr import api
+from sbusr.cmd import common
+
+LOG = logging.getLogger("sbusr.api")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-api")
+    if conf.smartbus.embedded_bus:
+        # the bus must outlive the API; only sbusr-server (or sbusr-bus) may host the development bus
+        LOG.info("[smartbus] embedded_bus is ignored by sbusr-api; it connects to the bus already running")
+        conf.set_override("embedded_bus", False, group="smartbus")
+    try:
+        transport = api.make_transport(conf)
+    except (ValueError, oslo_messaging.InvalidTransportURL) as exc:
+        LOG.error("bad transport configuration: %s", exc)
+        return 2
+    return asyncio.run(serve(conf, transport))
+
+
+async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> int:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight calls end briefly, clean up."""
+    app = api.make_app(conf, transport)
+    bus_api: api.BusApi = app.settings["sbusr_api"]
+    loop = asyncio.get_running_loop()
+    try:
+        status = await loop.run_in_executor(None, bus_api.connect)  # the connection is lazy: open it now
+        LOG.info("SmartBus identity %s, connected: %s", status.get("address"), status.get("connected"))
+    except Exception as exc:  # keep serving: /health reports the state and the client keeps reconnecting
+        LOG.warning("SmartBus status unavailable at start-up: %s", exc)
+    server = HTTPServer(app, **api.server_options(conf))
+    try:
+        server.listen(conf.api.listen_port, conf.api.listen_host)
+    except OSError as exc:
+        LOG.error("cannot listen on %s:%s: %s", conf.api.listen_host, conf.api.listen_port, exc)
+        bus_api.close()
+        transport.cleanup()
+        return 1
+    LOG.info("sbusr-api listening on http://%s:%s (auth %s); /sys/reset reloads sbusr-server %s",
+             conf.api.listen_host, conf.api.listen_port, "on" if conf.api.auth_token else "off",
+             bus_api.server)
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        LOG.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+    server.stop()
+    deadline = time.monotonic() + conf.server.graceful_timeout
+    while bus_api.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if bus_api.in_flight:
+        LOG.warning("%d bus call(s) still running; exiting anyway", bus_api.in_flight)
+    else:
+        await asyncio.sleep(0.2)  # let the answers to the last calls reach their sockets
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=2.0)
+    except TimeoutError:
+        LOG.warning("some HTTP connections did not close in time")
+    bus_api.close()
+    transport.cleanup()
+    LOG.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
