@@ -102,8 +102,11 @@ class BusApi:
         self.conf = conf
         self.transport = transport
         self.server = server_address(conf)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(4, conf.executor_thread_pool_size), thread_name_prefix="sbusr-api-rpc")
+        workers = max(4, conf.executor_thread_pool_size)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                                               thread_name_prefix="sbusr-api-rpc")
+        #: calls allowed to run or wait for a thread; beyond this a request gets 503 at once
+        self.max_in_flight = workers * 4
         self._flows = oslo_messaging.get_rpc_client(transport, oslo_messaging.Target(topic="ipsc"),
                                                     timeout=conf.api.flow_ack_timeout)
         self._bus = oslo_messaging.get_rpc_client(transport, oslo_messaging.Target(topic="bus"))
@@ -124,6 +127,8 @@ class BusApi:
         with self._lock:
             if self._closed:
                 raise ApiError(503, "the API is shutting down")
+            if self._in_flight >= self.max_in_flight:
+                raise ApiError(503, f"{self._in_flight} bus calls already in progress; try again later")
             self._in_flight += 1
         try:
             loop = asyncio.get_running_loop()

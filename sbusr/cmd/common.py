@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 
 from oslo_config import cfg
@@ -15,9 +14,6 @@ from sbusr import opts
 
 def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
     """Parse ``--config-file/--config-dir/--debug/--version`` and set up oslo.log."""
-    # oslo.messaging pulls in eventlet-era modules that warn on import; not our users' concern.
-    warnings.filterwarnings("ignore", module="oslo_service")
-    warnings.filterwarnings("ignore", message=".*[Ee]ventlet.*")
     conf = conf if conf is not None else cfg.ConfigOpts()
     log.register_options(conf)
     opts.register_opts(conf)
