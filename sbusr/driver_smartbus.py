@@ -513,9 +513,12 @@ def _loads(raw: bytes | str) -> Any:
 
 
 def _title(request_id: Any) -> str:
-    """The NOTIFY title a flow waits on: the request id as text ("" for null)."""
+    """The NOTIFY title a flow waits on: the request id as text ("null" when there is none).
+
+    Never empty: the vendor library refuses a NOTIFY with an empty title.
+    """
     if request_id is None:
-        return ""
+        return "null"
     if isinstance(request_id, bool):
         return "true" if request_id else "false"
     return str(request_id)

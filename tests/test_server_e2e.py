@@ -15,6 +15,9 @@ import pytest
 from tests.helpers.busproc import BusProcess
 from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
+from tests.helpers.vendorproc import vendor_unavailable
+
+needs_vendor = pytest.mark.skipif(bool(vendor_unavailable()), reason=vendor_unavailable() or "")
 
 ENDPOINTS = textwrap.dedent('''
     import datetime
@@ -58,11 +61,18 @@ def bus():
         yield bus
 
 
+@pytest.fixture(scope="module", params=["native", pytest.param("vendor", marks=needs_vendor)])
+def backend(request):
+    """The whole suite runs once per SmartBus client backend of the server."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(bus, tmp_path_factory):
+def server(bus, backend, tmp_path_factory):
     folder = tmp_path_factory.mktemp("endpoints")
     (folder / "mine.py").write_text(ENDPOINTS)
-    conf = write_config(folder / "sbusr.conf", bus.port, {"endpoints": {"directories": [folder]}})
+    conf = write_config(folder / "sbusr.conf", bus.port, {"endpoints": {"directories": [folder]},
+                                                         "smartbus": {"backend": backend}})
     with ServerProcess(conf) as proc:
         yield proc
 
@@ -132,7 +142,7 @@ def test_parse_error_and_invalid_request(ipsc):
     drain(ipsc.notifies)
     ipsc.client.send_data(_server(), 1, 211, b'{"jsonrpc": "2.0", "id": ')
     notify = ipsc.notifies.get(timeout=10)
-    assert notify.title == ""
+    assert notify.title == "null"
     assert json.loads(notify.param)["error"]["code"] == -32700
     assert call(ipsc, "echo", ["x"], jsonrpc="1.0")["error"]["code"] == -32600
     reply = ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, {"jsonrpc": "2.0", "id": "p", "method": "echo",
@@ -226,11 +236,12 @@ def test_second_caller_gets_its_own_replies(bus, ipsc):
         assert drain(ipsc.notifies) == []
 
 
-def test_graceful_stop_finishes_in_flight_call(bus, tmp_path):
+def test_graceful_stop_finishes_in_flight_call(bus, backend, tmp_path):
     folder = tmp_path / "ep"
     folder.mkdir()
     (folder / "mine.py").write_text(ENDPOINTS)
-    conf = write_config(folder / "sbusr.conf", bus.port, {"endpoints": {"directories": [folder]}},
+    conf = write_config(folder / "sbusr.conf", bus.port, {"endpoints": {"directories": [folder]},
+                                                         "smartbus": {"backend": backend}},
                         unit=20, client=2)
     proc = ServerProcess(conf).start()
     try:

@@ -7,7 +7,6 @@ this process; the bus is ``sbusr-bus`` in a subprocess (BusProcess).
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 import threading
@@ -21,21 +20,9 @@ from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import ClientConfig, ClientHandlers
 from tests.helpers.busproc import BusProcess, free_port
-from tests.helpers.vendorproc import VendorAgent
+from tests.helpers.vendorproc import VendorAgent, vendor_unavailable
 
-
-def _library_problem() -> str | None:
-    if platform.system() != "Linux" or platform.machine() != "x86_64":
-        return f"libbusnetcli.so is built for Linux x86_64 only, not {platform.system()} {platform.machine()}"
-    from sbusr.smartbus import vendor
-    try:
-        vendor.find_library()
-    except FileNotFoundError as exc:
-        return str(exc)
-    return None
-
-
-_PROBLEM = _library_problem()
+_PROBLEM = vendor_unavailable()
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=f"vendor library unavailable: {_PROBLEM}")
 
 BUS_UNIT = 3

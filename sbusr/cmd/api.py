@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, oslo_messaging.InvalidTransportURL) as exc:
         LOG.error("bad transport configuration: %s", exc)
         return 2
-    return asyncio.run(serve(conf, transport))
+    return common.finish(conf, asyncio.run(serve(conf, transport)))
 
 
 async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> int:

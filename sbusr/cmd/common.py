@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Sequence
 
 from oslo_config import cfg
@@ -26,3 +28,18 @@ def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None =
 
 def transport_url(conf: cfg.ConfigOpts) -> str:
     return conf.transport_url or opts.DEFAULT_TRANSPORT_URL
+
+
+def finish(conf: cfg.ConfigOpts, code: int) -> int:
+    """Return the exit code; with the vendor backend, leave the process at once instead.
+
+    libbusnetcli.so keeps its own threads running until the process dies and aborts
+    (SIGABRT) in its static destructors on a normal interpreter exit, so after our
+    orderly shutdown we flush the logs and skip those destructors.
+    """
+    if conf.smartbus.backend == "vendor":
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -157,3 +157,18 @@ class VendorAgent:
 
     def wait_connected(self, timeout: float = 15.0, since: int = 0) -> Event:
         return self.wait_for(lambda e: e["event"] == "connection" and e["ack"] == 0, timeout, since)
+
+
+def vendor_unavailable() -> str | None:
+    """Why the vendor library cannot load here, or None when it can (the only reason to skip)."""
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return f"libbusnetcli.so is built for Linux x86_64 only, not {platform.system()} {platform.machine()}"
+    from sbusr.smartbus import vendor
+
+    try:
+        vendor.find_library()
+    except FileNotFoundError as exc:
+        return str(exc)
+    return None
