@@ -12,7 +12,7 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import dispatch
+from sbusr import dispatch, execution
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
@@ -29,17 +29,22 @@ class Service:
         identity = client_config_from_url(conf, url)
         self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
         self._reload_lock = threading.Lock()
+        # Enough oslo executor threads to keep every worker busy and still run sys.* calls.
+        conf.set_override("executor_thread_pool_size", execution.executor_pool_size(conf))
+        self.executor = execution.create_executor(conf)
         self.registry = dispatch.load_endpoints(conf)
+        self.executor.bind(self.registry)
         system.bind_registry(self.registry)
         system.set_reload_handler(self.reload)
         address = f"{identity.unit_id}:{identity.client_id}"
         target = oslo_messaging.Target(topic=conf.server.topic, server=address)
+        # the threading executor is oslo.messaging's default (and soon its only one)
         self.server = oslo_messaging.get_rpc_server(self.transport, target, self.registry.adapters,
-                                                    executor="threading",
                                                     access_policy=dispatch.AccessPolicy)
         self.address = address
 
     def start(self) -> None:
+        self.executor.start()  # prestarted workers: the first calls pay no start-up latency
         self.server.start()
         LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
                  ", ".join(self.registry.methods()))
@@ -48,12 +53,14 @@ class Service:
         """Re-import endpoint code; calls already running finish on the old code."""
         with self._reload_lock:
             registry = dispatch.reload(self.conf)
+            workers = self.executor.reload()  # returns once fresh workers serve new calls
+            self.executor.bind(registry)
             self.server.dispatcher.endpoints = registry.adapters
             self.registry = registry
             system.bind_registry(registry)
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
-        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates]}
+        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers}
 
     def stop(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
@@ -64,6 +71,8 @@ class Service:
         finished = not waiter.is_alive()
         if not finished:
             LOG.warning("calls still running after %.1f s; exiting anyway", timeout)
+        self.executor.shutdown()  # calls still running are answered "server is shutting down"
+        waiter.join(1.0)  # let those replies go out before the transport closes
         self.transport.cleanup()
         return finished
 
@@ -88,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     service.stop(conf.server.graceful_timeout)
     LOG.info("stopped")
-    return 0
+    return common.finish(conf, 0)
 
 
 def _safe_reload(service: Service) -> None:

@@ -1,0 +1,532 @@
+"""The execution layer: time limits, crashes, busy replies, recycling and reloading.
+
+Unit tests of the pieces first, then end to end through a real bus, real sbusr-server processes
+(thread mode and process mode) and an IPSC stand-in, as a flow would call them.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import oslo_messaging
+import pytest
+
+from sbusr import dispatch, execution, jsonrpc
+from tests.helpers.busproc import BusProcess
+from tests.helpers.ipsc import FakeIpsc
+from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
+
+WAIT = 15.0  # generous bound for anything that should happen "soon"
+
+ENDPOINT = textwrap.dedent('''
+    import ctypes
+    import os
+    import time
+
+    import oslo_messaging
+
+    from sbusr.execution import limits
+
+    VERSION = "v1"
+
+
+    class Ep:
+        target = oslo_messaging.Target(namespace="ep")
+
+        def info(self, ctxt):
+            return [VERSION, os.getpid()]
+
+        def add(self, ctxt, a, b):
+            return a + b
+
+        def hang(self, ctxt, path, seconds=30):
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(seconds)
+            return "woke up"
+
+        def slow(self, ctxt, seconds):
+            time.sleep(seconds)
+            return seconds
+
+        @limits(timeout=0)
+        def unlimited(self, ctxt, seconds):
+            time.sleep(seconds)
+            return "done"
+
+        @limits(timeout=0.5)
+        def short(self, ctxt, seconds):
+            time.sleep(seconds)
+            return "done"
+
+        def exit(self, ctxt, code):
+            os._exit(code)
+
+        def segfault(self, ctxt):
+            ctypes.string_at(0)
+
+        def fail(self, ctxt):
+            raise KeyError("nope")
+''')
+
+HOOK = textwrap.dedent('''
+    import os
+
+    PATH = {path!r}
+
+
+    def init():
+        with open(PATH, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+''')
+
+_ids = itertools.count()
+
+
+def with_version(version: str) -> str:
+    return ENDPOINT.replace('VERSION = "v1"', f'VERSION = "{version}"')
+
+
+def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+# =========================================================================== unit tests
+
+def test_limits_decorator_marks_functions_static_class_methods_and_classes():
+    @execution.limits(timeout=5)
+    class Cls:
+        @execution.limits(timeout=0)
+        def a(self, ctxt):
+            pass
+
+        @execution.limits(timeout=2)
+        @staticmethod
+        def b(ctxt):
+            pass
+
+        @execution.limits(timeout=3)
+        @classmethod
+        def c(cls, ctxt):
+            pass
+
+        def d(self, ctxt):
+            pass
+
+    obj = Cls()
+    assert getattr(obj.a, execution.LIMITS_ATTR).timeout == 0
+    assert getattr(Cls.b, execution.LIMITS_ATTR).timeout == 2
+    assert getattr(Cls.c, execution.LIMITS_ATTR).timeout == 3
+    assert getattr(obj.d, execution.LIMITS_ATTR, None) is None
+    assert getattr(Cls, execution.LIMITS_ATTR).timeout == 5
+    for bad in (-1, float("nan"), float("inf"), "5", True):
+        with pytest.raises(ValueError):
+            execution.limits(timeout=bad)
+
+
+def test_thread_runner_times_out_abandons_thread_and_keeps_capacity():
+    runner = execution.ThreadRunner(1, name="test-runner")
+    release = threading.Event()
+    try:
+        with pytest.raises(jsonrpc.CallTimeout):
+            runner.run(release.wait, (30,), 0.2)
+        assert runner.stats()["abandoned"] == 1
+        # the only thread is stuck, yet a spare runs the next call
+        assert runner.run(lambda x: x * 2, (21,), 5) == 42
+        error = KeyError("x")
+
+        def boom():
+            raise error
+
+        with pytest.raises(KeyError) as info:
+            runner.run(boom, (), 5)
+        assert info.value is error
+    finally:
+        release.set()
+        assert wait_for(lambda: runner.stats()["abandoned"] == 0)
+        runner.shutdown()
+
+
+class _Limited:
+    target = oslo_messaging.Target(namespace="lim")
+
+    def fast(self, ctxt, x):
+        return x
+
+    def sleepy(self, ctxt, seconds):
+        time.sleep(seconds)
+        return "slept"
+
+    @execution.limits(timeout=0)
+    def patient(self, ctxt, seconds):
+        time.sleep(seconds)
+        return "patient"
+
+
+def test_thread_executor_applies_config_and_method_limits_and_leaves_sys_alone():
+    from sbusr.endpoints import system
+
+    adapter = dispatch.EndpointAdapter(_Limited(), dispatch.EndpointOrigin("module", __name__, "_Limited"))
+    sys_adapter = dispatch.adapter_from_origin(dispatch.EndpointOrigin("builtin", system.__name__,
+                                                                       "SystemEndpoint"))
+    executor = execution.ThreadExecutor(workers=2, call_timeout=0.3)
+    executor.bind(dispatch.Registry([adapter, sys_adapter]))
+    try:
+        assert sys_adapter.invoker is dispatch.direct_invoke
+        assert adapter.fast({}, **{dispatch.POSITIONAL_KEY: [7]}) == 7
+        with pytest.raises(oslo_messaging.ExpectedException) as info:
+            adapter.sleepy({}, seconds=2)
+        assert isinstance(info.value.exc_info[1], jsonrpc.CallTimeout)
+        assert adapter.patient({}, seconds=0.5) == "patient"
+    finally:
+        executor.shutdown()
+
+
+@pytest.fixture(scope="module")
+def endpoint_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("unit-ep")
+    path = folder / "unit_ep.py"
+    path.write_text(ENDPOINT)
+    return path
+
+
+def test_process_pool_survives_timeout_crash_and_shuts_down_without_orphans(endpoint_file, tmp_path):
+    origin = dispatch.EndpointOrigin("file", str(endpoint_file), "Ep")
+    pool = execution.ProcessPool(2, max_tasks=0)
+    seen: set[int] = set()
+    try:
+        assert pool.start(WAIT)
+        seen.update(pool.pids())
+        marker = tmp_path / "hang.pid"
+        with pytest.raises(jsonrpc.CallTimeout):
+            pool.call(origin, "hang", {}, (str(marker),), {}, timeout=0.5)
+        stuck = int(marker.read_text())
+        assert wait_for(lambda: not pid_alive(stuck))
+        with pytest.raises(jsonrpc.WorkerCrashed):
+            pool.call(origin, "exit", {}, (3,), {})
+        assert pool.call(origin, "add", {}, (1, 2), {}) == 3
+        assert wait_for(lambda: len(pool.pids()) == 2)
+        seen.update(pool.pids())
+        assert stuck not in pool.pids()
+        assert pool.stats()["replaced"] == {"timeout": 1, "crash": 1}
+    finally:
+        pool.shutdown(5)
+    assert wait_for(lambda: not [p for p in seen if pid_alive(p)])
+    with pytest.raises(jsonrpc.ServerBusy):
+        pool.call(origin, "add", {}, (1, 2), {})
+
+
+ORPHAN_SCRIPT = textwrap.dedent('''
+    import os, sys
+    from sbusr import execution
+    pool = execution.ProcessPool(2)
+    assert pool.start(30)
+    print(" ".join(map(str, pool.pids())), flush=True)
+    os.kill(os.getpid(), 9)
+''')
+
+
+def test_workers_exit_when_the_server_process_dies():
+    proc = subprocess.run([sys.executable, "-c", ORPHAN_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2
+    assert wait_for(lambda: not [p for p in pids if pid_alive(p)]), "orphaned workers still running"
+
+
+# =========================================================================== end to end
+
+IPSC_PROCESS = 5
+
+
+@pytest.fixture(scope="module")
+def bus():
+    with BusProcess() as bus:
+        yield bus
+
+
+@pytest.fixture(scope="module")
+def ipsc(bus):
+    with FakeIpsc(bus.host, bus.port, unit=0, process=IPSC_PROCESS) as fake:
+        yield fake
+
+
+class Served:
+    """One sbusr-server under test: its process, endpoint file and address."""
+
+    def __init__(self, proc: ServerProcess, endpoint: Path, client: int, extra: dict | None = None):
+        self.proc = proc
+        self.endpoint = endpoint
+        self.client = client
+        self.extra = extra or {}
+
+    def call(self, ipsc: FakeIpsc, method: str, params=None, request_id=None, timeout: float = WAIT):
+        rid = request_id if request_id is not None else f"r{next(_ids)}"
+        request = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or []}
+        return ipsc.call_rpc(SERVER_UNIT, self.client, request, timeout=timeout)
+
+
+def _serve(bus, folder: Path, client: int, execution_opts: dict, env: dict | None = None) -> ServerProcess:
+    (folder / "ep.py").write_text(ENDPOINT)
+    conf = write_config(folder / "sbusr.conf", bus.port,
+                        {"endpoints": {"directories": [folder], "entry_points": True},
+                         "execution": execution_opts}, client=client)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
+        return ServerProcess(conf).start()
+
+
+@pytest.fixture(scope="module")
+def thread_server(bus, ipsc, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("thread-ep")
+    proc = _serve(bus, folder, 11, {"mode": "thread", "workers": 2, "call_timeout": 1.0})
+    try:
+        yield Served(proc, folder / "ep.py", 11)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def process_server(bus, ipsc, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("process-ep")
+    hooks = tmp_path_factory.mktemp("hooks")
+    init_log = hooks / "init.log"
+    (hooks / "sbusr_test_hook.py").write_text(HOOK.format(path=str(init_log)))
+    pythonpath = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    proc = _serve(bus, folder, 12, {"mode": "process", "workers": 2, "call_timeout": 1.0,
+                                    "worker_init": "sbusr_test_hook:init"}, {"PYTHONPATH": pythonpath})
+    try:
+        yield Served(proc, folder / "ep.py", 12, {"init_log": init_log})
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def small_server(bus, ipsc, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small-ep")
+    proc = _serve(bus, folder, 13, {"mode": "process", "workers": 1, "queue_size": 1,
+                                    "max_tasks_per_child": 3, "call_timeout": 0})
+    try:
+        yield Served(proc, folder / "ep.py", 13)
+    finally:
+        proc.stop()
+
+
+def _concurrently(fn, items, workers: int | None = None):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or len(items)) as pool:
+        return list(pool.map(fn, items))
+
+
+# --------------------------------------------------------------------------- thread mode
+
+def test_thread_mode_timeout_is_prompt_and_server_keeps_answering(thread_server, ipsc, tmp_path):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        hung = pool.submit(thread_server.call, ipsc, "ep.hang", [str(tmp_path / "p"), 5])
+        assert thread_server.call(ipsc, "ep.add", [1, 2])["result"] == 3  # answered meanwhile
+        reply = hung.result(WAIT)
+    assert reply["error"]["code"] == jsonrpc.CALL_TIMEOUT, reply
+    assert reply["error"]["data"] == {"timeout": 1.0}
+    assert thread_server.call(ipsc, "ep.short", [3])["error"]["code"] == jsonrpc.CALL_TIMEOUT
+    assert thread_server.call(ipsc, "ep.unlimited", [1.3])["result"] == "done"  # limits(timeout=0)
+    assert thread_server.call(ipsc, "ep.info")["result"][1] == thread_server.proc.proc.pid
+    assert "abandoned" in thread_server.proc.output()
+
+
+def test_thread_mode_sighup_reload_picks_up_edited_file(thread_server, ipsc):
+    assert thread_server.call(ipsc, "ep.info")["result"][0] == "v1"
+    thread_server.endpoint.write_text(with_version("v2"))
+    thread_server.proc.signal(signal.SIGHUP)
+    assert wait_for(lambda: thread_server.call(ipsc, "ep.info")["result"][0] == "v2")
+
+
+# --------------------------------------------------------------------------- process mode
+
+def test_process_mode_timeout_kills_and_replaces_the_stuck_worker(process_server, ipsc, tmp_path):
+    marker = tmp_path / "stuck.pid"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        hung = pool.submit(process_server.call, ipsc, "ep.hang", [str(marker)])
+        assert wait_for(marker.exists)
+        assert process_server.call(ipsc, "ep.add", [2, 3])["result"] == 5  # the other worker serves
+        reply = hung.result(WAIT)
+    assert reply["error"]["code"] == jsonrpc.CALL_TIMEOUT, reply
+    stuck = int(marker.read_text())
+    assert wait_for(lambda: not pid_alive(stuck)), "the stuck worker was not killed"
+
+    def two_fresh_workers():
+        pids = {process_server.call(ipsc, "ep.info")["result"][1] for _ in range(4)}
+        return len(pids) == 2 and stuck not in pids
+
+    assert wait_for(two_fresh_workers, interval=0.2)
+
+
+@pytest.mark.parametrize("method, params", [("ep.exit", [3]), ("ep.segfault", [])])
+def test_process_mode_crash_costs_only_the_call(process_server, ipsc, method, params):
+    reply = process_server.call(ipsc, method, params)
+    assert reply["error"]["code"] == jsonrpc.WORKER_CRASHED, reply
+    replies = _concurrently(lambda i: process_server.call(ipsc, "ep.add", [i, 1]), list(range(6)), 3)
+    assert [r["result"] for r in replies] == [i + 1 for i in range(6)]
+    want = "exit code 3" if method == "ep.exit" else "SIGSEGV"
+    assert want in reply["error"]["message"]
+
+
+def test_process_mode_errors_match_thread_mode(process_server, thread_server, ipsc):
+    for method, params in [("ep.fail", []), ("ep.add", [1]), ("ep.nosuch", []), ("ep.add", ["a", 1])]:
+        in_process = process_server.call(ipsc, method, params, request_id="same")
+        in_thread = thread_server.call(ipsc, method, params, request_id="same")
+        assert in_process == in_thread, method
+        assert "error" in in_process
+    assert process_server.call(ipsc, "ep.fail")["error"]["data"] == {"type": "builtins.KeyError"}
+
+
+def test_sys_methods_run_in_the_server_process(process_server, ipsc):
+    assert process_server.call(ipsc, "sys.ping")["result"] == "pong"
+    assert "ep.info" in process_server.call(ipsc, "sys.methods")["result"]
+    worker_pid = process_server.call(ipsc, "ep.info")["result"][1]
+    assert worker_pid != process_server.proc.proc.pid
+
+
+def test_worker_init_runs_once_in_every_worker(process_server, ipsc):
+    seen = {process_server.call(ipsc, "ep.info")["result"][1] for _ in range(6)}
+    started = process_server.extra["init_log"].read_text().split()
+    assert len(started) == len(set(started)), "worker_init ran twice in one worker"
+    assert seen <= {int(p) for p in started}
+    assert process_server.proc.proc.pid not in {int(p) for p in started}
+
+
+def test_process_mode_reload_by_sighup_and_by_sys_reload(process_server, ipsc):
+    old = {process_server.call(ipsc, "ep.info")["result"][1] for _ in range(4)}
+    process_server.endpoint.write_text(with_version("v2"))
+    process_server.proc.signal(signal.SIGHUP)
+    assert wait_for(lambda: process_server.call(ipsc, "ep.info")["result"][0] == "v2", interval=0.2)
+    assert wait_for(lambda: not [p for p in old if pid_alive(p)]), "old workers were not retired"
+
+    process_server.endpoint.write_text(with_version("v3"))
+    summary = process_server.call(ipsc, "sys.reload", timeout=60)["result"]
+    assert "ep.info" in summary["methods"]
+    # sys.reload returns once the new workers serve: the very next calls run the new code
+    assert {process_server.call(ipsc, "ep.info")["result"][0] for _ in range(4)} == {"v3"}
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_reload_under_load_answers_every_request_exactly_once(request, ipsc, mode):
+    served: Served = request.getfixturevalue(f"{mode}_server")
+    before = served.call(ipsc, "ep.info")["result"][0]
+    versions = [before, f"{mode}-a", f"{mode}-b"]
+    while True:  # start from a clean queue of notifies
+        try:
+            ipsc.notifies.get_nowait()
+        except queue.Empty:
+            break
+    stop = threading.Event()
+    sent: list[str] = []
+    answers: dict[str, dict] = {}
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def caller(n: int) -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            rid = f"load-{mode}-{n}-{i}"
+            with lock:
+                sent.append(rid)
+            try:
+                reply = served.call(ipsc, "ep.info", request_id=rid)
+            except BaseException as exc:
+                failures.append(exc)
+                return
+            with lock:
+                answers[rid] = reply
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for version in versions[1:]:
+            time.sleep(1.0)
+            served.endpoint.write_text(with_version(version))
+            served.proc.signal(signal.SIGHUP)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT * 2)
+    assert not failures, failures
+    assert sorted(answers) == sorted(sent)
+    assert len(set(sent)) == len(sent) > 20
+    got = collections.Counter(reply["result"][0] for reply in answers.values())
+    assert set(got) <= set(versions), got
+    assert all(reply["id"] == rid for rid, reply in answers.items())
+    time.sleep(0.5)
+    titles = collections.Counter()
+    while True:
+        try:
+            titles[ipsc.notifies.get_nowait().title] += 1
+        except queue.Empty:
+            break
+    assert titles == collections.Counter(sent), "a request was answered twice or not at all"
+    assert wait_for(lambda: served.call(ipsc, "ep.info")["result"][0] == versions[-1])
+
+
+# --------------------------------------------------------------------------- admission, recycling
+
+def test_full_queue_answers_busy_at_once_and_admitted_calls_succeed(small_server, ipsc):
+    order: list[tuple[str, int | None]] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> dict:
+        reply = small_server.call(ipsc, "ep.slow", [1.5], request_id=f"busy-{i}")
+        with lock:
+            order.append(("ok" if "result" in reply else "error", reply.get("error", {}).get("code")))
+        return reply
+
+    replies = _concurrently(one, list(range(5)))
+    codes = collections.Counter(r["error"]["code"] if "error" in r else "ok" for r in replies)
+    assert codes == {"ok": 2, jsonrpc.SERVER_BUSY: 3}, replies
+    # the refused ones were answered before the first admitted call could finish
+    assert [kind for kind, _ in order[:3]] == ["error"] * 3, order
+    assert small_server.call(ipsc, "ep.add", [1, 1])["result"] == 2
+
+
+def test_max_tasks_per_child_recycles_and_reimports(small_server, ipsc):
+    first = small_server.call(ipsc, "ep.info")["result"]
+    for _ in range(4):  # reach the first call of a fresh worker
+        current = small_server.call(ipsc, "ep.info")["result"]
+        if current[1] != first[1]:
+            break
+    else:
+        pytest.fail("the worker was never recycled")
+    fresh_pid = current[1]
+    small_server.endpoint.write_text(with_version("recycled"))
+    # the fresh worker already imported the file: calls 2 and 3 still run the code it loaded
+    assert [small_server.call(ipsc, "ep.info")["result"] for _ in range(2)] == [["v1", fresh_pid]] * 2
+    after = small_server.call(ipsc, "ep.info")["result"]
+    assert after[1] != fresh_pid
+    assert after[0] == "recycled"
