@@ -108,16 +108,25 @@ class _Connection(asyncio.Protocol):
         self.last_rx = _monotonic()
         bus = self.bus
         try:
-            packets = self.decoder.feed(data)
+            frames = self.decoder.feed_frames(data)
         except CodecError as exc:
             bus._close(self, f"framing error ({exc})", logging.WARNING)
             return
+        by_addr = bus._by_addr
         try:
-            for pkt, raw in packets:
-                if self.info is not None and pkt.header.cmdtype != codec.CMDTYPE_INTERNAL:
-                    bus._route(self, pkt, raw)  # the hot path: user traffic from a registered client
+            for raw, fields in frames:
+                # fields: flag, cmd, cmdtype, src type/unit/client, dst type/unit/client, size, datalen
+                if self.info is not None and fields[2] != codec.CMDTYPE_INTERNAL:
+                    # the hot path: user traffic from a registered client to one exact address is
+                    # forwarded from the raw header fields, without building packet objects
+                    du, dc = fields[7], fields[8]
+                    target = by_addr.get((du, dc)) if du >= 0 and dc >= 0 else None
+                    if target is not None and target is not self:
+                        bus._send(target, raw)
+                    else:
+                        bus._route(self, codec.packet_from_frame(raw, fields), raw)
                 else:
-                    bus._dispatch(self, pkt, raw)
+                    bus._dispatch(self, codec.packet_from_frame(raw, fields), raw)
                 if self.closed:
                     break
         except Exception:  # a bug must cost one connection, not the bus

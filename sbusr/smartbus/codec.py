@@ -161,12 +161,25 @@ def encode_header(cmd: int, cmdtype: int, src: Address, dst: Address, datalen: i
                         dst.type, dst.unit, dst.client, size, datalen)
 
 
-def decode_header(data: bytes | bytearray | memoryview,
-                  max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> Header:
-    """Decode and validate the first 20 bytes of a packet."""
-    if len(data) < HEADER_SIZE:
-        raise CodecError(f"header needs {HEADER_SIZE} bytes, got {len(data)}")
-    (flag, cmd, cmdtype, st, su, sc, dt, du, dc, size, datalen) = _HEADER.unpack_from(data)
+_ADDRESSES: dict[tuple[int, int, int], Address] = {}
+_ADDRESSES_MAX = 4096
+
+
+def _address(unit: int, client: int, ctype: int) -> Address:
+    """A shared immutable Address: building a frozen dataclass costs more than a dict lookup,
+    and a process only ever sees a handful of distinct addresses (bounded anyway)."""
+    key = (unit, client, ctype)
+    addr = _ADDRESSES.get(key)
+    if addr is None:
+        if len(_ADDRESSES) >= _ADDRESSES_MAX:
+            _ADDRESSES.clear()
+        addr = _ADDRESSES[key] = Address(unit, client, ctype)
+    return addr
+
+
+def _check_fields(fields: tuple[int, ...], max_packet_size: int) -> None:
+    """Validate an unpacked header (``_HEADER`` field order)."""
+    flag, size, datalen = fields[0], fields[9], fields[10]
     if flag != HEAD_FLAG:
         raise CodecError(f"bad head flag 0x{flag:04x}")
     if size < HEADER_SIZE:
@@ -175,7 +188,49 @@ def decode_header(data: bytes | bytearray | memoryview,
         raise CodecError(f"packet_size {size} exceeds the limit {max_packet_size}")
     if datalen < 0 or datalen > size - HEADER_SIZE:
         raise CodecError(f"datalen {datalen} does not fit packet_size {size}")
-    return Header(cmd, cmdtype, Address(su, sc, st), Address(du, dc, dt), size, datalen)
+
+
+# Per-packet construction without the frozen dataclass __init__ (which routes every field through
+# object.__setattr__): write the slots through their descriptors.  Same objects, ~2.5x cheaper.
+_new = object.__new__
+_H_SET = tuple(getattr(Header, name).__set__
+               for name in ("cmd", "cmdtype", "src", "dst", "packet_size", "datalen"))
+_P_HEADER, _P_BODY = Packet.header.__set__, Packet.body.__set__  # type: ignore[attr-defined]
+
+
+def _header_of(fields: tuple[int, ...]) -> Header:
+    _flag, cmd, cmdtype, st, su, sc, dt, du, dc, size, datalen = fields
+    s_cmd, s_cmdtype, s_src, s_dst, s_size, s_datalen = _H_SET
+    h = _new(Header)
+    s_cmd(h, cmd)
+    s_cmdtype(h, cmdtype)
+    s_src(h, _address(su, sc, st))
+    s_dst(h, _address(du, dc, dt))
+    s_size(h, size)
+    s_datalen(h, datalen)
+    return h
+
+
+def _packet(header: Header, body: bytes) -> Packet:
+    p = _new(Packet)
+    _P_HEADER(p, header)
+    _P_BODY(p, body)
+    return p
+
+
+def decode_header(data: bytes | bytearray | memoryview,
+                  max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> Header:
+    """Decode and validate the first 20 bytes of a packet."""
+    if len(data) < HEADER_SIZE:
+        raise CodecError(f"header needs {HEADER_SIZE} bytes, got {len(data)}")
+    fields = _HEADER.unpack_from(data)
+    _check_fields(fields, max_packet_size)
+    return _header_of(fields)
+
+
+def packet_from_frame(raw: bytes, fields: tuple[int, ...]) -> Packet:
+    """The :class:`Packet` of one frame returned by :meth:`FrameDecoder.feed_frames`."""
+    return _packet(_header_of(fields), raw[HEADER_SIZE:HEADER_SIZE + fields[10]])
 
 
 def encode_packet(cmd: int, cmdtype: int, src: Address, dst: Address, body: bytes = b"") -> bytes:
@@ -197,14 +252,18 @@ class FrameDecoder:
     Frames on ``packet_size`` like the vendor library; unlike it, a framing error
     raises :class:`CodecError` (the caller drops the connection) instead of
     leaving the stream misaligned.  Keeps at most one packet buffered.
+
+    Hot path of the bus and every client: whole packets arriving in one read are
+    sliced straight out of the received bytes (no buffer copy), and
+    :meth:`feed_frames` lets a router skip building packet objects altogether.
     """
 
-    __slots__ = ("_buf", "_header", "_max")
+    __slots__ = ("_buf", "_fields", "_max")
 
     def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         self._buf = bytearray()
         self._max = max_packet_size
-        self._header: Header | None = None
+        self._fields: tuple[int, ...] | None = None  # header of the packet being buffered
 
     @property
     def buffered(self) -> int:
@@ -216,24 +275,49 @@ class FrameDecoder:
         ``raw_bytes`` is the packet exactly as received (padding included), so a
         bus can forward it unchanged.
         """
-        self._buf += data
-        out: list[tuple[Packet, bytes]] = []
+        return [(_packet(_header_of(f), raw[HEADER_SIZE:HEADER_SIZE + f[10]]), raw)
+                for raw, f in self.feed_frames(data)]
+
+    def feed_frames(self, data: bytes) -> list[tuple[bytes, tuple[int, ...]]]:
+        """Like :meth:`feed` but return ``(raw_bytes, header_fields)`` without building objects.
+
+        ``header_fields`` are the validated header values in wire order: (flag, cmd, cmdtype,
+        src type, src unit, src client, dst type, dst unit, dst client, packet_size, datalen).
+        :func:`packet_from_frame` turns a frame into a :class:`Packet` when one is needed.
+        """
         buf = self._buf
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            src = data if type(data) is bytes else bytes(data)
+        out: list[tuple[bytes, tuple[int, ...]]] = []
+        end = len(src)
         pos = 0
+        fields = self._fields
+        unpack = _HEADER.unpack_from
+        limit = self._max
         while True:
-            if self._header is None:
-                if len(buf) - pos < HEADER_SIZE:
+            if fields is None:
+                if end - pos < HEADER_SIZE:
                     break
-                self._header = decode_header(memoryview(buf)[pos:pos + HEADER_SIZE], self._max)
-            size = self._header.packet_size
-            if len(buf) - pos < size:
+                fields = unpack(src, pos)
+                if (fields[0] != HEAD_FLAG or not HEADER_SIZE <= fields[9] <= limit
+                        or not 0 <= fields[10] <= fields[9] - HEADER_SIZE):
+                    _check_fields(fields, limit)
+            size = fields[9]
+            if end - pos < size:
                 break
-            raw = bytes(buf[pos:pos + size])
-            out.append((Packet(self._header, raw[HEADER_SIZE:HEADER_SIZE + self._header.datalen]), raw))
+            raw = src[pos:pos + size]
+            out.append((raw if src is not buf else bytes(raw), fields))
             pos += size
-            self._header = None
-        if pos:
-            del buf[:pos]
+            fields = None
+        self._fields = fields
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += src[pos:]
         return out
 
 

@@ -1,0 +1,7 @@
+"""``python -m sbusr.bench`` = ``sbusr-bench``."""
+
+import sys
+
+from sbusr.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,248 @@
+"""``sbusr-bench``: RPC throughput and latency against the raw bus round trip, measured the same way.
+
+One run starts a development bus, an ``sbusr-server``, an echo client and load-generator
+processes (IPSC-role native clients), then for each concurrency measures three
+closed-loop phases -- ``raw`` (data packet to the echo client and back, no RPC),
+``null`` (JSON-RPC ``echo`` of a tiny string) and ``payload`` (``echo`` of a small
+object) -- and finally an open-loop phase at a fraction of the highest sustained
+``null`` rate, whose p99 is the latency a caller sees on a server that is not saturated.
+Dividing RPC calls/s by raw round trips/s gives figures that compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sbusr.bench import procs, stats
+
+MAX_LOAD_PROCESSES = 15  # IPSC units 1..15 (unit 0 is the bus's own)
+
+
+def _concurrency_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("concurrency values must be positive integers")
+    return values
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sbusr-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=_positive(float), default=5.0,
+                   help="measured seconds per phase (default %(default)s)")
+    p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each phase "
+                   "(default %(default)s)")
+    p.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 64],
+                   help="requests kept in flight, comma-separated (default 1,8,64)")
+    p.add_argument("--load-processes", type=_positive(int),
+                   help=f"load-generator processes per phase (default min(4, concurrency), "
+                        f"at most {MAX_LOAD_PROCESSES})")
+    p.add_argument("--mode", choices=["thread", "process"], default="thread",
+                   help="server [execution] mode (default %(default)s)")
+    p.add_argument("--workers", type=_positive(int), help="server [execution] workers (default: its own)")
+    p.add_argument("--client", choices=["native", "vendor"], default="native",
+                   help="SmartBus client of the server and the echo client (default %(default)s)")
+    p.add_argument("--payload-size", type=_positive(int), default=512,
+                   help="approximate request size of the payload phase in bytes (default %(default)s)")
+    p.add_argument("--open-loop-fraction", type=float, default=0.5,
+                   help="open-loop rate as a fraction of the top sustained null rate; 0 skips it "
+                        "(default %(default)s)")
+    p.add_argument("--phases", default="raw,null,payload",
+                   help="closed-loop phases to run, comma-separated (default %(default)s)")
+    p.add_argument("--server-opt", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                   help="extra server config option, repeatable (e.g. execution.call_timeout=0)")
+    p.add_argument("--server-prefix", default="",
+                   help="command line put before the server's python, e.g. a profiler "
+                        "('py-spy record -o out.svg --')")
+    p.add_argument("--json", metavar="FILE|-", help="also write the results as JSON ('-' = stdout; the "
+                   "table then goes to stderr)")
+    return p
+
+
+def request_body(method: str, params: str) -> str:
+    """A JSON-RPC request with a ``%d`` slot for the id, filled per call by the load generator."""
+    return '{"jsonrpc":"2.0","method":"' + method + '","params":[' + params + '],"id":%d}'
+
+
+def payload_params(size: int) -> str:
+    """An IVR-like object whose request is about ``size`` bytes."""
+    head = '{"caller":"13800138000","callee":"4008001234","ivr":"main-menu","digits":"1#","note":"'
+    filler = max(0, size - len(request_body("echo", head + '"}')) - 4)
+    return head + "x" * filler + '"}'
+
+
+def vendor_problem() -> str | None:
+    """Why ``--client vendor`` cannot run here, or None."""
+    try:
+        from sbusr.smartbus import vendor
+    except Exception as exc:  # an unfinished or broken binding must only fail this option
+        return f"the vendor binding cannot be imported ({exc})"
+    try:
+        vendor.find_library()
+    except Exception as exc:
+        return f"libbusnetcli.so not found ({exc})"
+    return None
+
+
+class Bench:
+    """The processes of one run and the phases measured with them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.children: list[procs.Child] = []
+        self.loads: list[procs.LoadProcess] = []
+        self.server: procs.Child | None = None
+        self.tmp = tempfile.TemporaryDirectory(prefix="sbusr-bench-")
+
+    def start(self) -> None:
+        a = self.args
+        bus, port = procs.start_bus()
+        self.children.append(bus)
+        config = procs.write_server_config(Path(self.tmp.name) / "server.conf", port, a.mode, a.workers,
+                                           a.client, a.server_opt)
+        self.server = procs.start_server(config, a.server_prefix.split() if a.server_prefix else None)
+        self.children.append(self.server)
+        self.children.append(procs.start_echo(port, a.client))
+        count = max(self.processes_for(c) for c in a.concurrency)
+        for unit in range(1, count + 1):
+            load = procs.LoadProcess(port, unit)
+            self.loads.append(load)
+            self.children.append(load)
+        for load in self.loads:  # every generator must reach both targets before anything is measured
+            for kind, target in (("rpc", (procs.SERVER_UNIT, procs.SERVER_CLIENT)),
+                                 ("raw", (procs.ECHO_UNIT, procs.ECHO_CLIENT))):
+                load.send({"op": "probe", "kind": kind, "target": target, "timeout": 30.0,
+                           "body": request_body("echo", '"probe"')})
+                if not load.receive(40.0)["ok"]:
+                    raise RuntimeError(f"load generator {load.unit} got no {kind} answer within 30 s")
+
+    def stop(self) -> None:
+        for child in reversed(self.children):  # loads first, bus last
+            try:
+                child.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"sbusr-bench: stopping {child.name} failed: {exc}", file=sys.stderr)
+        self.children.clear()
+        self.tmp.cleanup()
+
+    def processes_for(self, concurrency: int) -> int:
+        wanted = self.args.load_processes or 4
+        return max(1, min(wanted, concurrency, MAX_LOAD_PROCESSES))
+
+    def run_phase(self, kind: str, body: str, concurrency: int, rate: float = 0.0) -> dict[str, Any]:
+        a = self.args
+        loads = self.loads[:self.processes_for(concurrency)]
+        target = (procs.SERVER_UNIT, procs.SERVER_CLIENT) if kind == "rpc" else \
+            (procs.ECHO_UNIT, procs.ECHO_CLIENT)
+        start_at = time.time() + 0.2
+        for i, load in enumerate(loads):
+            callers = concurrency // len(loads) + (1 if i < concurrency % len(loads) else 0)
+            load.send({"op": "run", "kind": kind, "target": target, "body": body, "callers": callers,
+                       "rate": rate / len(loads) if rate else 0.0, "start_at": start_at,
+                       "warmup": a.warmup, "duration": a.duration, "drain": 5.0})
+        answers = [load.receive(a.warmup + a.duration + 30.0) for load in loads]
+        figures = stats.summarize(answers, a.duration)
+        figures["load_processes"] = len(loads)
+        assert self.server is not None
+        figures["server_rss_kb"] = procs.rss_kb(self.server.pid)
+        kids = [procs.rss_kb(pid) for pid in procs.descendants(self.server.pid)]
+        figures["server_children_rss_kb"] = sum(k for k in kids if k) if kids else 0
+        return figures
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    names = [n.strip() for n in args.phases.split(",") if n.strip()]
+    bench = Bench(args)
+    bodies = {"raw": ("raw", request_body("echo", '"x"')), "null": ("rpc", request_body("echo", '"x"')),
+              "payload": ("rpc", request_body("echo", payload_params(args.payload_size)))}
+    result: dict[str, Any] = {
+        "config": {"duration": args.duration, "warmup": args.warmup, "concurrency": args.concurrency,
+                   "mode": args.mode, "workers": args.workers, "client": args.client,
+                   "server_opts": args.server_opt,
+                   "payload_size": args.payload_size, "load_processes": args.load_processes,
+                   "phases": names, "open_loop_fraction": args.open_loop_fraction,
+                   "bodies": {name: body for name, (_k, body) in bodies.items()}},
+        "machine": stats.machine_info(), "phases": [], "open_loop": None}
+    try:
+        bench.start()
+        for conc in args.concurrency:
+            raw_rate = None
+            for name in names:
+                kind, body = bodies[name]
+                figures = bench.run_phase(kind, body, conc)
+                if name == "raw":
+                    raw_rate = figures["calls_per_s"]
+                ratio = figures["calls_per_s"] / raw_rate if raw_rate else None
+                result["phases"].append({"name": name, "kind": kind, "concurrency": conc, **figures,
+                                         "ratio": round(ratio, 3) if ratio is not None else None})
+                print(f"  {name:<8} c={conc:<4} {figures['calls_per_s']:>9.1f}/s  p99 "
+                      f"{figures['p99_ms']} ms  errors {figures['errors']}", file=sys.stderr, flush=True)
+        nulls = [p for p in result["phases"] if p["name"] == "null"]
+        if args.open_loop_fraction > 0 and nulls:
+            top = max(nulls, key=lambda p: p["concurrency"])
+            rate = top["calls_per_s"] * args.open_loop_fraction
+            if rate > 0:
+                figures = bench.run_phase("rpc", bodies["null"][1], top["concurrency"], rate=rate)
+                result["open_loop"] = {"fraction": args.open_loop_fraction, "of_phase": "null",
+                                       "of_concurrency": top["concurrency"], "target_rate": round(rate, 1),
+                                       **figures}
+    finally:
+        bench.stop()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.warmup < 0:
+        build_parser().error("--warmup cannot be negative")
+    for item in args.server_opt:
+        section, _, rest = item.partition(".")
+        if not section or "=" not in rest or not rest.partition("=")[0]:
+            build_parser().error(f"--server-opt wants SECTION.NAME=VALUE, got {item!r}")
+    if args.client == "vendor":
+        problem = vendor_problem()
+        if problem:
+            print(f"sbusr-bench: --client vendor is not usable here: {problem}", file=sys.stderr)
+            return 2
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # same clean-up path as Ctrl-C
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = run(args)
+    except KeyboardInterrupt:
+        print("sbusr-bench: interrupted; all processes stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"sbusr-bench: {exc}", file=sys.stderr)
+        return 1
+    out = sys.stderr if args.json == "-" else sys.stdout
+    print(stats.table(result), file=out, flush=True)
+    if args.json == "-":
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0

@@ -1,0 +1,96 @@
+"""Figures of one phase from the load generators' answers, and the stdout table."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def percentile(sorted_us: Sequence[int], q: float) -> float | None:
+    """Nearest-rank percentile in milliseconds of sorted microsecond samples."""
+    if not sorted_us:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_us)))
+    return round(sorted_us[rank - 1] / 1000.0, 3)
+
+
+def summarize(answers: list[dict[str, Any]], duration: float) -> dict[str, Any]:
+    """Merge the per-process answers of one phase into its figures."""
+    lat = sorted(us for a in answers for us in a["lat_us"])
+    ok = sum(a["ok"] for a in answers)
+    errors = sum(a["errors"] + a["lost"] + a["send_errors"] for a in answers)
+    return {
+        "calls": ok,
+        "calls_per_s": round(ok / duration, 1) if duration > 0 else 0.0,
+        "p50_ms": percentile(lat, 50),
+        "p95_ms": percentile(lat, 95),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": round(lat[-1] / 1000.0, 3) if lat else None,
+        "errors": errors,
+        "error_replies": sum(a["errors"] for a in answers),
+        "lost": sum(a["lost"] for a in answers),
+        "send_errors": sum(a["send_errors"] for a in answers),
+        "sent": sum(a["sent"] for a in answers),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 0
+    return {
+        "nproc": usable,
+        "cpu_model": model,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # noisy neighbours
+    }
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The readable report: one row per closed-loop phase, then the open-loop line."""
+    cfg = result["config"]
+    info = result["machine"]
+    lines = [f"sbusr-bench {info['date']}  {info['nproc']} CPU {info['cpu_model']}  Python {info['python']}",
+             f"mode={cfg['mode']} client={cfg['client']} duration={cfg['duration']}s "
+             f"warmup={cfg['warmup']}s payload={cfg['payload_size']}B",
+             "",
+             f"{'phase':<9}{'conc':>5}{'procs':>6}{'calls/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+             f"{'errors':>8}{'srv RSS MB':>11}{'ratio':>7}"]  # RSS: server + its worker processes
+    for ph in result["phases"]:
+        rss = (ph.get("server_rss_kb") or 0) + (ph.get("server_children_rss_kb") or 0)  # workers too
+        lines.append(
+            f"{ph['name']:<9}{ph['concurrency']:>5}{ph['load_processes']:>6}{ph['calls_per_s']:>10.1f}"
+            f"{_fmt(ph['p50_ms'], '.2f'):>9}{_fmt(ph['p95_ms'], '.2f'):>9}{_fmt(ph['p99_ms'], '.2f'):>9}"
+            f"{ph['errors']:>8}{_fmt(rss / 1024 if rss else None, '.1f'):>11}"
+            f"{_fmt(ph.get('ratio'), '.2f'):>7}")
+    ol = result.get("open_loop")
+    if ol:
+        lines += ["", f"open loop at {ol['fraction']:.0%} of {ol['of_phase']} c={ol['of_concurrency']} "
+                      f"({ol['target_rate']:.0f} calls/s offered): {ol['calls_per_s']:.1f} calls/s answered, "
+                      f"p50 {_fmt(ol['p50_ms'], '.2f')} ms, p95 {_fmt(ol['p95_ms'], '.2f')} ms, "
+                      f"p99 {_fmt(ol['p99_ms'], '.2f')} ms, errors {ol['errors']}"]
+    lines += ["", "ratio = RPC calls/s / raw bus round trips/s at the same concurrency (raw rows: 1.00)"]
+    return "\n".join(lines)

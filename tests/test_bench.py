@@ -1,0 +1,107 @@
+"""sbusr-bench end to end (short phases, behaviour only) and the framing fast path it relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sbusr.bench import procs
+from sbusr.smartbus import codec as c
+from sbusr.smartbus.codec import Address as A
+
+RUN_TIMEOUT = 150
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_short_run_reports_every_phase_with_answered_calls():
+    cmd = [sys.executable, "-m", "sbusr.bench", "--duration", "1", "--warmup", "0.2",
+           "--concurrency", "1,2", "--json", "-"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["config"]["concurrency"] == [1, 2]
+    assert {"nproc", "python", "date"} <= result["machine"].keys()
+    rows = {(p["name"], p["concurrency"]): p for p in result["phases"]}
+    assert set(rows) == {(n, k) for n in ("raw", "null", "payload") for k in (1, 2)}
+    for (name, conc), row in rows.items():
+        assert row["calls"] > 0, (name, conc)
+        assert row["errors"] == 0, row
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
+        assert row["server_rss_kb"] > 0
+        assert row["ratio"] > 0
+    assert rows[("raw", 2)]["ratio"] == 1.0
+    assert rows[("null", 2)]["load_processes"] == 2
+    ol = result["open_loop"]
+    assert ol["of_concurrency"] == 2 and ol["calls"] > 0 and ol["errors"] == 0
+    assert "calls/s" in done.stderr  # the table goes to stderr when JSON goes to stdout
+
+
+def test_ctrl_c_stops_every_child():
+    proc = subprocess.Popen([sys.executable, "-m", "sbusr.bench", "--duration", "30", "--concurrency", "2",
+                             "--phases", "null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        kids: list[int] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(kids) < 5:  # bus, server, echo, 2 load generators
+            kids = procs.descendants(proc.pid)
+            time.sleep(0.2)
+        assert len(kids) >= 5, kids
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(k) for k in kids):
+            time.sleep(0.1)
+        assert not [k for k in kids if _alive(k)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_options_are_refused_without_starting_anything():
+    done = subprocess.run([sys.executable, "-m", "sbusr.bench", "--concurrency", "0"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "concurrency" in done.stderr
+
+
+@pytest.mark.parametrize("step", [1, 7, 20, 1000])
+def test_feed_frames_matches_feed(step):
+    packets = [c.encode_data(A(1, i, 2), A(19, 1, -1), i, 211, bytes([65 + i]) * i) for i in range(6)]
+    packets.append(c.encode_notify(A(19, 1, 19), A(1, 0, 2), c.Notify("", "42", b'{"result":1}')))
+    stream = b"".join(packets)
+    slow, fast = c.FrameDecoder(), c.FrameDecoder()
+    got_slow, got_fast = [], []
+    for i in range(0, len(stream), step):
+        chunk = stream[i:i + step]
+        got_slow += slow.feed(bytearray(chunk))
+        got_fast += fast.feed_frames(chunk)
+    assert [raw for _, raw in got_slow] == [raw for raw, _ in got_fast] == packets
+    for (pkt, raw), (raw2, fields) in zip(got_slow, got_fast, strict=True):
+        assert type(raw) is bytes and type(raw2) is bytes
+        assert c.packet_from_frame(raw2, fields) == pkt == c.decode_packet(raw)
+    assert slow.buffered == fast.buffered == 0
+
+
+def test_feed_frames_rejects_a_bad_header_at_once():
+    with pytest.raises(c.CodecError, match="head flag"):
+        c.FrameDecoder().feed_frames(b"\0" * 20)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_rss_of_this_process():
+    assert procs.rss_kb(os.getpid()) > 0
+    assert procs.rss_kb(2**22 + 12345) is None
