@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import itertools
 import json
 import logging
 import queue
@@ -181,33 +182,62 @@ def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> An
     return jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message)
 
 
+_serving = threading.local()
+_message_ids = itertools.count(1)
+
+
+def current_message() -> SmartBusIncomingMessage | None:
+    """The message the calling RPCServer executor thread is dispatching, if any.
+
+    The execution layer uses it to answer a call that overruns its time limit
+    without moving the call to another thread (see :meth:`answer_early`).
+    """
+    return getattr(_serving, "message", None)
+
+
 class SmartBusIncomingMessage(base.RpcIncomingMessage):
-    """One JSON-RPC call handed to the RPCServer."""
+    """One JSON-RPC call handed to the RPCServer; answered exactly once."""
 
     def __init__(self, ctxt: dict[str, Any], message: dict[str, Any], request_id: Any,
                  responder: _Responder | None, slot: int) -> None:
-        super().__init__(ctxt, message)
+        # a counter, not oslo's default uuid4: the id is only used in log lines
+        super().__init__(ctxt, message, msg_id=str(next(_message_ids)))
         self.full_method = (f"{message['namespace']}.{message['method']}" if message.get("namespace")
                             else message["method"])
         self._request_id = request_id
         self._responder = responder
         self._slot = slot
+        self._unanswered = threading.Lock()  # held once answered: a one-shot token
         self.on_done: Callable[[], None] | None = None
 
     def reply(self, reply: Any = None, failure: Any = None) -> None:
         # RPCServer calls reply() once per message, notifications included
+        if getattr(_serving, "message", None) is self:
+            _serving.message = None
+        if not self._answer(reply, None if failure is None else failure[1]):
+            LOG.debug("late reply to %s dropped: already answered", self.full_method)
+
+    def answer_early(self, error: BaseException) -> bool:
+        """Answer now with ``error`` (from any thread); the method's own reply is dropped later."""
+        return self._answer(None, error)
+
+    def _answer(self, result: Any, error: BaseException | None) -> bool:
+        if not self._unanswered.acquire(blocking=False):
+            return False
         if self.on_done is not None:
             self.on_done()
             self.on_done = None
         if self._responder is None:  # a notification: run, answer nothing
-            return
-        if failure is not None:
-            self._responder.fill_failure(self._slot, self._request_id, failure[1], self.full_method)
+            return True
+        if error is not None:
+            self._responder.fill_failure(self._slot, self._request_id, error, self.full_method)
         else:
-            self._responder.fill(self._slot, jsonrpc.result_response(self._request_id, reply))
+            self._responder.fill(self._slot, jsonrpc.result_response(self._request_id, result))
+        return True
 
     def acknowledge(self) -> None:
-        """Nothing to acknowledge: SmartBus has no delivery receipts."""
+        """RPCServer acknowledges in the thread that then dispatches: remember the message there."""
+        _serving.message = self
 
     def requeue(self) -> None:
         """Not supported (require_features refuses requeue)."""
@@ -326,6 +356,7 @@ class SmartBusDriver(base.BaseDriver):
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
         opts.register_opts(conf)
         self._config = client_config_from_url(conf, url)
+        self.debug = bool(getattr(conf, "debug", False) or conf.server.expose_tracebacks)
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
 
@@ -336,10 +367,6 @@ class SmartBusDriver(base.BaseDriver):
             if self._connection is None:
                 self._connection = BusConnection.acquire(self.conf, self._config)
             return self._connection
-
-    @property
-    def debug(self) -> bool:
-        return bool(getattr(self.conf, "debug", False) or self.conf.server.expose_tracebacks)
 
     def require_features(self, requeue: bool = False) -> None:
         if requeue:

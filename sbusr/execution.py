@@ -3,12 +3,14 @@
 The oslo RPCServer calls every endpoint method through ``EndpointAdapter.invoker``;
 :meth:`Executor.bind` installs ours on each adapter of a registry. ``[execution] mode`` picks:
 
-* **thread** -- a call without a time limit runs directly in the oslo executor thread (the hot
-  path: one semaphore caps concurrent methods at ``workers``). A call with a limit runs on a pool
-  of ``workers`` threads while the oslo thread waits for it with a timeout. A Python thread cannot
-  be killed, so a call that overruns is *abandoned*: the caller gets -32001 at once, the thread keeps
-  running the method to its end (logged), and a spare thread takes its place (at most ``workers``
-  spares; past that, capacity shrinks and an error is logged -- use process mode for runaway code).
+* **thread** -- every call runs directly in the oslo executor thread (one semaphore caps
+  concurrent methods at ``workers``); no hand-off to another thread on the hot path. A call with a
+  limit is registered with one :class:`Watchdog` thread. A Python thread cannot be killed, so a call
+  that overruns is *abandoned*: the watchdog answers the caller with -32001 at once through the
+  smartbus driver (:func:`sbusr.driver_smartbus.current_message`), the thread keeps running the
+  method to its end (logged, its late reply dropped), and its worker slot is handed on (at most
+  ``workers`` at a time; past that, capacity shrinks and an error is logged -- use process mode for
+  runaway code).
 * **process** -- a purpose-built pool of worker processes (:class:`ProcessPool`, the child side is
   :mod:`sbusr.worker`). ``concurrent.futures.ProcessPoolExecutor`` marks the whole pool broken when
   one worker dies and cannot kill one stuck task; ``multiprocessing.Pool`` silently loses the task
@@ -24,6 +26,7 @@ with :func:`limits`.
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import math
 import os
@@ -40,6 +43,7 @@ from typing import Any
 
 from sbusr import dispatch, jsonrpc
 from sbusr import worker as worker_mod
+from sbusr.driver_smartbus import current_message
 
 LOG = logging.getLogger(__name__)
 
@@ -164,123 +168,73 @@ def create_executor(conf: Any) -> Executor:
 
 def executor_pool_size(conf: Any) -> int:
     """oslo ``executor_thread_pool_size`` to use: enough threads that every worker can be kept busy
-    while sys.* calls (and replies to callers whose method finished) still get a thread."""
-    return max(int(conf.executor_thread_pool_size), conf.execution.workers + EXECUTOR_THREAD_MARGIN)
+    while sys.* calls (and replies to callers whose method finished) still get a thread; in thread
+    mode up to ``workers`` abandoned calls may hold threads on top of that."""
+    workers = conf.execution.workers * (2 if conf.execution.mode == "thread" else 1)
+    return max(int(conf.executor_thread_pool_size), workers + EXECUTOR_THREAD_MARGIN)
 
 
 # --------------------------------------------------------------------------- thread mode
 
-class _Task:
-    __slots__ = ("args", "done", "error", "fn", "replaced", "result", "started", "state")
+class Watchdog:
+    """One thread that fires actions at deadlines; arming and disarming cost a heap push and a flag."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
-        self.fn = fn
-        self.args = args
-        self.done = threading.Event()
-        self.state = "new"  # new -> running -> done | abandoned; new -> cancelled
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.started = 0.0
-        self.replaced = False
-
-
-class ThreadRunner:
-    """``size`` threads running time-limited calls; an overrunning call's thread is written off."""
-
-    def __init__(self, size: int, max_spare: int | None = None, name: str = "sbusr-call") -> None:
-        self.size = size
-        self.max_spare = size if max_spare is None else max_spare
+    def __init__(self, name: str = "sbusr-watchdog") -> None:
+        self._heap: list[tuple[float, int, list[Any]]] = []
+        self._cond = threading.Condition()
+        self._seq = 0
         self._name = name
-        self._tasks: collections.deque[_Task | None] = collections.deque()
-        self._ready = threading.Semaphore(0)
-        self._lock = threading.Lock()
-        self._spares = 0  # replacement threads started for abandoned ones still running
-        self._abandoned = 0
-        self._serial = 0
-        for _ in range(size):
-            self._start_thread()
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
-    def _start_thread(self) -> None:
-        self._serial += 1
-        threading.Thread(target=self._loop, name=f"{self._name}-{self._serial}", daemon=True).start()
+    def arm(self, timeout: float, action: Callable[[], None]) -> list[Any]:
+        entry: list[Any] = [action]  # entry[0] = None once disarmed
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + timeout, self._seq, entry))
+            if self._heap[0][2] is entry:
+                self._cond.notify()
+        return entry
+
+    @staticmethod
+    def disarm(entry: list[Any]) -> None:
+        entry[0] = None
 
     def _loop(self) -> None:
         while True:
-            self._ready.acquire()
-            task = self._tasks.popleft()
-            if task is None:
-                return
-            with self._lock:
-                if task.state != "new":
-                    continue  # its caller gave up before it started
-                task.state = "running"
-            task.started = time.monotonic()
-            try:
-                task.result = task.fn(*task.args)
-            except BaseException as exc:  # handed to the caller, which re-raises it
-                task.error = exc
-            with self._lock:
-                abandoned = task.state == "abandoned"
-                task.state = "done"
-                if abandoned:
-                    self._abandoned -= 1
-                    if task.replaced:
-                        self._spares -= 1
-            task.done.set()
-            if abandoned:
-                LOG.warning("abandoned call %s finished after %.1f s; its result was discarded",
-                            _fn_label(task.fn), time.monotonic() - task.started)
-                if task.replaced:
-                    return  # a spare thread took this one's place
-            task.fn = task.args = None  # type: ignore[assignment]  # do not keep big results alive
+            with self._cond:
+                while not self._closed:
+                    while self._heap and self._heap[0][2][0] is None:
+                        heapq.heappop(self._heap)  # disarmed
+                    if self._heap and self._heap[0][0] <= time.monotonic():
+                        break
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._closed:
+                    return
+                _, _, entry = heapq.heappop(self._heap)
+                action, entry[0] = entry[0], None
+            if action is not None:
+                try:
+                    action()
+                except Exception:
+                    LOG.exception("watchdog action failed")
 
-    def run(self, fn: Callable[..., Any], args: tuple, timeout: float) -> Any:
-        """Run ``fn(*args)`` on a pool thread; CallTimeout if it has not finished in ``timeout`` s."""
-        task = _Task(fn, args)
-        self._tasks.append(task)
-        self._ready.release()
-        if not task.done.wait(timeout):
-            with self._lock:
-                state = task.state
-                if state == "new":
-                    task.state = "cancelled"
-                elif state == "running":
-                    task.state = "abandoned"
-                    self._abandoned += 1
-                    if self._spares < self.max_spare:
-                        self._spares += 1
-                        task.replaced = True
-                        self._start_thread()
-            if state in ("new", "running"):
-                self._log_timeout(fn, timeout, state, task.replaced)
-                raise jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
-                                          {"timeout": timeout})
-        if task.error is not None:
-            error, task.error = task.error, None
-            raise error
-        return task.result
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
 
-    def _log_timeout(self, fn: Any, timeout: float, state: str, replaced: bool) -> None:
-        label = _fn_label(fn)
-        if state == "new":
-            LOG.warning("call %s timed out after %g s before a thread was free to start it", label, timeout)
-        elif replaced:
-            LOG.warning("call %s exceeded its %g s limit; answered with a timeout, its thread is abandoned "
-                        "(threads cannot be stopped; process mode can)", label, timeout)
-        else:
-            LOG.error("call %s exceeded its %g s limit; %d calls are stuck and no spare thread is left: "
-                      "capacity is reduced until they return (use [execution] mode = process)",
-                      label, timeout, self._abandoned)
 
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"threads": self.size, "abandoned": self._abandoned, "spares": self._spares}
+class _LimitedCall:
+    __slots__ = ("freed", "started", "state")
 
-    def shutdown(self) -> None:
-        """Let idle threads exit (abandoned ones are daemons and die with the process)."""
-        for _ in range(self.size + self._spares):
-            self._tasks.append(None)
-            self._ready.release()
+    def __init__(self) -> None:
+        self.state = "running"  # running -> done | expired
+        self.freed = False  # its worker slot was handed on when it expired
+        self.started = time.monotonic()
 
 
 def _fn_label(fn: Any) -> str:
@@ -295,9 +249,10 @@ class ThreadExecutor(Executor):
     def __init__(self, workers: int, call_timeout: float, worker_init: str | None = None) -> None:
         super().__init__(workers, call_timeout)
         self.worker_init = worker_init
-        self._slots = threading.BoundedSemaphore(workers)
-        self._runner: ThreadRunner | None = None
-        self._runner_lock = threading.Lock()
+        self._slots = threading.Semaphore(workers)
+        self._lock = threading.Lock()
+        self._abandoned = 0  # expired calls whose slot was handed on and that still run
+        self._watchdog = Watchdog()
 
     def start(self) -> None:
         # Same config in both modes: the hook runs once, in the server process, before any call.
@@ -305,39 +260,77 @@ class ThreadExecutor(Executor):
         if error is not None:
             LOG.error("worker_init %s failed in the server process: %s", self.worker_init, error)
 
-    def _get_runner(self) -> ThreadRunner:
-        runner = self._runner
-        if runner is None:
-            with self._runner_lock:
-                if self._runner is None:
-                    self._runner = ThreadRunner(self.workers)
-                runner = self._runner
-        return runner
-
     def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         default = self.default_timeout(adapter)
         slots = self._slots
-        get_runner = self._get_runner
+        limited = self._limited
 
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
-            timeout = getattr(fn, LIMITS_ATTR, None)
-            timeout = default if timeout is None or timeout.timeout is None else timeout.timeout
+            limits = getattr(fn, LIMITS_ATTR, None)
+            timeout = default if limits is None or limits.timeout is None else limits.timeout
+            if timeout:
+                return limited(fn, ctxt, args, kwargs, timeout)
             with slots:
-                if not timeout:
-                    return fn(ctxt, *args, **kwargs)
-                return get_runner().run(_call_with_kwargs, (fn, ctxt, args, kwargs), timeout)
+                return fn(ctxt, *args, **kwargs)
 
         return invoke
 
+    def _limited(self, fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict, timeout: float) -> Any:
+        """Run in this thread; past the limit the watchdog answers the caller (a thread cannot be killed)."""
+        self._slots.acquire()
+        call = _LimitedCall()
+        message = current_message()
+        entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message))
+        try:
+            return fn(ctxt, *args, **kwargs)
+        finally:
+            Watchdog.disarm(entry)
+            with self._lock:
+                expired = call.state == "expired"
+                call.state = "done"
+                if call.freed:
+                    self._abandoned -= 1
+            if not call.freed:
+                self._slots.release()
+            if expired:
+                LOG.warning("abandoned call %s finished after %.1f s; its result was discarded",
+                            _fn_label(fn), time.monotonic() - call.started)
+                # the caller already has the timeout; this raise answers on transports that cannot
+                # be answered early
+                raise jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
+                                          {"timeout": timeout}) from None
+
+    def _expire(self, call: _LimitedCall, fn: Any, timeout: float, message: Any) -> None:
+        with self._lock:
+            if call.state != "running":
+                return
+            call.state = "expired"
+            if self._abandoned < self.workers:
+                self._abandoned += 1
+                call.freed = True
+            stuck = self._abandoned
+        if call.freed:
+            self._slots.release()  # another call may run while this thread is stuck
+        error = jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
+                                    {"timeout": timeout})
+        if message is not None:
+            message.answer_early(error)
+        if call.freed:
+            LOG.warning("call %s exceeded its %g s limit; answered with a timeout, its thread is abandoned "
+                        "(threads cannot be stopped; process mode can)", _fn_label(fn), timeout)
+        else:
+            LOG.error("call %s exceeded its %g s limit; %d calls are stuck: capacity is reduced until they "
+                      "return (use [execution] mode = process)", _fn_label(fn), timeout, stuck)
+
     def stats(self) -> dict[str, Any]:
-        return {"mode": self.mode, **(self._runner.stats() if self._runner else {"threads": 0})}
+        with self._lock:
+            return {"mode": self.mode, "threads": self.workers, "abandoned": self._abandoned}
 
     def reload(self) -> dict[str, Any]:
         return self.stats()
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        if self._runner is not None:
-            self._runner.shutdown()
+        self._watchdog.close()
 
 
 def _call_with_kwargs(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:

@@ -150,27 +150,63 @@ def test_limits_decorator_marks_functions_static_class_methods_and_classes():
             execution.limits(timeout=bad)
 
 
-def test_thread_runner_times_out_abandons_thread_and_keeps_capacity():
-    runner = execution.ThreadRunner(1, name="test-runner")
-    release = threading.Event()
+def test_watchdog_fires_in_deadline_order_and_skips_disarmed():
+    dog = execution.Watchdog(name="test-watchdog")
+    fired: list[str] = []
+    done = threading.Event()
     try:
-        with pytest.raises(jsonrpc.CallTimeout):
-            runner.run(release.wait, (30,), 0.2)
-        assert runner.stats()["abandoned"] == 1
-        # the only thread is stuck, yet a spare runs the next call
-        assert runner.run(lambda x: x * 2, (21,), 5) == 42
-        error = KeyError("x")
+        dog.arm(0.3, lambda: (fired.append("late"), done.set()))
+        cancelled = dog.arm(0.1, lambda: fired.append("cancelled"))
+        dog.arm(0.05, lambda: fired.append("early"))
+        execution.Watchdog.disarm(cancelled)
+        assert done.wait(5)
+        assert fired == ["early", "late"]
+    finally:
+        dog.close()
 
-        def boom():
-            raise error
 
-        with pytest.raises(KeyError) as info:
-            runner.run(boom, (), 5)
-        assert info.value is error
+class _StubMessage:
+    def __init__(self):
+        self.answered = threading.Event()
+        self.error = None
+
+    def answer_early(self, error):
+        self.error = error
+        self.answered.set()
+        return True
+
+
+def test_thread_mode_answers_overrun_early_and_hands_the_slot_on():
+    from sbusr import driver_smartbus
+
+    adapter = dispatch.EndpointAdapter(_Limited(), dispatch.EndpointOrigin("module", __name__, "_Limited"))
+    executor = execution.ThreadExecutor(workers=1, call_timeout=0.2)
+    executor.bind(dispatch.Registry([adapter]))
+    release = threading.Event()
+    message = _StubMessage()
+    outcome: dict = {}
+
+    def stuck_call():
+        driver_smartbus._serving.message = message  # what SmartBusIncomingMessage.acknowledge does
+        try:
+            adapter.blocked({}, event=release)
+        except oslo_messaging.ExpectedException as exc:
+            outcome["late"] = exc.exc_info[1]
+
+    caller = threading.Thread(target=stuck_call)
+    caller.start()
+    try:
+        assert message.answered.wait(5), "the watchdog did not answer the overrunning call"
+        assert isinstance(message.error, jsonrpc.CallTimeout)
+        assert caller.is_alive()  # answered while the method is still running
+        assert executor.stats()["abandoned"] == 1
+        assert adapter.fast({}, **{dispatch.POSITIONAL_KEY: [7]}) == 7  # its only slot was handed on
     finally:
         release.set()
-        assert wait_for(lambda: runner.stats()["abandoned"] == 0)
-        runner.shutdown()
+        caller.join(5)
+        executor.shutdown()
+    assert isinstance(outcome["late"], jsonrpc.CallTimeout)
+    assert executor.stats()["abandoned"] == 0
 
 
 class _Limited:
@@ -182,6 +218,10 @@ class _Limited:
     def sleepy(self, ctxt, seconds):
         time.sleep(seconds)
         return "slept"
+
+    def blocked(self, ctxt, event):
+        event.wait(30)
+        return "released"
 
     @execution.limits(timeout=0)
     def patient(self, ctxt, seconds):
