@@ -36,7 +36,7 @@ from sbusr import jsonrpc
 from sbusr.cmd import common
 from sbusr.driver_smartbus import FlowRejected, IpscUnavailable, RemoteError, client_config_from_url
 from sbusr.smartbus import codec
-from sbusr.smartbus.interface import BusError, NotConnected
+from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
 
 LOG = logging.getLogger(__name__)
 ACCESS_LOG = logging.getLogger("sbusr.api.access")
@@ -367,6 +367,8 @@ class FlowHandler(BodyHandler):
             raise ApiError(504, str(exc)) from None
         except NotConnected as exc:
             raise ApiError(503, f"not connected to the SmartBus: {exc}") from None
+        except FlowOutcomeUnknown as exc:
+            raise ApiError(502, f"the flow's outcome is unknown: {exc}", outcome="unknown") from None
         except (BusError, codec.CodecError) as exc:
             raise ApiError(502, f"the flow could not be started: {exc}") from None
         LOG.info("flow %s/%s started on IPSC %s/%s (invoke id %s)", request["project"], request["flow"],

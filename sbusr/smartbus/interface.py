@@ -32,6 +32,10 @@ class FlowTimeout(BusError):
     """No flow ack (or result) arrived in time."""
 
 
+class FlowOutcomeUnknown(BusError):
+    """The flow request may have been sent, but its ack cannot be tracked: do not retry blindly."""
+
+
 @dataclass(frozen=True, slots=True)
 class FlowAckEvent:
     """Outcome of a remote flow start; ``ack == 1`` means the flow started."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import importlib.util
+import itertools
 import logging
 import os
 import platform
@@ -43,6 +44,7 @@ from sbusr.smartbus.interface import (
     ClientHandlers,
     FlowAckEvent,
     FlowInvocation,
+    FlowOutcomeUnknown,
     FlowTimeout,
     NotConnected,
 )
@@ -415,6 +417,10 @@ class VendorLibrary:
 # --------------------------------------------------------------------------- BusClient backend
 
 
+#: RemoteInvokeFlow's "all pending slots in use" code
+ERR_RET_BUFF_FULL = -7
+
+
 def check_rc(rc: int, what: str) -> int:
     """Turn a negative library return code into BusError (-2 -> NotConnected)."""
     if rc == codec.ERR_NOT_CONNECTED:
@@ -458,6 +464,8 @@ class VendorClient:
         self._flow_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._started = False
+        # ids of notifies we encode ourselves; a range apart from the library's own counter
+        self._notify_ids = itertools.count(1 << 20)
 
     # ----------------------------------------------------------------- state
 
@@ -624,22 +632,33 @@ class VendorClient:
 
     def send_notify(self, unit: int, client: int, project: str, title: str, param: bytes,
                     expires_ms: int = 0, mode: int = 0, client_type: int = 2) -> int:
-        """SendNotify; the library fixes the target type to 2 (IPSC) and the unit to 0..15."""
-        if client_type != codec.CLIENT_TYPE_IPSC:
-            raise BusError(f"libbusnetcli sends notifies to client type 2 only, not {client_type}")
-        if unit not in codec.IPSC_UNITS:
-            raise BusError(f"libbusnetcli sends notifies to IPSC units 0..15 only, not {unit}",
-                           codec.ERR_UNIT)
+        """SendNotify to an IPSC; to anyone else the same NOTIFY bytes through SendData.
+
+        The library only addresses notifies to IPSCs (type 2, units 0..15), but sbusr also
+        answers net clients (sbusr-api, tools). A NOTIFY is an ordinary cmd 15/cmdtype 1
+        packet that receivers deliver like data, so for those targets we encode it ourselves.
+        """
         raw = bytes(param)
         if b"\0" in raw:
             raise BusError("notify param contains a NUL byte")
         if len(raw) > codec.MAX_NOTIFY_PARAM:
             raise BusError(f"notify param is {len(raw)} bytes; at most {codec.MAX_NOTIFY_PARAM} fit",
                            codec.ERR_DATA_TOO_LARGE)
-        rc = self._library().send_notify(self.config.client_id, unit, client,
-                                         self._encode(project, "project"), self._encode(title, "title"),
-                                         mode, expires_ms, raw)
-        return check_rc(rc, "SmartBusNetCli_SendNotify")
+        if client_type == codec.CLIENT_TYPE_IPSC and unit in codec.IPSC_UNITS:
+            rc = self._library().send_notify(self.config.client_id, unit, client,
+                                             self._encode(project, "project"), self._encode(title, "title"),
+                                             mode, expires_ms, raw)
+            return check_rc(rc, "SmartBusNetCli_SendNotify")
+        invoke_id = next(self._notify_ids)
+        dst = Address(unit, client, client_type)
+        try:
+            packet = codec.encode_notify(self.config.address, dst,
+                                         codec.Notify(project, title, raw, invoke_id, mode, expires_ms),
+                                         self.config.encoding)
+        except codec.CodecError as exc:
+            raise BusError(f"notify cannot be encoded: {exc}") from None
+        self.send_data(dst, codec.CMD_NOTIFY, codec.CMDTYPE_SYSTEM, packet[codec.HEADER_SIZE:])
+        return invoke_id
 
     def invoke_flow(self, unit: int, client: int, project: str, flow: str, params: bytes, *,
                     want_result: bool, ack_timeout: float,
@@ -654,10 +673,16 @@ class VendorClient:
         lib = self._library()
         project_b, flow_b = self._encode(project, "project"), self._encode(flow, "flow")
         timeout_ms = _flow_timeout_ms(want_result, ack_timeout, result_timeout)
+        # Always mode 0 ("result expected"): after a mode-1 call the library refuses the next
+        # mode-0 call with -7 ("ret buff is full") although it sends the request, so the flow
+        # would run while the caller is told it failed.  A result nobody asked for is ignored.
         # Hold the lock across the call so the dispatcher cannot see the reply first.
         with self._flow_lock:
-            rc = lib.invoke_flow(self.config.client_id, unit, client, project_b, flow_b,
-                                 0 if want_result else 1, timeout_ms, raw)
+            rc = lib.invoke_flow(self.config.client_id, unit, client, project_b, flow_b, 0, timeout_ms, raw)
+            if rc == ERR_RET_BUFF_FULL:
+                raise FlowOutcomeUnknown(
+                    "libbusnetcli refused to track the flow call (-7, 'ret buff is full') but may have "
+                    "sent it: the flow may be running; do not retry blindly", rc)
             check_rc(rc, "SmartBusNetCli_RemoteInvokeFlow")
             inv = FlowInvocation(rc)
             if want_result:
