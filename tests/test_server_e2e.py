@@ -264,3 +264,53 @@ def _server():
     from sbusr.smartbus.codec import Address
 
     return Address(SERVER_UNIT, SERVER_CLIENT, -1)
+
+
+# ---------------------------------------------------------------------------- a vendor-library caller
+
+
+@pytest.fixture(scope="module")
+def vendor_caller(bus, server):
+    """A libbusnetcli client (own process, net-client unit) calling sbusr like a flow does."""
+    if vendor_unavailable():
+        pytest.skip(vendor_unavailable())
+    from tests.helpers.vendorproc import VendorAgent
+
+    with VendorAgent(bus.port, unit=22, client=0, client_type=19) as agent:
+        agent.wait_connected()
+        yield agent
+
+
+def vendor_call(agent, request: dict | list) -> dict | list:
+    """Send as smartbusSendData(19, 1, -1, 1, 211, json); the NOTIFY reply arrives as data (cmd 15)."""
+    from sbusr.smartbus import codec
+
+    mark = agent.mark()
+    result = agent.send("send_data", cmd=1, cmdtype=211, unit=SERVER_UNIT, client=SERVER_CLIENT, type=-1,
+                        text=json.dumps(request))
+    assert result.get("rc") == 0, result
+    title = str(request["id"]) if isinstance(request, dict) else str(request[0]["id"])
+    event = agent.wait_for(lambda e: e["event"] == "recvdata" and e["cmd"] == codec.CMD_NOTIFY
+                           and codec.decode_notify(bytes.fromhex(e["data"])).title == title,
+                           timeout=10, since=mark)
+    assert (event["src_unit"], event["src_client"]) == (SERVER_UNIT, SERVER_CLIENT)
+    return json.loads(codec.decode_notify(bytes.fromhex(event["data"])).param)
+
+
+def test_vendor_library_client_calls_sbusr(vendor_caller):
+    assert vendor_call(vendor_caller, {"jsonrpc": "2.0", "id": "v1", "method": "echo",
+                                       "params": ["中文 hello"]})["result"] == "中文 hello"
+    assert vendor_call(vendor_caller, {"jsonrpc": "2.0", "id": 2, "method": "add",
+                                       "params": {"a": 2, "b": 3}})["result"] == 5
+    reply = vendor_call(vendor_caller, {"jsonrpc": "2.0", "id": "v3", "method": "weather.sk",
+                                        "params": ["x"]})
+    assert reply["result"]["source"] == {"unit": 22, "client": 0, "type": 19}
+    assert vendor_call(vendor_caller, {"jsonrpc": "2.0", "id": "v4", "method": "nosuch"})["error"]["code"] \
+        == -32601
+    assert vendor_call(vendor_caller, {"jsonrpc": "2.0", "id": "v5", "method": "add",
+                                       "params": [1]})["error"]["code"] == -32602
+    assert vendor_call(vendor_caller, {"jsonrpc": "2.0", "id": "v6", "method": "exception",
+                                       "params": ["x"]})["error"]["code"] == -32000
+    batch = vendor_call(vendor_caller, [{"jsonrpc": "2.0", "id": "b1", "method": "echo", "params": ["a"]},
+                                        {"jsonrpc": "2.0", "id": "b2", "method": "add", "params": [1, 1]}])
+    assert sorted((r["id"], r["result"]) for r in batch) == [("b1", "a"), ("b2", 2)]
