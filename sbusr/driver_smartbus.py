@@ -293,7 +293,7 @@ class SmartBusListener(base.PollStyleListener):
         super().__init__()
         self._driver = driver
         self._conn = driver.connection
-        self._packets: queue.Queue[Packet | None] = queue.Queue()
+        self._packets: queue.SimpleQueue[Packet | None] = queue.SimpleQueue()
         self._ready: collections.deque[SmartBusIncomingMessage] = collections.deque()
         self._stopping = False
         execution = driver.conf.execution
@@ -314,6 +314,9 @@ class SmartBusListener(base.PollStyleListener):
     def _admit(self, messages: list[SmartBusIncomingMessage]) -> list[SmartBusIncomingMessage]:
         if not messages:
             self._admission.leave()
+            return messages
+        if len(messages) == 1:  # the common case: no shared countdown needed
+            messages[0].on_done = self._admission.leave
             return messages
         done = self._admission.ticket(len(messages))
         for message in messages:
