@@ -297,7 +297,8 @@ class SmartBusListener(base.PollStyleListener):
         self._ready: collections.deque[SmartBusIncomingMessage] = collections.deque()
         self._stopping = False
         execution = driver.conf.execution
-        self._admission = _Admission(execution.workers + execution.queue_size)
+        self._limit = execution.workers + execution.queue_size
+        self._admission = _Admission(self._limit)
         self._conn.set_request_sink(self._accept)
 
     def _accept(self, packet: Packet) -> None:
@@ -306,7 +307,7 @@ class SmartBusListener(base.PollStyleListener):
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
         elif not self._admission.try_enter():
             LOG.warning("request from %s refused: %d requests already waiting or running", packet.src,
-                        self._driver.conf.execution.workers + self._driver.conf.execution.queue_size)
+                        self._limit)
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later")
         else:
             self._packets.put(packet)
@@ -359,7 +360,9 @@ class SmartBusDriver(base.BaseDriver):
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
         opts.register_opts(conf)
         self._config = client_config_from_url(conf, url)
+        # read per request: look them up once (oslo.config lookups are not free)
         self.debug = bool(getattr(conf, "debug", False) or conf.server.expose_tracebacks)
+        self.max_request_size = conf.smartbus.max_request_size
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
 
@@ -386,10 +389,10 @@ class SmartBusDriver(base.BaseDriver):
         raise NotImplementedError("the smartbus transport carries no oslo notifications")
 
     def _decode(self, packet: Packet) -> jsonrpc.Parsed:
-        if len(packet.body) > self.conf.smartbus.max_request_size:
+        if len(packet.body) > self.max_request_size:
             return jsonrpc.Parsed(False, [jsonrpc.error_response(
                 None, jsonrpc.INVALID_REQUEST,
-                f"request is {len(packet.body)} bytes; the limit is {self.conf.smartbus.max_request_size}")])
+                f"request is {len(packet.body)} bytes; the limit is {self.max_request_size}")])
         try:
             text = jsonrpc.decode_payload(packet.body, self._config.encoding)
         except jsonrpc.RpcError as exc:

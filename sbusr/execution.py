@@ -179,10 +179,14 @@ def executor_pool_size(conf: Any) -> int:
 class Watchdog:
     """One thread that fires actions at deadlines; arming and disarming cost a heap push and a flag."""
 
+    #: rebuild the heap once this many disarmed entries wait in it (and they are the majority)
+    PURGE_AT = 4096
+
     def __init__(self, name: str = "sbusr-watchdog") -> None:
         self._heap: list[tuple[float, int, list[Any]]] = []
         self._cond = threading.Condition()
         self._seq = 0
+        self._disarmed = 0
         self._name = name
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -199,9 +203,15 @@ class Watchdog:
                 self._cond.notify()
         return entry
 
-    @staticmethod
-    def disarm(entry: list[Any]) -> None:
+    def disarm(self, entry: list[Any]) -> None:
+        """Cancel; the entry leaves the heap when due, or in a purge once many have piled up."""
         entry[0] = None
+        with self._cond:
+            self._disarmed += 1
+            if self._disarmed >= self.PURGE_AT and self._disarmed * 2 > len(self._heap):
+                self._heap = [item for item in self._heap if item[2][0] is not None]
+                heapq.heapify(self._heap)
+                self._disarmed = 0
 
     def _loop(self) -> None:
         while True:
@@ -209,6 +219,7 @@ class Watchdog:
                 while not self._closed:
                     while self._heap and self._heap[0][2][0] is None:
                         heapq.heappop(self._heap)  # disarmed
+                        self._disarmed = max(0, self._disarmed - 1)
                     if self._heap and self._heap[0][0] <= time.monotonic():
                         break
                     self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
@@ -284,7 +295,7 @@ class ThreadExecutor(Executor):
         try:
             return fn(ctxt, *args, **kwargs)
         finally:
-            Watchdog.disarm(entry)
+            self._watchdog.disarm(entry)
             with self._lock:
                 expired = call.state == "expired"
                 call.state = "done"

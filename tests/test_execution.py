@@ -158,9 +158,19 @@ def test_watchdog_fires_in_deadline_order_and_skips_disarmed():
         dog.arm(0.3, lambda: (fired.append("late"), done.set()))
         cancelled = dog.arm(0.1, lambda: fired.append("cancelled"))
         dog.arm(0.05, lambda: fired.append("early"))
-        execution.Watchdog.disarm(cancelled)
+        dog.disarm(cancelled)
         assert done.wait(5)
         assert fired == ["early", "late"]
+    finally:
+        dog.close()
+
+
+def test_watchdog_heap_does_not_keep_disarmed_entries():
+    dog = execution.Watchdog(name="test-watchdog-purge")
+    try:
+        for _ in range(3 * execution.Watchdog.PURGE_AT):
+            dog.disarm(dog.arm(60, lambda: None))
+        assert len(dog._heap) < execution.Watchdog.PURGE_AT
     finally:
         dog.close()
 
