@@ -18,12 +18,10 @@ URL: ``smartbus://[user:password@]host:port[,slave_host:slave_port]/?unit_id=N&c
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import itertools
 import json
 import logging
-import queue
 import threading
 import uuid
 from collections.abc import Callable
@@ -286,31 +284,42 @@ class _Admission:
         return done
 
 
-class SmartBusListener(base.PollStyleListener):
-    """Turns request packets from the bus into incoming messages, parsing off the bus thread."""
+class SmartBusListener(base.Listener):
+    """Hands each request to the RPCServer as it arrives (push style: no polling thread).
+
+    Parsing happens on the bus client's thread, then the RPCServer's own executor
+    takes over; one thread hand-off per request instead of two.
+    """
 
     def __init__(self, driver: SmartBusDriver) -> None:
-        super().__init__()
+        super().__init__(batch_size=1, batch_timeout=None)
         self._driver = driver
         self._conn = driver.connection
-        self._packets: queue.SimpleQueue[Packet | None] = queue.SimpleQueue()
-        self._ready: collections.deque[SmartBusIncomingMessage] = collections.deque()
-        self._stopping = False
         execution = driver.conf.execution
         self._limit = execution.workers + execution.queue_size
         self._admission = _Admission(self._limit)
+
+    def start(self, on_incoming_callback: Callable[[list[Any]], None]) -> None:
+        super().start(on_incoming_callback)
         self._conn.set_request_sink(self._accept)
 
     def _accept(self, packet: Packet) -> None:
-        """Runs on the bus client's thread: decide quickly, parse later."""
-        if self._stopping:
+        """Runs on the bus client's thread."""
+        deliver = self.on_incoming_callback
+        if deliver is None:  # stopped: answer rather than drop
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
-        elif not self._admission.try_enter():
+            return
+        if not self._admission.try_enter():
             LOG.warning("request from %s refused: %d requests already waiting or running", packet.src,
                         self._limit)
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later")
-        else:
-            self._packets.put(packet)
+            return
+        for message in self._admit(self._driver.incoming_from_packet(packet)):
+            try:
+                deliver([message])
+            except RuntimeError:  # the RPCServer's executor has shut down meanwhile
+                message.reply(failure=(None, jsonrpc.RpcError(jsonrpc.SERVER_BUSY, "server is shutting down"),
+                                       None))
 
     def _admit(self, messages: list[SmartBusIncomingMessage]) -> list[SmartBusIncomingMessage]:
         if not messages:
@@ -324,25 +333,6 @@ class SmartBusListener(base.PollStyleListener):
             message.on_done = done
         return messages
 
-    @base.batch_poll_helper
-    def poll(self, timeout: float | None = None) -> SmartBusIncomingMessage | None:
-        while not self._ready:
-            try:
-                packet = self._packets.get(timeout=timeout) if not self._stopping else \
-                    self._packets.get_nowait()
-            except queue.Empty:
-                return None
-            if packet is None:
-                if self._stopping and self._packets.empty():
-                    return None
-                continue
-            self._ready.extend(self._admit(self._driver.incoming_from_packet(packet)))
-        return self._ready.popleft()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._packets.put(None)
-
     def cleanup(self) -> None:
         self._conn.set_request_sink(None)
 
@@ -352,8 +342,6 @@ class SmartBusListener(base.PollStyleListener):
 
 class SmartBusDriver(base.BaseDriver):
     """SmartBus transport: JSON-RPC from IPSC flows in, flow starts and sbusr calls out."""
-
-    prefetch_size = 0
 
     def __init__(self, conf: cfg.ConfigOpts, url: oslo_messaging.TransportURL,
                  default_exchange: str | None = None, allowed_remote_exmods: list[str] | None = None) -> None:
@@ -381,8 +369,8 @@ class SmartBusDriver(base.BaseDriver):
     # ------------------------------------------------------------------ receiving
 
     def listen(self, target: oslo_messaging.Target, batch_size: int,
-               batch_timeout: float | None) -> base.PollStyleListenerAdapter:
-        return base.PollStyleListenerAdapter(SmartBusListener(self), batch_size, batch_timeout)
+               batch_timeout: float | None) -> SmartBusListener:
+        return SmartBusListener(self)
 
     def listen_for_notifications(self, targets_and_priorities: Any, pool: Any, batch_size: int,
                                  batch_timeout: float | None) -> Any:
