@@ -44,10 +44,6 @@ class Peer:
     add_info: str
 
     @property
-    def address(self) -> Address:
-        return Address(self.unit, self.client, self.type)
-
-    @property
     def is_ipsc(self) -> bool:
         return self.type == codec.CLIENT_TYPE_IPSC and self.unit in codec.IPSC_UNITS
 
@@ -107,7 +103,6 @@ class BusConnection:
         self._replies: dict[str, concurrent.futures.Future[bytes]] = {}
         self._replies_lock = threading.Lock()
         self._request_sink: RequestSink | None = None
-        self._connected = threading.Event()
         self.client = make_client(conf, config, ClientHandlers(
             on_connect=self._on_connect,
             on_connect_failed=self._on_connect_failed,
@@ -156,7 +151,6 @@ class BusConnection:
     def _on_connect(self, access_point: int) -> None:
         LOG.info("registered on SmartBus %s:%s as %s, access point unit %s", self.config.host,
                  self.config.port, self.config.address, access_point)
-        self._connected.set()
 
     def _on_connect_failed(self, code: int) -> None:
         LOG.warning("SmartBus registration at %s:%s failed with code %s", self.config.host,
@@ -164,7 +158,6 @@ class BusConnection:
 
     def _on_disconnect(self) -> None:
         LOG.warning("SmartBus link to %s:%s lost; reconnecting", self.config.host, self.config.port)
-        self._connected.clear()
         with self._peers_lock:
             self._peers.clear()
 

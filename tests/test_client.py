@@ -107,6 +107,7 @@ def connected(make_client: Callable[..., tuple[ThreadedClient, Recorder]], port:
               client: int = 0, ctype: int = 19, **kw: Any) -> tuple[ThreadedClient, Recorder]:
     tc, rec = make_client(port, unit, client, ctype, **kw)
     assert tc.wait_connected(WAIT), rec.events
+    rec.wait("connect")  # on_connect runs on the loop thread just after the connected flag is raised
     return tc, rec
 
 

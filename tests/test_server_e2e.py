@@ -314,3 +314,10 @@ def test_vendor_library_client_calls_sbusr(vendor_caller):
     batch = vendor_call(vendor_caller, [{"jsonrpc": "2.0", "id": "b1", "method": "echo", "params": ["a"]},
                                         {"jsonrpc": "2.0", "id": "b2", "method": "add", "params": [1, 1]}])
     assert sorted((r["id"], r["result"]) for r in batch) == [("b1", "a"), ("b2", 2)]
+
+
+def test_reply_too_large_for_a_notify_is_an_error_not_a_truncation(ipsc):
+    reply = call(ipsc, "echo", ["x" * 20000], "big")
+    assert reply["error"]["code"] == -32603
+    assert "at most 15999" in reply["error"]["message"]
+    assert call(ipsc, "echo", ["y" * 15000], "fits")["result"] == "y" * 15000
