@@ -70,20 +70,26 @@ class Child:
 
     def stop(self) -> None:
         proc = self.proc
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        terminate(proc, STOP_TIMEOUT)
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM, wait up to ``timeout``, SIGKILL if it hangs; the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
 
 
 def _wait_for(child: Child, test: Callable[[], Any], what: str, timeout: float) -> Any:

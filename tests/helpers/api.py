@@ -7,11 +7,9 @@ interpreter exit; running both backends this way keeps their tests identical.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sbusr.bench.procs import terminate
 from tests.helpers.busproc import _die_with_parent, free_port
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, write_config
 
@@ -105,18 +104,9 @@ class ApiProcess:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, wait, SIGKILL if it hangs; the exit code (None if it never started)."""
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        self.returncode = proc.returncode
+        self.returncode = terminate(self.proc, timeout)
         return self.returncode
 
     def close(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -12,6 +11,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+
+from sbusr.bench.procs import terminate
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -88,15 +89,7 @@ class BusProcess:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        self.returncode = proc.returncode
+        self.returncode = terminate(proc, STOP_TIMEOUT)
 
     def restart(self) -> None:
         """Stop, then start again on the same port."""
