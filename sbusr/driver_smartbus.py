@@ -534,11 +534,12 @@ def _loads(raw: bytes | str) -> Any:
 
 
 def _title(request_id: Any) -> str:
-    """The NOTIFY title a flow waits on: the request id as text ("null" when there is none).
+    """The NOTIFY title a flow waits on: the request id as text, "null" when there is none.
 
-    Never empty: the vendor library refuses a NOTIFY with an empty title.
+    Never empty: the vendor library refuses a NOTIFY with an empty title (so an id of "" is
+    answered under "null" too).
     """
-    if request_id is None:
+    if request_id is None or request_id == "":
         return "null"
     if isinstance(request_id, bool):
         return "true" if request_id else "false"

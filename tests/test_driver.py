@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import oslo_messaging
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from oslo_config import cfg
 
@@ -69,6 +69,8 @@ request_like = st.fixed_dictionaries(
 @given(st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode())
        | request_like.map(lambda v: json.dumps(v).encode())
        | st.lists(request_like, max_size=4).map(lambda v: json.dumps(v).encode()))
+@example(b'{"id": ""}')  # found by this test: an empty id once made an empty NOTIFY title
+@example(b'[{"jsonrpc": "2.0", "id": "", "method": "a"}]')
 def test_any_request_bytes_become_calls_or_valid_errors(body):
     driver, conn = make_driver()
     messages = driver.incoming_from_packet(packet(body))

@@ -638,12 +638,7 @@ class VendorClient:
         answers net clients (sbusr-api, tools). A NOTIFY is an ordinary cmd 15/cmdtype 1
         packet that receivers deliver like data, so for those targets we encode it ourselves.
         """
-        raw = bytes(param)
-        if b"\0" in raw:
-            raise BusError("notify param contains a NUL byte")
-        if len(raw) > codec.MAX_NOTIFY_PARAM:
-            raise BusError(f"notify param is {len(raw)} bytes; at most {codec.MAX_NOTIFY_PARAM} fit",
-                           codec.ERR_DATA_TOO_LARGE)
+        raw = _c_payload(param, codec.MAX_NOTIFY_PARAM, "notify param")
         if client_type == codec.CLIENT_TYPE_IPSC and unit in codec.IPSC_UNITS:
             rc = self._library().send_notify(self.config.client_id, unit, client,
                                              self._encode(project, "project"), self._encode(title, "title"),
@@ -664,12 +659,7 @@ class VendorClient:
                     want_result: bool, ack_timeout: float,
                     result_timeout: float | None = None) -> FlowInvocation:
         """RemoteInvokeFlow.  One library timeout: see :func:`_flow_timeout_ms`."""
-        raw = bytes(params)
-        if b"\0" in raw:
-            raise BusError("flow params contain a NUL byte")
-        if len(raw) > codec.MAX_FLOW_PARAMS:
-            raise BusError(f"flow params are {len(raw)} bytes; at most {codec.MAX_FLOW_PARAMS} fit",
-                           codec.ERR_DATA_TOO_LARGE)
+        raw = _c_payload(params, codec.MAX_FLOW_PARAMS, "flow params")
         lib = self._library()
         project_b, flow_b = self._encode(project, "project"), self._encode(flow, "flow")
         timeout_ms = _flow_timeout_ms(want_result, ack_timeout, result_timeout)
@@ -689,6 +679,16 @@ class VendorClient:
                 inv.result = concurrent.futures.Future()
             self._flows[rc] = inv
         return inv
+
+
+def _c_payload(data: bytes, limit: int, what: str) -> bytes:
+    """A payload the library passes as a C string: no NUL inside, within its length limit."""
+    raw = bytes(data)
+    if b"\0" in raw:
+        raise BusError(f"{what}: a NUL byte cannot be sent")
+    if len(raw) > limit:
+        raise BusError(f"{what}: {len(raw)} bytes; at most {limit} fit", codec.ERR_DATA_TOO_LARGE)
+    return raw
 
 
 def _resolve(fut: concurrent.futures.Future[Any], value: Any) -> None:
