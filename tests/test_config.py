@@ -68,3 +68,19 @@ def test_empty_url_falls_back_to_smartbus_group():
 def test_bad_urls_are_rejected_clearly(url):
     with pytest.raises(oslo_messaging.InvalidTransportURL):
         _config(url)
+
+
+@pytest.mark.parametrize("command, text, message", [
+    ("sbusr.cmd.server", "[execution]\nmode = fork\n", "configuration error: Value for option mode"),
+    ("sbusr.cmd.server", "[DEFAULT]\ntransport_url = smartbus://h:1/?unit_id=abc\n", "bad transport_url"),
+    ("sbusr.cmd.api", "[api]\nlisten_port = 99999\n", "configuration error: Value for option listen_port"),
+])
+def test_bad_configuration_fails_start_up_in_one_line(tmp_path, command, text, message):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(text)
+    done = subprocess.run([sys.executable, "-m", command, "--config-file", str(conf)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    output = done.stdout + done.stderr
+    assert message in output
+    assert "Traceback" not in output

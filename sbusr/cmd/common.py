@@ -19,11 +19,25 @@ def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None =
     conf = conf if conf is not None else cfg.ConfigOpts()
     log.register_options(conf)
     opts.register_opts(conf)
-    conf(list(argv) if argv is not None else None, project="sbusr", prog=prog, version=sbusr.__version__,
-         default_config_files=[])
+    try:
+        conf(list(argv) if argv is not None else None, project="sbusr", prog=prog,
+             version=sbusr.__version__, default_config_files=[])
+        _validate(conf)
+    except cfg.Error as exc:
+        # oslo.config reports bad values lazily, on first use: surface them here, as one line
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.setup(conf, "sbusr")
     logging.captureWarnings(True)
     return conf
+
+
+def _validate(conf: cfg.ConfigOpts) -> None:
+    """Read every sbusr option once so that a bad value fails start-up, not a running call."""
+    for group, group_opts in opts.list_opts():
+        section = conf if group == "DEFAULT" else conf[group]
+        for opt in group_opts:
+            getattr(section, opt.dest)
 
 
 def transport_url(conf: cfg.ConfigOpts) -> str:

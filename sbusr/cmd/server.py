@@ -79,7 +79,11 @@ class Service:
 
 def main(argv: Sequence[str] | None = None) -> int:
     conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-server")
-    service = Service(conf)
+    try:
+        service = Service(conf)
+    except oslo_messaging.InvalidTransportURL as exc:
+        LOG.error("bad transport_url: %s", exc)
+        return 2
     stop = threading.Event()
 
     def on_stop(signum: int, _frame: object) -> None:
