@@ -19,7 +19,7 @@ from oslo_config import cfg
 
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
-from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers
+from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, resolve
 
 LOG = logging.getLogger(__name__)
 
@@ -198,8 +198,8 @@ class BusConnection:
             fut = self._replies.pop(notify.title, None)
         if fut is None:
             LOG.debug("NOTIFY %r from %s matches no pending call", notify.title, packet.src)
-        elif not fut.done():
-            fut.set_result(notify.param)
+        else:
+            resolve(fut, notify.param)
 
     # ------------------------------------------------------------------ listener side
 

@@ -344,13 +344,6 @@ class ThreadExecutor(Executor):
         self._watchdog.close()
 
 
-def _call_with_kwargs(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
-    return fn(ctxt, *args, **kwargs)
-
-
-_call_with_kwargs.__qualname__ = "call"
-
-
 # --------------------------------------------------------------------------- process mode
 
 class _Worker:

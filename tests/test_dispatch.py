@@ -441,7 +441,7 @@ def test_end_to_end_through_rpc_server(legacy_path):
     registry = dispatch.load_endpoints(conf)
     transport = oslo_messaging.get_rpc_transport(messaging_conf(), url="fake:/")
     target = oslo_messaging.Target(topic="sbusr-test", server="s1")
-    server = oslo_messaging.get_rpc_server(transport, target, registry.adapters, executor="threading",
+    server = oslo_messaging.get_rpc_server(transport, target, registry.adapters,
                                            access_policy=dispatch.AccessPolicy)
     server.start()
     try:

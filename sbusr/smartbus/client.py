@@ -45,6 +45,8 @@ from sbusr.smartbus.interface import (
     FlowInvocation,
     FlowTimeout,
     NotConnected,
+    fail,
+    resolve,
 )
 
 LOG = logging.getLogger(__name__)
@@ -71,24 +73,6 @@ def next_flow_id() -> int:
 
 def next_notify_id() -> int:
     return _next_id(_notify_ids)
-
-
-def resolve(fut: concurrent.futures.Future[Any], value: Any) -> None:
-    """Set a result unless the future is already done (e.g. cancelled by its caller)."""
-    if not fut.done():
-        try:
-            fut.set_result(value)
-        except concurrent.futures.InvalidStateError:
-            pass
-
-
-def fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
-    """Set an exception unless the future is already done."""
-    if not fut.done():
-        try:
-            fut.set_exception(exc)
-        except concurrent.futures.InvalidStateError:
-            pass
 
 
 def _call(handler: Callable[..., None] | None, *args: Any) -> None:

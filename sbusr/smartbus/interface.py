@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 
@@ -34,6 +34,24 @@ class FlowTimeout(BusError):
 
 class FlowOutcomeUnknown(BusError):
     """The flow request may have been sent, but its ack cannot be tracked: do not retry blindly."""
+
+
+def resolve(fut: concurrent.futures.Future[Any], value: Any) -> None:
+    """Set a result unless the future is already done (e.g. cancelled by its caller meanwhile)."""
+    if not fut.done():
+        try:
+            fut.set_result(value)
+        except concurrent.futures.InvalidStateError:  # lost a race with cancel()
+            pass
+
+
+def fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
+    """Set an exception unless the future is already done."""
+    if not fut.done():
+        try:
+            fut.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,8 @@ from sbusr.smartbus.interface import (
     FlowOutcomeUnknown,
     FlowTimeout,
     NotConnected,
+    fail,
+    resolve,
 )
 
 LOG = logging.getLogger(__name__)
@@ -542,9 +544,9 @@ class VendorClient:
         with self._flow_lock:
             pending, self._flows = self._flows, {}
         for inv in pending.values():
-            _fail(inv.ack, BusError("vendor client stopped"))
+            fail(inv.ack, BusError("vendor client stopped"))
             if inv.result is not None:
-                _fail(inv.result, BusError("vendor client stopped"))
+                fail(inv.result, BusError("vendor client stopped"))
 
     # ----------------------------------------------------------------- dispatcher thread
 
@@ -599,22 +601,22 @@ class VendorClient:
                 return
             if event.kind == "ack":
                 if event.code == codec.ERR_TIMEOUT and event.header is None:
-                    _fail(inv.ack, FlowTimeout(f"flow {event.invoke_id}: no ack in time", event.code))
+                    fail(inv.ack, FlowTimeout(f"flow {event.invoke_id}: no ack in time", event.code))
                 else:
                     src = event.header.src if event.header else None
-                    _resolve(inv.ack, FlowAckEvent(event.invoke_id, event.code,
+                    resolve(inv.ack, FlowAckEvent(event.invoke_id, event.code,
                                                    c_text(event.text, enc), src))
                     if event.code != codec.FLOW_ACK_OK and inv.result is not None:
                         # The library would keep waiting for a result that cannot come.
-                        _fail(inv.result, BusError(f"flow {event.invoke_id} not started: ack {event.code}",
+                        fail(inv.result, BusError(f"flow {event.invoke_id} not started: ack {event.code}",
                                                    event.code))
             else:
                 if inv.result is not None:
                     if event.code == codec.ERR_TIMEOUT and event.header is None:
-                        _fail(inv.result, FlowTimeout(f"flow {event.invoke_id}: no result in time",
+                        fail(inv.result, FlowTimeout(f"flow {event.invoke_id}: no result in time",
                                                       event.code))
                     else:
-                        _resolve(inv.result, c_text(event.text, enc))
+                        resolve(inv.result, c_text(event.text, enc))
             if inv.ack.done() and (inv.result is None or inv.result.done()):
                 self._flows.pop(event.invoke_id, None)
 
@@ -689,13 +691,3 @@ def _c_payload(data: bytes, limit: int, what: str) -> bytes:
     if len(raw) > limit:
         raise BusError(f"{what}: {len(raw)} bytes; at most {limit} fit", codec.ERR_DATA_TOO_LARGE)
     return raw
-
-
-def _resolve(fut: concurrent.futures.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
