@@ -95,6 +95,7 @@ class BusConnection:
     def __init__(self, conf: cfg.ConfigOpts, config: ClientConfig) -> None:
         self.conf = conf
         self.config = config
+        self._notify_ttl = conf.smartbus.notify_ttl  # read once: oslo.config look-ups cost µs per reply
         self.encoding = config.encoding
         self._refs = 0
         self._peers: dict[tuple[int, int], Peer] = {}
@@ -212,7 +213,7 @@ class BusConnection:
     def send_reply(self, to: Address, title: str, body: bytes) -> None:
         """A JSON-RPC response as the NOTIFY an IPSC flow waits for (title = request id)."""
         self.client.send_notify(to.unit, to.client, "", title, body,
-                                expires_ms=self.conf.smartbus.notify_ttl, client_type=to.type)
+                                expires_ms=self._notify_ttl, client_type=to.type)
 
     # ------------------------------------------------------------------ sender side
 

@@ -392,14 +392,14 @@ class SmartBusDriver(base.BaseDriver):
         parsed = self._decode(packet)
         if not parsed.items:
             return []
-        first_id = next((item.id if isinstance(item, jsonrpc.Call) else item.get("id")
-                         for item in parsed.items
-                         if not (isinstance(item, jsonrpc.Call) and item.is_notification)), None)
-        title = _title(first_id)
         answerable = [item for item in parsed.items
                       if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
-        responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
-                               self.debug) if answerable else None
+        responder = None
+        if answerable:
+            first = answerable[0]
+            title = _title(first.id if isinstance(first, jsonrpc.Call) else first.get("id"))
+            responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
+                                   self.debug)
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0

@@ -465,3 +465,37 @@ def test_end_to_end_through_rpc_server(legacy_path):
         server.stop()
         server.wait()
         transport.cleanup()
+
+
+def _sig(src: str):
+    namespace: dict = {}
+    exec(src, namespace)  # a real function object with exactly this signature
+    return dispatch._params_signature(namespace["m"])
+
+
+@pytest.mark.parametrize("src", [
+    "def m(ctxt): pass",
+    "def m(ctxt, a): pass",
+    "def m(ctxt, a, b=1, c=2): pass",
+    "def m(ctxt, a, /, b=1): pass",
+])
+def test_arity_shortcut_agrees_with_signature_binding(src):
+    sig = _sig(src)
+    fits = dispatch._arity_check(sig)
+    assert fits is not None
+    for n in range(6):
+        try:
+            sig.bind(*range(n))
+            binds = True
+        except TypeError:
+            binds = False
+        assert fits(n) == binds, (src, n)
+
+
+@pytest.mark.parametrize("src", [
+    "def m(ctxt, *args): pass",
+    "def m(ctxt, a, *, b): pass",
+    "def m(ctxt, **kw): pass",
+])
+def test_arity_shortcut_leaves_other_shapes_to_signature_binding(src):
+    assert dispatch._arity_check(_sig(src)) is None
