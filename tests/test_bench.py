@@ -28,7 +28,7 @@ def _alive(pid: int) -> bool:
 
 def test_short_run_reports_every_phase_with_answered_calls():
     cmd = [sys.executable, "-m", "sbusr.bench", "--duration", "1", "--warmup", "0.2",
-           "--concurrency", "1,2", "--json", "-"]
+           "--concurrency", "1,2", "--cost-calls", "400", "--json", "-"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -47,6 +47,11 @@ def test_short_run_reports_every_phase_with_answered_calls():
     ol = result["open_loop"]
     assert ol["of_concurrency"] == 2 and ol["calls"] > 0 and ol["errors"] == 0
     assert "calls/s" in done.stderr  # the table goes to stderr when JSON goes to stdout
+    cost = result["cost"]
+    assert cost["calls"] == 400 and cost["executor_pool_size"] >= 1
+    for step in ("parse_us", "rpcserver_us", "executor_hop_us", "total_us", "total_calls_per_s"):
+        assert cost[step] > 0, (step, cost)
+    assert "executor hop" in done.stderr
 
 
 def test_ctrl_c_stops_every_child():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-prefix", default="",
                    help="command line put before the server's python, e.g. a profiler "
                         "('py-spy record -o out.svg --')")
+    p.add_argument("--cost-calls", type=int, default=10000,
+                   help="calls per step of the in-process CPU cost per layer, measured after the bus "
+                        "phases with nothing else running; 0 skips it (default %(default)s)")
     p.add_argument("--json", metavar="FILE|-", help="also write the results as JSON ('-' = stdout; the "
                    "table then goes to stderr)")
     return p
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "payload_size": args.payload_size, "load_processes": args.load_processes,
                    "phases": names, "open_loop_fraction": args.open_loop_fraction,
                    "bodies": {name: body for name, (_k, body) in bodies.items()}},
-        "machine": stats.machine_info(), "phases": [], "open_loop": None}
+        "machine": stats.machine_info(), "phases": [], "open_loop": None, "cost": None}
     try:
         bench.start()
         for conc in args.concurrency:
@@ -209,13 +213,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        **figures}
     finally:
         bench.stop()
+    if args.cost_calls > 0:
+        result["cost"] = measure_cost(args.cost_calls, args.workers)
     return result
+
+
+def measure_cost(calls: int, workers: int | None) -> dict[str, Any]:
+    """The per-layer CPU cost, in a fresh interpreter (its threads and imports stay out of ours)."""
+    cmd = [sys.executable, "-W", "ignore", "-m", "sbusr.bench.cost", "--json", "--calls", str(calls)]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    print(f"  cost     {calls} calls per step, in one process", file=sys.stderr, flush=True)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("the in-process cost measurement did not finish within 300 s") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"the in-process cost measurement failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.warmup < 0:
         build_parser().error("--warmup cannot be negative")
+    if args.cost_calls < 0:
+        build_parser().error("--cost-calls cannot be negative")
     for item in args.server_opt:
         section, _, rest = item.partition(".")
         if not section or "=" not in rest or not rest.partition("=")[0]:

@@ -93,4 +93,8 @@ def table(result: dict[str, Any]) -> str:
                       f"p50 {_fmt(ol['p50_ms'], '.2f')} ms, p95 {_fmt(ol['p95_ms'], '.2f')} ms, "
                       f"p99 {_fmt(ol['p99_ms'], '.2f')} ms, errors {ol['errors']}"]
     lines += ["", "ratio = RPC calls/s / raw bus round trips/s at the same concurrency (raw rows: 1.00)"]
+    if result.get("cost"):
+        from sbusr.bench import cost
+
+        lines += ["", cost.format_report(result["cost"])]
     return "\n".join(lines)
