@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -110,3 +111,25 @@ def test_feed_frames_rejects_a_bad_header_at_once():
 def test_rss_of_this_process():
     assert procs.rss_kb(os.getpid()) > 0
     assert procs.rss_kb(2**22 + 12345) is None
+
+
+def test_a_wrapped_server_is_stopped_with_everything_the_wrapper_started(tmp_path):
+    # a wrapper that, unlike a well-behaved profiler, passes no signal on and leaves its child behind
+    wrapper = ["sh", "-c", 'trap "exit 0" INT TERM; "$@" & wait', "sh"]
+    bus, port = procs.start_bus()
+    inner: list[int] = []
+    try:
+        config = procs.write_server_config(tmp_path / "server.conf", port, "thread", None, "native")
+        server = procs.start_server(config, wrapper)
+        inner = [pid for pid in procs.descendants(server.pid) if _alive(pid)]
+        assert inner, "the wrapper should be running the server"
+        server.stop()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in inner):
+            time.sleep(0.1)
+        assert not [pid for pid in inner if _alive(pid)]
+    finally:
+        for pid in inner:  # a failed run must not leave a server behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        bus.stop()

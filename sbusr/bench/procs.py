@@ -50,8 +50,9 @@ class Child:
     """One child process with its log in a temp file."""
 
     def __init__(self, name: str, argv: list[str], stdin: int | None = None,
-                 stdout: int | IO[bytes] | None = None) -> None:
+                 stdout: int | IO[bytes] | None = None, wrapped: bool = False) -> None:
         self.name = name
+        self.wrapped = wrapped  # argv starts with a wrapper (a profiler) that runs the real process
         self.log = tempfile.NamedTemporaryFile(prefix=f"sbusr-bench-{name}-", suffix=".log", delete=False)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout if stdout is not None else self.log,
@@ -70,6 +71,8 @@ class Child:
 
     def stop(self) -> None:
         proc = self.proc
+        if self.wrapped:
+            _stop_group(proc, STOP_TIMEOUT)
         terminate(proc, STOP_TIMEOUT)
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
@@ -90,6 +93,26 @@ def terminate(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> int
             proc.kill()
             proc.wait(timeout)
     return proc.returncode
+
+
+def _stop_group(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Stop a wrapper and everything it started. Ctrl-C first, to the whole group: profilers such as
+    py-spy write their output on SIGINT, and signalling the wrapper alone can leave the server behind.
+    Then SIGTERM and finally SIGKILL for whatever is left in the group (e.g. a child a shell started in
+    the background, which ignores SIGINT)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)  # started with start_new_session: the group is its own
+        except ProcessLookupError:
+            return  # nobody left in the group
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the wrapper so that it does not linger as a zombie member
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 def _wait_for(child: Child, test: Callable[[], Any], what: str, timeout: float) -> Any:
@@ -144,7 +167,7 @@ def write_server_config(path: Path, bus_port: int, mode: str, workers: int | Non
 def start_server(config_file: Path, prefix: list[str] | None = None) -> Child:
     """``sbusr-server`` (optionally under a profiler ``prefix``); waits until it serves."""
     argv = [*(prefix or []), sys.executable, "-m", "sbusr.cmd.server", "--config-file", str(config_file)]
-    child = Child("server", argv)
+    child = Child("server", argv, wrapped=bool(prefix))
     _wait_for(child, lambda: " serving " in child.output() and "registered on SmartBus" in child.output(),
               "'serving' and 'registered' log lines", 60.0)
     return child
