@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure_cost(calls: int, workers: int | None) -> dict[str, Any]:
     """The per-layer CPU cost, in a fresh interpreter (its threads and imports stay out of ours)."""
-    cmd = [sys.executable, "-W", "ignore", "-m", "sbusr.bench.cost", "--json", "--calls", str(calls)]
+    cmd = [sys.executable, "-m", "sbusr.bench.cost", "--json", "--calls", str(calls)]
     if workers:
         cmd += ["--workers", str(workers)]
     print(f"  cost     {calls} calls per step, in one process", file=sys.stderr, flush=True)

@@ -94,6 +94,8 @@ def table(result: dict[str, Any]) -> str:
                       f"p99 {_fmt(ol['p99_ms'], '.2f')} ms, errors {ol['errors']}"]
     lines += ["", "ratio = RPC calls/s / raw bus round trips/s at the same concurrency (raw rows: 1.00)"]
     if result.get("cost"):
+        # imported here: the package imports this module, and ``python -m sbusr.bench.cost`` must
+        # not find sbusr.bench.cost already imported (runpy warns about that)
         from sbusr.bench import cost
 
         lines += ["", cost.format_report(result["cost"])]
