@@ -81,7 +81,7 @@ class Methods:
         self.executor.start()
         self.executor.bind(self.registry)
         self._dispatcher = rpc_dispatcher.RPCDispatcher(
-            self.registry.adapters, oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy())
+            self.registry.adapters, oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy)
 
     def methods(self) -> list[str]:
         return self.registry.methods()
