@@ -50,7 +50,7 @@ class Background:
         self.conf = conf
         self.identity = identity
         os.environ[ADDRESS_ENV] = f"{identity.unit_id}:{identity.client_id}"  # sbusr.timer.run checks it
-        self.scheduler = Scheduler(self._call_self, conf.execution.call_timeout)
+        self.scheduler = Scheduler(self._call_self, conf.execution.call_timeout, self._on_bus)
         self.spooler = (Spooler(conf.spooler.directory, conf.spooler.processes, config_args(conf))
                         if conf.spooler.directory else None)
         if self.spooler is not None:  # .spool() in this process and in every worker stores jobs there
@@ -95,6 +95,9 @@ class Background:
         if self._conn is not None:
             self._conn.release()
             self._conn = None
+
+    def _on_bus(self) -> bool:
+        return self._conn is not None and self._conn.connected
 
     def _call_self(self, method: str, params: dict[str, Any], timeout: float | None) -> Any:
         conn = self._conn

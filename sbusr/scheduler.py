@@ -3,7 +3,8 @@
 It lives in the server process and knows nothing about threads or worker processes: a tick is a
 JSON-RPC call of ``sbusr.timer.run`` handed to ``call`` (sbusr-server sends it to its own SmartBus
 address), so it is admitted, limited in time and answered like any request, in either execution
-mode. A timer whose previous run has not answered yet skips the tick with a WARNING.
+mode. A timer whose previous run has not answered yet skips the tick with a WARNING; while the
+server is not registered on the bus (e.g. a hot standby waiting for its identity) ticks are not run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class _Timer:
     ok: int = 0
     errors: int = 0
     skipped: int = 0
+    off_bus: int = 0
     running_since: float | None = None
     last: dict[str, Any] = field(default_factory=dict)
 
@@ -48,8 +50,9 @@ class _Timer:
 class Scheduler:
     """Fires each timer's ticks through ``call``; :meth:`update` swaps the timer table (reload)."""
 
-    def __init__(self, call: Caller, call_timeout: float) -> None:
+    def __init__(self, call: Caller, call_timeout: float, on_bus: Callable[[], bool] = lambda: True) -> None:
         self._call = call
+        self._on_bus = on_bus
         self._reply_timeout = call_timeout + REPLY_MARGIN if call_timeout else None
         self._timers: dict[tuple[str, str, Schedule], _Timer] = {}
         self._cond = threading.Condition()
@@ -124,6 +127,10 @@ class Scheduler:
 
     def _fire(self, timer: _Timer) -> None:
         """Called with the lock held."""
+        if not self._on_bus():
+            # a server that is not registered serves no one: a hot standby must not run the timers too
+            timer.off_bus += 1
+            return
         if timer.running_since is not None:
             timer.skipped += 1
             LOG.warning("timer %s: the run started %.1f s ago is still going; tick skipped",
@@ -174,5 +181,6 @@ class Scheduler:
             return [{"name": t.entry.name, "schedule": t.entry.schedule.describe(),
                      "next_run": wall_to_iso(t.next_wall), "running": t.running_since is not None,
                      "runs": t.runs, "ok": t.ok, "failed": t.errors, "skipped": t.skipped,
+                     "not_on_bus": t.off_bus,
                      "last": dict(t.last) or None}
                     for t in sorted(self._timers.values(), key=lambda t: t.entry.name)]
