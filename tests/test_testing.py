@@ -139,6 +139,34 @@ def test_the_plugin_is_registered_through_the_entry_point():
     assert [e.value for e in entry_points(group="pytest11") if e.name == "sbusr"] == ["sbusr.testing.plugin"]
 
 
+def test_spooled_jobs_can_be_checked_without_a_spooler(tmp_path):
+    from sbusr.spooler import jobs
+    from sbusr.testing import queued_jobs
+
+    (tmp_path / "notify.py").write_text(textwrap.dedent('''
+        import oslo_messaging
+        from sbusr.decorators import spool
+
+        @spool
+        def mail(to):
+            pass
+
+        class Notify:
+            target = oslo_messaging.Target(namespace="notify")
+
+            def later(self, ctxt, to):
+                return mail.spool(to=to)
+    '''))
+    try:
+        job_id = call(tmp_path, "notify.later", ["ops@example.org"],
+                      config={"spooler": {"directory": str(tmp_path / "spool")}})
+    finally:
+        jobs.configure(None)
+    [job] = queued_jobs(tmp_path / "spool")
+    assert (job["id"], job["kwargs"]) == (job_id, {"to": "ops@example.org"})
+    assert job["task"].endswith(":mail")
+
+
 def test_the_date_encoding_is_the_servers(folder):
     assert call(folder, "shop.price", ["x"])["at"] == datetime.date(2026, 12, 1).isoformat()
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Methods", "RpcError", "Stack", "call"]
+__all__ = ["Methods", "RpcError", "Stack", "call", "queued_jobs"]
 
 
 def __getattr__(name: str) -> Any:
     # lazy: `import sbusr.testing` (e.g. by the pytest plugin) must not import oslo.messaging
-    if name in ("call", "Methods"):
+    if name in ("call", "Methods", "queued_jobs"):
         from sbusr.testing import calls
 
         return getattr(calls, name)

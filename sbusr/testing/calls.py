@@ -20,6 +20,7 @@ from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import dispatch, execution, jsonrpc, opts
+from sbusr.spooler import jobs
 
 #: the caller a flow on IPSC 0, process 0 would be
 DEFAULT_SOURCE = {"unit": 0, "client": 0, "type": 2}
@@ -69,6 +70,8 @@ class Methods:
                 conf.set_override(name, value, group=None if group == "DEFAULT" else group)
         conf.set_override("mode", "thread", group="execution")
         self.conf = conf
+        if conf.spooler.directory:  # .spool() in the methods stores jobs there (see queued_jobs)
+            jobs.configure(os.fspath(conf.spooler.directory))
         loaded = dispatch.load_endpoints(conf)
         if loaded.errors:
             raise ImportError("; ".join(f"{e.source}: {e.error}" for e in loaded.errors))
@@ -108,6 +111,20 @@ class Methods:
         if "error" in response:
             return _raise(response["error"])
         return response["result"]
+
+
+def queued_jobs(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The jobs waiting in a spool directory, in run order: ``{"id", "task", "kwargs", "attempts", ...}``.
+
+    With ``config={"spooler": {"directory": d}}``, a method's ``.spool(...)`` calls land there and
+    nothing runs them: a test checks what was queued, then calls the ``@spool`` function itself.
+    """
+    folder = os.path.join(os.fspath(directory), "queue")
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with open(os.path.join(folder, name), encoding="utf-8") as fh:
+            found.append(json.load(fh))
+    return found
 
 
 def _raise(error: dict[str, Any]) -> Any:
