@@ -51,8 +51,13 @@ class Background:
         self.identity = identity
         os.environ[ADDRESS_ENV] = f"{identity.unit_id}:{identity.client_id}"  # sbusr.timer.run checks it
         self.scheduler = Scheduler(self._call_self, conf.execution.call_timeout, self._on_bus)
-        self.spooler = (Spooler(conf.spooler.directory, conf.spooler.processes, config_args(conf))
-                        if conf.spooler.directory else None)
+        self.spooler: Spooler | None = None
+        if conf.spooler.directory:
+            try:
+                self.spooler = Spooler(conf.spooler.directory, conf.spooler.processes, config_args(conf))
+            except OSError as exc:
+                LOG.error("[spooler] directory %s cannot be used (%s); no spooler, .spool() fails",
+                          conf.spooler.directory, exc)
         if self.spooler is not None:  # .spool() in this process and in every worker stores jobs there
             os.environ[DIRECTORY_ENV] = self.spooler.store.directory
         self.watcher = (ReloadOnSave(conf.endpoints.directories, reload) if conf.endpoints.watch else None)

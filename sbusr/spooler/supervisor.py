@@ -164,6 +164,7 @@ class Spooler:
 
     def _background(self, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name="sbusr-spooler", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]  # reloads add threads: drop ended ones
         self._threads.append(thread)
         thread.start()
 
