@@ -392,7 +392,7 @@ def test_sys_endpoint(builtin_registry):
     assert rpc(builtin_registry, "sys.reload")[:3] == ("error", jsonrpc.SERVER_ERROR, "reload not available")
     system.set_reload_handler(lambda: builtin_registry.summary())
     outcome = rpc(builtin_registry, "sys.reload")
-    assert outcome[0] == "result" and outcome[1]["methods"] == 10 and outcome[1]["errors"] == []
+    assert outcome[0] == "result" and outcome[1]["methods"] == 13 and outcome[1]["errors"] == []
 
 
 # --------------------------------------------------------------------------- invoker hook
