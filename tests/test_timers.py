@@ -200,3 +200,19 @@ def test_timers_go_on_module_level_functions_without_arguments():
 
     with pytest.raises(TypeError):
         schedule.timer(1)(Holder.method)
+
+
+def test_readme_timer_example_loads_with_its_schedules(tmp_path):
+    from sbusr.testing import Methods
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    match = re.search(r"```python\n(# methods/housekeeping.py\n.*?)```", text, re.S)
+    assert match, "README lost its timer example"
+    (tmp_path / "housekeeping.py").write_text(match.group(1))
+    found = schedule.find_timers(Methods(tmp_path).registry.modules)
+    assert {t.name: t.schedule.describe() for t in found} == {
+        "housekeeping.refresh_blacklist": "every 30 s",
+        "housekeeping.purge_old_sessions": "cron 40 2 * * *",
+        "housekeeping.five_minutes": "cron */5 * * * *",
+        "housekeeping.office_hours": "cron 0 8-18 * * 1-5",
+    }
