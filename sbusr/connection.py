@@ -24,6 +24,91 @@ from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHa
 LOG = logging.getLogger(__name__)
 
 RequestSink = Callable[[Packet], None]
+ClientFactory = Callable[[cfg.ConfigOpts, ClientConfig, ClientHandlers], BusClient]
+
+
+class Exchange:
+    """One request packet, from arrival until every call in it is answered (or has run).
+
+    The driver sends the packet's reply through :meth:`send_reply` and reports each call's end;
+    this base class sends straight to the bus. A process-mode worker's link to its master
+    (:mod:`sbusr.execution.link`) subclasses it to tell the master when calls start and end.
+    """
+
+    __slots__ = ("_closers", "_conn", "_lock", "_pending")
+
+    def __init__(self, conn: BusConnection | None) -> None:
+        self._conn = conn
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._closers: list[Callable[[], None]] = []
+
+    def open_exchange(self, packet: Packet) -> Exchange:
+        """The :class:`Exchange` that answers ``packet`` (the client's own kind, if it has one)."""
+        opener = getattr(self.client, "open_exchange", None)
+        return opener(packet) if opener is not None else Exchange(self)
+
+    def forward(self, raw: bytes) -> None:
+        """Send a complete, already encoded packet (a worker's NOTIFY reply) to the bus unchanged.
+
+        A backend that cannot send raw bytes (the vendor library) gets the NOTIFY decoded and
+        sent through its own send_notify.
+        """
+        send_raw = getattr(self.client, "send_raw", None)
+        if send_raw is not None:
+            send_raw(raw)
+            return
+        header = codec.decode_header(raw)
+        if header.cmdtype != codec.CMDTYPE_SYSTEM or header.cmd != codec.CMD_NOTIFY:
+            raise BusError(f"cannot forward cmd {header.cmd}/{header.cmdtype} through this backend")
+        notify = codec.decode_notify(raw[codec.HEADER_SIZE:codec.HEADER_SIZE + header.datalen], self.encoding)
+        dst = header.dst
+        self.client.send_notify(dst.unit, dst.client, notify.project, notify.title, notify.param,
+                                expires_ms=notify.expires, mode=notify.mode, client_type=dst.type)
+
+    @property
+    def notify_ttl(self) -> int:
+        return self._notify_ttl
+
+    def send_reply(self, to: Address, title: str, body: bytes) -> None:
+        if self._conn is None:
+            raise BusError("no SmartBus connection to reply on")
+        self._conn.send_reply(to, title, body)
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the packet is fully handled."""
+        self._closers.append(fn)
+
+    def expect(self, calls: int) -> None:
+        """``calls`` messages will report through :meth:`call_done`; 0 closes at once."""
+        self._pending = calls
+        if calls == 0:
+            self._close()
+
+    def note(self, method: str, code: int, message: str) -> None:
+        """An answer the driver gave without a call (a parse error, an invalid batch member)."""
+
+    def call_started(self, request_id: object, method: str, timeout: float) -> None:
+        """A call of this packet starts running with this limit (0 = none)."""
+
+    def call_done(self, method: str, code: int, message: str) -> None:
+        """One call ended (``code`` 0 = result, else its JSON-RPC error code)."""
+        with self._lock:
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self._close()
+
+    def _close(self) -> None:
+        for fn in self._closers:
+            try:
+                fn()
+            except Exception:
+                LOG.exception("exchange close hook failed")
+        self.closed()
+
+    def closed(self) -> None:
+        """Subclass hook: the packet is fully handled."""
 
 
 class IpscUnavailable(BusError):
@@ -52,8 +137,20 @@ class Peer:
                 "access_point": self.access_point, "add_info": self.add_info}
 
 
+_client_factory: ClientFactory | None = None
+
+
+def use_client_factory(factory: ClientFactory | None) -> None:
+    """Make every SmartBus connection of this process use ``factory`` (a process-mode worker's
+    connection is its link to the master, not the bus); None restores the configured backend."""
+    global _client_factory
+    _client_factory = factory
+
+
 def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHandlers) -> BusClient:
     """The configured backend: the native client or the vendor library."""
+    if _client_factory is not None:
+        return _client_factory(conf, config, handlers)
     if conf.smartbus.backend == "vendor":
         from sbusr.smartbus.vendor import VendorClient
 
@@ -104,6 +201,7 @@ class BusConnection:
         self._replies: dict[str, concurrent.futures.Future[bytes]] = {}
         self._replies_lock = threading.Lock()
         self._request_sink: RequestSink | None = None
+        self._fallback_sink: RequestSink | None = None
         self.client = make_client(conf, config, ClientHandlers(
             on_connect=self._on_connect,
             on_connect_failed=self._on_connect_failed,
@@ -115,23 +213,44 @@ class BusConnection:
     # ------------------------------------------------------------------ sharing
 
     @classmethod
-    def acquire(cls, conf: cfg.ConfigOpts, config: ClientConfig) -> BusConnection:
-        """The process-wide connection for this identity, started on first use."""
+    def acquire(cls, conf: cfg.ConfigOpts, config: ClientConfig, fallback_sink: RequestSink | None = None,
+                connect: bool = True, wait: bool = True) -> BusConnection:
+        """The process-wide connection for this identity, started on first use.
+
+        ``fallback_sink`` gets the request packets that arrive while no listener is installed (a
+        server answers them "starting" or "shutting down" instead of dropping them); it is set
+        before the client registers. With ``connect=False`` the caller starts the client itself
+        (:meth:`connect`) once it is ready to serve; with ``wait=False`` it does not wait for the
+        first registration.
+        """
         key = (config.host, config.port, config.unit_id, config.client_id, config.client_type,
                conf.smartbus.backend)
         with cls._instances_lock:
             conn = cls._instances.get(key)
             if conn is None:
-                if conf.smartbus.embedded_bus:
-                    ensure_embedded_bus(config.host, config.port, config.encoding)
                 conn = cls(conf, config)
-                conn.client.start()
+                conn._fallback_sink = fallback_sink
                 cls._instances[key] = conn
-                if not conn.client.wait_connected(conf.smartbus.connect_timeout):
-                    LOG.warning("not registered on SmartBus %s:%s yet; retrying in the background",
-                                config.host, config.port)
+                if connect:
+                    conn.connect(wait=wait)
+            elif fallback_sink is not None and conn._fallback_sink is None:
+                conn._fallback_sink = fallback_sink
             conn._refs += 1
             return conn
+
+    def connect(self, wait: bool = False) -> None:
+        """Start the client (registering, then reconnecting forever); idempotent."""
+        if self.conf.smartbus.embedded_bus:
+            ensure_embedded_bus(self.config.host, self.config.port, self.config.encoding)
+        self.client.start()
+        if wait and not self.client.wait_connected(self.conf.smartbus.connect_timeout):
+            LOG.warning("not registered on SmartBus %s:%s yet; retrying in the background",
+                        self.config.host, self.config.port)
+
+    @property
+    def loop(self) -> object | None:
+        """The event loop the client dispatches packets on, when the backend has one (native)."""
+        return getattr(self.client, "loop", None)
 
     def release(self) -> None:
         with self._instances_lock:
@@ -178,7 +297,7 @@ class BusConnection:
     def _on_packet(self, packet: Packet) -> None:
         header = packet.header
         if header.cmdtype == codec.CMDTYPE_RPC:
-            sink = self._request_sink
+            sink = self._request_sink or self._fallback_sink
             if sink is None:
                 LOG.warning("JSON-RPC request from %s but this process serves no methods; dropped",
                             header.src)
@@ -213,6 +332,33 @@ class BusConnection:
         if sink is not None and self._request_sink is not None:
             raise BusError("this SmartBus connection already has an RPC listener")
         self._request_sink = sink
+
+    def open_exchange(self, packet: Packet) -> Exchange:
+        """The :class:`Exchange` that answers ``packet`` (the client's own kind, if it has one)."""
+        opener = getattr(self.client, "open_exchange", None)
+        return opener(packet) if opener is not None else Exchange(self)
+
+    def forward(self, raw: bytes) -> None:
+        """Send a complete, already encoded packet (a worker's NOTIFY reply) to the bus unchanged.
+
+        A backend that cannot send raw bytes (the vendor library) gets the NOTIFY decoded and
+        sent through its own send_notify.
+        """
+        send_raw = getattr(self.client, "send_raw", None)
+        if send_raw is not None:
+            send_raw(raw)
+            return
+        header = codec.decode_header(raw)
+        if header.cmdtype != codec.CMDTYPE_SYSTEM or header.cmd != codec.CMD_NOTIFY:
+            raise BusError(f"cannot forward cmd {header.cmd}/{header.cmdtype} through this backend")
+        notify = codec.decode_notify(raw[codec.HEADER_SIZE:codec.HEADER_SIZE + header.datalen], self.encoding)
+        dst = header.dst
+        self.client.send_notify(dst.unit, dst.client, notify.project, notify.title, notify.param,
+                                expires_ms=notify.expires, mode=notify.mode, client_type=dst.type)
+
+    @property
+    def notify_ttl(self) -> int:
+        return self._notify_ttl
 
     def send_reply(self, to: Address, title: str, body: bytes) -> None:
         """A JSON-RPC response as the NOTIFY an IPSC flow waits for (title = request id).

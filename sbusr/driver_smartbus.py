@@ -32,7 +32,7 @@ from oslo_config import cfg
 from oslo_messaging._drivers import base
 
 from sbusr import jsonrpc, opts
-from sbusr.connection import BusConnection, IpscUnavailable
+from sbusr.connection import BusConnection, Exchange, IpscUnavailable
 from sbusr.dispatch import POSITIONAL_KEY, oslo_message
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
@@ -129,18 +129,16 @@ class _Responder:
     with an id has replied (invalid members are answered with their errors).
     """
 
-    __slots__ = ("_batch", "_conn", "_debug", "_lock", "_missing", "_slots", "_title", "_to")
+    __slots__ = ("_batch", "_exchange", "_lock", "_missing", "_slots", "_title", "_to")
 
-    def __init__(self, conn: BusConnection, to: Address, title: str, batch: bool, size: int,
-                 debug: bool) -> None:
-        self._conn = conn
+    def __init__(self, exchange: Exchange, to: Address, title: str, batch: bool, size: int) -> None:
+        self._exchange = exchange
         self._to = to
         self._title = title
         self._batch = batch
         self._slots: list[dict[str, Any] | None] = [None] * size
         self._missing = size
         self._lock = threading.Lock()
-        self._debug = debug
 
     def fill(self, slot: int, response: dict[str, Any]) -> None:
         if not self._batch:
@@ -155,12 +153,6 @@ class _Responder:
             if answers:
                 self._send(answers)
 
-    def fill_failure(self, slot: int, request_id: Any, exc: BaseException, method: str) -> None:
-        code, message, data = jsonrpc.error_from_exception(exc, self._debug)
-        if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
-            message = f"Method not found: {method}"
-        self.fill(slot, jsonrpc.error_response(request_id, code, message, data))
-
     def _send(self, response: dict[str, Any] | list[dict[str, Any]]) -> None:
         body = jsonrpc.dumps(response)
         if len(body) > codec.MAX_NOTIFY_PARAM:
@@ -168,7 +160,7 @@ class _Responder:
                       len(body), codec.MAX_NOTIFY_PARAM)
             body = jsonrpc.dumps(_too_large(response, len(body)))
         try:
-            self._conn.send_reply(self._to, self._title, body)
+            self._exchange.send_reply(self._to, self._title, body)
         except (BusError, codec.CodecError) as exc:
             LOG.error("could not send reply %r to %s: %s", self._title, self._to, exc)
 
@@ -197,16 +189,17 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
     """One JSON-RPC call handed to the RPCServer; answered exactly once."""
 
     def __init__(self, ctxt: dict[str, Any], message: dict[str, Any], request_id: Any,
-                 responder: _Responder | None, slot: int) -> None:
+                 responder: _Responder | None, slot: int, exchange: Exchange, debug: bool = False) -> None:
         # a counter, not oslo's default uuid4: the id is only used in log lines
         super().__init__(ctxt, message, msg_id=str(next(_message_ids)))
         self.full_method = (f"{message['namespace']}.{message['method']}" if message.get("namespace")
                             else message["method"])
-        self._request_id = request_id
+        self.request_id = request_id
+        self.exchange = exchange
         self._responder = responder
         self._slot = slot
+        self._debug = debug
         self._unanswered = threading.Lock()  # held once answered: a one-shot token
-        self.on_done: Callable[[], None] | None = None
 
     def reply(self, reply: Any = None, failure: Any = None) -> None:
         # RPCServer calls reply() once per message, notifications included
@@ -222,15 +215,16 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
     def _answer(self, result: Any, error: BaseException | None) -> bool:
         if not self._unanswered.acquire(blocking=False):
             return False
-        if self.on_done is not None:
-            self.on_done()
-            self.on_done = None
-        if self._responder is None:  # a notification: run, answer nothing
-            return True
+        code, text = 0, ""
         if error is not None:
-            self._responder.fill_failure(self._slot, self._request_id, error, self.full_method)
-        else:
-            self._responder.fill(self._slot, jsonrpc.result_response(self._request_id, result))
+            code, text, data = jsonrpc.error_from_exception(error, self._debug)
+            if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
+                text = f"Method not found: {self.full_method}"
+            if self._responder is not None:
+                self._responder.fill(self._slot, jsonrpc.error_response(self.request_id, code, text, data))
+        elif self._responder is not None:  # None: a notification, run and answer nothing
+            self._responder.fill(self._slot, jsonrpc.result_response(self.request_id, result))
+        self.exchange.call_done(self.full_method, code, text)
         return True
 
     def acknowledge(self) -> None:
@@ -269,20 +263,6 @@ class _Admission:
         with self._lock:
             self._count -= 1
 
-    def ticket(self, messages: int) -> Callable[[], None]:
-        """A callback to call once per message; the packet leaves after the last one."""
-        remaining = [messages]
-        lock = threading.Lock()
-
-        def done() -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                self.leave()
-
-        return done
-
 
 class SmartBusListener(base.Listener):
     """Hands each request to the RPCServer as it arrives (push style: no polling thread).
@@ -309,31 +289,22 @@ class SmartBusListener(base.Listener):
         if deliver is None:  # stopped: answer rather than drop
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
             return
+        exchange = self._conn.open_exchange(packet)
         if not self._admission.try_enter():
             LOG.warning("request from %s refused: %d requests already waiting or running", packet.src,
                         self._limit)
-            self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later")
+            self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later", exchange)
             return
-        for message in self._admit(self._driver.incoming_from_packet(packet)):
+        exchange.on_close(self._admission.leave)
+        for message in self._driver.incoming_from_packet(packet, exchange):
             try:
                 deliver([message])
             except RuntimeError:  # the RPCServer's executor has shut down meanwhile
                 message.reply(failure=(None, jsonrpc.RpcError(jsonrpc.SERVER_BUSY, "server is shutting down"),
                                        None))
 
-    def _admit(self, messages: list[SmartBusIncomingMessage]) -> list[SmartBusIncomingMessage]:
-        if not messages:
-            self._admission.leave()
-            return messages
-        if len(messages) == 1:  # the common case: no shared countdown needed
-            messages[0].on_done = self._admission.leave
-            return messages
-        done = self._admission.ticket(len(messages))
-        for message in messages:
-            message.on_done = done
-        return messages
-
     def cleanup(self) -> None:
+        self._driver.phase = "stopping"  # from now on the connection's fallback answers
         self._conn.set_request_sink(None)
 
 
@@ -353,14 +324,27 @@ class SmartBusDriver(base.BaseDriver):
         self.max_request_size = conf.smartbus.max_request_size
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
+        #: what request packets get while no listener takes them: "starting", later "stopping"
+        self.phase = "starting"
 
     @property
     def connection(self) -> BusConnection:
         """Connect lazily: creating a transport must not block on the bus."""
+        return self.open_connection()
+
+    def open_connection(self, connect: bool = True, wait: bool = True) -> BusConnection:
+        """The connection, acquired with :meth:`answer_idle` as its fallback: from registration
+        until the link closes, a request no listener takes is answered, never dropped."""
         with self._connection_lock:
             if self._connection is None:
-                self._connection = BusConnection.acquire(self.conf, self._config)
+                self._connection = BusConnection.acquire(self.conf, self._config, self.answer_idle,
+                                                         connect=connect, wait=wait)
             return self._connection
+
+    def answer_idle(self, packet: Packet) -> None:
+        """A request that arrived while nothing serves: -32002 "starting" or "shutting down"."""
+        text = "server is starting" if self.phase == "starting" else "server is shutting down"
+        self.reject(packet, jsonrpc.SERVER_BUSY, text)
 
     def require_features(self, requeue: bool = False) -> None:
         if requeue:
@@ -387,10 +371,18 @@ class SmartBusDriver(base.BaseDriver):
             return jsonrpc.Parsed(False, [jsonrpc.error_response(None, exc.code, exc.message)])
         return jsonrpc.parse(text)
 
-    def incoming_from_packet(self, packet: Packet) -> list[SmartBusIncomingMessage]:
-        """Parse one request packet; invalid calls are answered here, valid ones returned."""
+    def incoming_from_packet(self, packet: Packet, exchange: Exchange | None = None
+                             ) -> list[SmartBusIncomingMessage]:
+        """Parse one request packet; invalid calls are answered here, valid ones returned.
+
+        ``exchange`` (default: a plain one on this driver's connection) carries the reply and
+        learns when every returned message has been answered.
+        """
+        if exchange is None:
+            exchange = Exchange(self.connection)
         parsed = self._decode(packet)
         if not parsed.items:
+            exchange.expect(0)
             return []
         answerable = [item for item in parsed.items
                       if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
@@ -398,30 +390,43 @@ class SmartBusDriver(base.BaseDriver):
         if answerable:
             first = answerable[0]
             title = _title(first.id if isinstance(first, jsonrpc.Call) else first.get("id"))
-            responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
-                                   self.debug)
+            responder = _Responder(exchange, packet.src, title, parsed.is_batch, len(answerable))
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0
+        calls = sum(1 for item in parsed.items if isinstance(item, jsonrpc.Call))
+        exchange.expect(calls)  # before any member is answered: a fast call could close it early
         for item in parsed.items:
             if not isinstance(item, jsonrpc.Call):
                 assert responder is not None
+                error = item.get("error") or {}
+                exchange.note("", int(error.get("code", jsonrpc.INVALID_REQUEST)),
+                              str(error.get("message", "")))
                 responder.fill(slot, item)
                 slot += 1
                 continue
             message = oslo_message(item)
             ctxt = {"request_id": item.id, "source": source}
             if item.is_notification:
-                incoming.append(SmartBusIncomingMessage(ctxt, message, None, None, 0))
+                incoming.append(SmartBusIncomingMessage(ctxt, message, None, None, 0, exchange, self.debug))
             else:
-                incoming.append(SmartBusIncomingMessage(ctxt, message, item.id, responder, slot))
+                incoming.append(SmartBusIncomingMessage(ctxt, message, item.id, responder, slot, exchange,
+                                                        self.debug))
                 slot += 1
         return incoming
 
-    def reject(self, packet: Packet, code: int, message: str) -> None:
+    def reject(self, packet: Packet, code: int, message: str, exchange: Exchange | None = None) -> None:
         """Answer every call in ``packet`` with one error (used while shutting down or when full)."""
-        for incoming in self.incoming_from_packet(packet):
-            incoming.reply(failure=(None, jsonrpc.RpcError(code, message), None))
+        self.answer_for(packet, lambda _method: jsonrpc.RpcError(code, message), exchange)
+
+    def answer_for(self, packet: Packet, error_for: Callable[[str], BaseException],
+                   exchange: Exchange | None = None) -> int:
+        """Answer every call in ``packet`` with ``error_for(its full method name)``; the number of
+        calls answered. The process-mode master uses it when a worker cannot answer."""
+        incoming = self.incoming_from_packet(packet, exchange)
+        for message in incoming:
+            message.reply(failure=(None, error_for(message.full_method), None))
+        return len(incoming)
 
     # ------------------------------------------------------------------ sending
 

@@ -65,6 +65,9 @@ execution_opts = [
                help="Run methods in threads (light I/O methods) or in a pool of worker processes "
                     "(isolation, hard time limits)."),
     cfg.IntOpt("workers", default=8, min=1, help="Threads or worker processes running methods."),
+    cfg.IntOpt("threads", default=1, min=1,
+               help="Process mode: request packets one worker process runs at a time. 1 (the "
+                    "default) means a time limit or a crash concerns exactly one call."),
     cfg.IntOpt("max_tasks_per_child", default=0, min=0,
                help="Process mode: recycle a worker (re-importing endpoint code) after this many "
                     "calls; 0 = never."),

@@ -105,7 +105,8 @@ def measure(calls: int = 20000, workers: int | None = None) -> dict[str, Any]:
     import oslo_messaging
     from oslo_config import cfg
 
-    from sbusr import dispatch, execution, opts
+    from sbusr import dispatch, opts
+    from sbusr.execution import threads
 
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
@@ -113,7 +114,7 @@ def measure(calls: int = 20000, workers: int | None = None) -> dict[str, Any]:
     conf.set_override("mode", "thread", group="execution")
     if workers:
         conf.set_override("workers", workers, group="execution")
-    pool_size = execution.executor_pool_size(conf)
+    pool_size = threads.executor_pool_size(conf)
     conf.set_override("executor_thread_pool_size", pool_size)
     url = oslo_messaging.TransportURL.parse(conf, "smartbus://127.0.0.1:1/")
     transport = oslo_messaging.get_rpc_transport(conf, url=url)
@@ -121,7 +122,7 @@ def measure(calls: int = 20000, workers: int | None = None) -> dict[str, Any]:
     transport._driver._connection = conn  # never connects: requests are fed to the listener's sink
     packet = _request_packet()
     registry = dispatch.load_endpoints(conf)
-    executor = execution.create_executor(conf)
+    executor = threads.ThreadExecutor(conf.execution.workers, conf.execution.call_timeout)
     executor.bind(registry)
     executor.start()
     server = oslo_messaging.get_rpc_server(transport, oslo_messaging.Target(topic="cost", server="19:1"),

@@ -1,8 +1,14 @@
-"""``sbusr-server``: serve endpoint methods to IPSC flows through the standard oslo.messaging RPCServer."""
+"""``sbusr-server``: serve endpoint methods to IPSC flows through the standard oslo.messaging RPCServer.
+
+Thread mode: one process, the RPCServer and its threads (:class:`ThreadService`). Process mode: this
+process is the master that owns the SmartBus link and relays to pre-started worker processes, each a
+complete RPCServer (:class:`ProcessService`, :mod:`sbusr.execution.master`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,16 +18,22 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import dispatch, execution
+from sbusr import dispatch
 from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
+from sbusr.execution import threads
 
 LOG = logging.getLogger("sbusr.server")
 
+#: Seconds past graceful_timeout after which a stopping server leaves no matter what.
+EXIT_MARGIN = 1.5
+#: Seconds process mode waits for its first workers before registering on the bus anyway.
+FIRST_WORKERS_WAIT = 120.0
 
-class Service:
+
+class ThreadService:
     """An RPCServer plus the endpoint registry it serves, reloadable while running."""
 
     def __init__(self, conf: cfg.ConfigOpts, reload_entry: Any = None) -> None:
@@ -30,11 +42,12 @@ class Service:
         identity = client_config_from_url(conf, url)
         self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
         self._reload_lock = threading.Lock()
-        # timers, spooler, reload on save; before the workers start (they inherit its environment)
+        # timers, spooler, reload on save
         self.background = Background(conf, identity, reload_entry or self.reload)
         # Enough oslo executor threads to keep every worker busy and still run sys.* calls.
-        conf.set_override("executor_thread_pool_size", execution.executor_pool_size(conf))
-        self.executor = execution.create_executor(conf)
+        conf.set_override("executor_thread_pool_size", threads.executor_pool_size(conf))
+        group = conf.execution
+        self.executor = threads.ThreadExecutor(group.workers, group.call_timeout, group.worker_init)
         self.registry = dispatch.load_endpoints(conf)
         self.executor.bind(self.registry)
         system.bind_registry(self.registry)
@@ -47,7 +60,7 @@ class Service:
         self.address = address
 
     def start(self) -> None:
-        self.executor.start()  # prestarted workers: the first calls pay no start-up latency
+        self.executor.start()  # worker_init, once, in this process
         self.server.start()
         self.background.start(self.registry)
         LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
@@ -57,7 +70,7 @@ class Service:
         """Re-import endpoint code; calls already running finish on the old code."""
         with self._reload_lock:
             registry = dispatch.reload(self.conf)
-            workers = self.executor.reload()  # returns once fresh workers serve new calls
+            workers = self.executor.reload()
             self.executor.bind(registry)
             self.server.dispatcher.endpoints = registry.adapters
             self.registry = registry
@@ -77,47 +90,121 @@ class Service:
         finished = not waiter.is_alive()
         if not finished:
             LOG.warning("calls still running after %.1f s; exiting anyway", timeout)
-        self.executor.shutdown()  # calls still running are answered "server is shutting down"
-        waiter.join(1.0)  # let those replies go out before the transport closes
+        self.executor.shutdown()
         self.background.stop(timeout)
-        self.transport.cleanup()
+        self.transport.cleanup()  # until the link closes, late requests get "shutting down"
         return finished
 
 
+class ProcessService:
+    """Process mode: the master; workers run the RPCServer."""
+
+    def __init__(self, conf: cfg.ConfigOpts, argv: Sequence[str], reload_entry: Any = None) -> None:
+        from sbusr.execution.master import Master
+
+        self.conf = conf
+        url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+        identity = client_config_from_url(conf, url)
+        self.address = f"{identity.unit_id}:{identity.client_id}"
+        # before the workers start: they inherit the environment it sets
+        self.background = Background(conf, identity, reload_entry or self.reload)
+        self.master = Master(conf, common.transport_url(conf), argv)
+        self._stopping = threading.Event()
+        self._reload_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start every worker first, then register: the first calls pay no start-up cost."""
+        self.master.start()
+        if not self.master.wait_ready(FIRST_WORKERS_WAIT) and not self._stopping.is_set():
+            LOG.error("no worker ready after %g s; registering anyway (calls get 'starting')",
+                      FIRST_WORKERS_WAIT)
+        if self._stopping.is_set():
+            return
+        methods = self.master.methods
+        LOG.info("sbusr-server %s serving %d methods in %d worker processes: %s", self.address, len(methods),
+                 self.conf.execution.workers, ", ".join(methods))
+        self.master.connect()
+        self.background.start(self._timer_registry())
+
+    def _timer_registry(self) -> dispatch.Registry:
+        """Timers are found in the endpoint modules: the master loads them for that alone (it never
+        calls them; ticks go to the workers like any request)."""
+        return dispatch.load_endpoints(self.conf, fresh=True)
+
+    def reload(self) -> dict[str, Any]:
+        with self._reload_lock:
+            summary = self.master.reload()
+            self.background.reloaded(self._timer_registry())
+        LOG.info("reloaded endpoints: %d methods", len(summary.get("methods", [])))
+        return summary
+
+    def stop(self, timeout: float) -> bool:
+        self._stopping.set()
+        self.background.halt()
+        finished = self.master.stop(timeout)
+        self.background.stop(timeout)
+        return finished
+
+
+def _hard_exit(code: int) -> None:
+    LOG.error("still not stopped %.1f s after the graceful timeout; exiting now", EXIT_MARGIN)
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-server")
-    service: Service | None = None
+    args = list(argv if argv is not None else sys.argv[1:])
+    stop = threading.Event()
+
+    def on_stop(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            LOG.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    # first: a SIGTERM in any state, even while starting, ends the process in bounded time
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    conf = common.prepare(args, "sbusr-server")
+    service: ThreadService | ProcessService | None = None
 
     def reload_entry() -> None:  # SIGHUP and reload on save run the same reload
         if service is not None:
             _safe_reload(service)
 
     try:
-        service = Service(conf, reload_entry)
+        service = (ProcessService(conf, args, reload_entry) if conf.execution.mode == "process"
+                   else ThreadService(conf, reload_entry))
     except oslo_messaging.InvalidTransportURL as exc:
         LOG.error("bad transport_url: %s", exc)
         return 2
-    stop = threading.Event()
-
-    def on_stop(signum: int, _frame: object) -> None:
-        LOG.info("signal %s: stopping", signal.Signals(signum).name)
-        stop.set()
 
     def on_hup(_signum: int, _frame: object) -> None:
         threading.Thread(target=reload_entry, name="reload", daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    service.start()
+    starter = threading.Thread(target=_safe_start, args=(service, stop), name="start", daemon=True)
+    starter.start()
     while not stop.wait(1.0):
         pass
-    service.stop(conf.server.graceful_timeout)
+    graceful = conf.server.graceful_timeout
+    guard = threading.Timer(graceful + EXIT_MARGIN, _hard_exit, args=(1,))
+    guard.daemon = True
+    guard.start()
+    service.stop(graceful)
+    guard.cancel()
     LOG.info("stopped")
     return common.finish(conf, 0)
 
 
-def _safe_reload(service: Service) -> None:
+def _safe_start(service: ThreadService | ProcessService, stop: threading.Event) -> None:
+    try:
+        service.start()
+    except Exception:
+        LOG.exception("start-up failed")
+        stop.set()
+
+
+def _safe_reload(service: ThreadService | ProcessService) -> None:
     try:
         service.reload()
     except Exception:

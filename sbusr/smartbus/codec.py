@@ -233,6 +233,18 @@ def packet_from_frame(raw: bytes, fields: tuple[int, ...]) -> Packet:
     return _packet(_header_of(fields), raw[HEADER_SIZE:HEADER_SIZE + fields[10]])
 
 
+def frame_of(packet: Packet) -> bytes:
+    """The bytes of a decoded packet again (header re-packed, no padding), to forward it unchanged.
+
+    No validation: the packet was decoded from a valid frame.
+    """
+    h = packet.header
+    s, d = h.src, h.dst
+    body = packet.body
+    return _HEADER.pack(HEAD_FLAG, h.cmd, h.cmdtype, s.type, s.unit, s.client, d.type, d.unit, d.client,
+                        HEADER_SIZE + len(body), len(body)) + body
+
+
 def encode_packet(cmd: int, cmdtype: int, src: Address, dst: Address, body: bytes = b"") -> bytes:
     """A complete packet; packet_size is exactly 20 + len(body) (no padding)."""
     return encode_header(cmd, cmdtype, src, dst, len(body)) + body

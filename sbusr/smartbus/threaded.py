@@ -52,6 +52,7 @@ class ThreadedClient:
         self._lock = threading.Lock()
         self._outq: list[bytes] = []
         self._flush_scheduled = False
+        self._started = False
 
     # ------------------------------------------------------------------ state
     @property
@@ -82,32 +83,46 @@ class ThreadedClient:
             self._connected.clear()
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The client's event loop (started on first use, before connecting if need be): packet
+        handlers run on it, and code running on it may send without a thread hop."""
+        return self._ensure_loop()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is not None:
+                return self._loop
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                self._loop_tid = threading.get_ident()
+                loop.call_soon(started.set)
+                try:
+                    loop.run_forever()
+                finally:
+                    try:
+                        loop.run_until_complete(loop.shutdown_asyncgens())
+                    finally:
+                        loop.close()
+
+            cfg = self.config
+            thread = threading.Thread(target=run, name=f"smartbus-{cfg.unit_id}-{cfg.client_id}", daemon=True)
+            self._outq = []
+            self._flush_scheduled = False
+            self._loop, self._thread = loop, thread
+            thread.start()
+        started.wait()
+        return loop
+
     def start(self) -> None:
         """Start the loop thread and begin connecting in the background; idempotent."""
-        if self._thread is not None:
+        if self._started:
             return
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            self._loop_tid = threading.get_ident()
-            loop.call_soon(started.set)
-            try:
-                loop.run_forever()
-            finally:
-                try:
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                finally:
-                    loop.close()
-
-        cfg = self.config
-        thread = threading.Thread(target=run, name=f"smartbus-{cfg.unit_id}-{cfg.client_id}", daemon=True)
-        self._outq = []
-        self._flush_scheduled = False
-        self._loop, self._thread = loop, thread
-        thread.start()
-        started.wait()
+        self._started = True
+        loop = self._ensure_loop()
         asyncio.run_coroutine_threadsafe(self._client.start(), loop).result()
 
     def stop(self) -> None:
@@ -120,6 +135,7 @@ class ThreadedClient:
         if loop is None or thread is None:
             return
         self._loop = self._thread = None
+        self._started = False
         self._connected.clear()
         if threading.get_ident() == self._loop_tid:
             async def shutdown() -> None:
@@ -170,6 +186,10 @@ class ThreadedClient:
             self._flush_scheduled = False
         if chunks:
             self._client.write_many(chunks)
+
+    def send_raw(self, raw: bytes) -> None:
+        """Send a complete, already encoded packet (the process-mode master relays workers' replies)."""
+        self._send(raw)
 
     def send_data(self, dst: Address, cmd: int, cmdtype: int, data: bytes) -> None:
         self._check()

@@ -1,0 +1,15 @@
+"""Where endpoint methods run: ``[execution] mode`` = thread or process.
+
+* :mod:`~sbusr.execution.limits` -- ``@limits(timeout=...)`` for endpoint code;
+* :mod:`~sbusr.execution.threads` -- thread mode: the RPCServer's threads plus a watchdog;
+* :mod:`~sbusr.execution.master` -- process mode's master: owns the bus link, relays packets to
+  workers, supervises them (:mod:`~sbusr.execution.events` are its hooks);
+* :mod:`~sbusr.execution.worker` -- a process-mode worker: a standard RPCServer over its link to the
+  master (:mod:`~sbusr.execution.link`), speaking :mod:`~sbusr.execution.messages`.
+"""
+
+from __future__ import annotations
+
+from sbusr.execution.limits import LIMITS_ATTR, Limits, limits
+
+__all__ = ["LIMITS_ATTR", "Limits", "limits"]

@@ -1,0 +1,246 @@
+"""Thread mode: endpoint methods run in the RPCServer's executor threads of one process.
+
+Every call runs directly in the oslo executor thread (one semaphore caps concurrent methods at
+``workers``); there is no hand-off to another thread on the hot path. A call with a limit is
+registered with one :class:`Watchdog` thread. A Python thread cannot be killed, so a call that
+overruns is *abandoned*: the watchdog answers the caller with -32001 at once through the smartbus
+driver (:func:`sbusr.driver_smartbus.current_message`), the thread keeps running the method to its
+end (logged, its late reply dropped), and its worker slot is handed on (at most ``workers`` at a
+time; past that, capacity shrinks and an error is logged -- use process mode for runaway code).
+
+:class:`Executor` is also the base the process-mode worker uses to bind its invokers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sbusr import dispatch, jsonrpc
+from sbusr.driver_smartbus import current_message
+from sbusr.execution import hooks
+from sbusr.execution.limits import LIMITS_ATTR, class_timeout
+
+LOG = logging.getLogger("sbusr.execution")
+
+SYSTEM_MODULE = "sbusr.endpoints.system"
+#: oslo executor threads beyond ``workers``: sys.* calls and replies need some.
+EXECUTOR_THREAD_MARGIN = 8
+
+
+def is_system_endpoint(adapter: dispatch.EndpointAdapter) -> bool:
+    """True for the built-in ``sys`` endpoint: never limited (sys.reload waits for a reload)."""
+    return adapter.origin.kind == "builtin" and adapter.origin.module_or_path == SYSTEM_MODULE
+
+
+class Executor:
+    """Installs invokers on a registry's adapters; the hooks sbusr-server's Service calls."""
+
+    mode = "direct"
+
+    def __init__(self, workers: int, call_timeout: float) -> None:
+        self.workers = workers
+        self.call_timeout = call_timeout
+
+    def start(self) -> None:
+        """Prepare before the first call."""
+
+    def bind(self, registry: dispatch.Registry) -> None:
+        """Install this executor's invoker on every adapter of ``registry``."""
+        for adapter in registry.adapters:
+            adapter.invoker = (self.system_invoker(adapter) if is_system_endpoint(adapter)
+                               else self.invoker_for(adapter))
+
+    def system_invoker(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
+        return dispatch.direct_invoke
+
+    def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
+        return dispatch.direct_invoke
+
+    def default_timeout(self, adapter: dispatch.EndpointAdapter) -> float:
+        return class_timeout(adapter.endpoint, self.call_timeout)
+
+    def reload(self) -> dict[str, Any]:
+        """Make newly started calls run freshly imported code; return a JSON-friendly summary."""
+        return {}
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Release what start() set up."""
+
+
+def executor_pool_size(conf: Any) -> int:
+    """oslo ``executor_thread_pool_size`` for thread mode: every worker slot busy, up to ``workers``
+    abandoned calls holding threads on top, and still threads for sys.* calls and replies."""
+    return max(int(conf.executor_thread_pool_size), 2 * conf.execution.workers + EXECUTOR_THREAD_MARGIN)
+
+
+class Watchdog:
+    """One thread that fires actions at deadlines; arming and disarming cost a heap push and a flag."""
+
+    #: rebuild the heap once this many disarmed entries wait in it (and they are the majority)
+    PURGE_AT = 4096
+
+    def __init__(self, name: str = "sbusr-watchdog") -> None:
+        self._heap: list[tuple[float, int, list[Any]]] = []
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._disarmed = 0
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def arm(self, timeout: float, action: Callable[[], None]) -> list[Any]:
+        entry: list[Any] = [action]  # entry[0] = None once disarmed
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + timeout, self._seq, entry))
+            if self._heap[0][2] is entry:
+                self._cond.notify()
+        return entry
+
+    def disarm(self, entry: list[Any]) -> None:
+        """Cancel; the entry leaves the heap when due, or in a purge once many have piled up."""
+        entry[0] = None
+        with self._cond:
+            self._disarmed += 1
+            if self._disarmed >= self.PURGE_AT and self._disarmed * 2 > len(self._heap):
+                self._heap = [item for item in self._heap if item[2][0] is not None]
+                heapq.heapify(self._heap)
+                self._disarmed = 0
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    while self._heap and self._heap[0][2][0] is None:
+                        heapq.heappop(self._heap)  # disarmed
+                        self._disarmed = max(0, self._disarmed - 1)
+                    if self._heap and self._heap[0][0] <= time.monotonic():
+                        break
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._closed:
+                    return
+                _, _, entry = heapq.heappop(self._heap)
+                action, entry[0] = entry[0], None
+            if action is not None:
+                try:
+                    action()
+                except Exception:
+                    LOG.exception("watchdog action failed")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+
+class _LimitedCall:
+    __slots__ = ("freed", "started", "state")
+
+    def __init__(self) -> None:
+        self.state = "running"  # running -> done | expired
+        self.freed = False  # its worker slot was handed on when it expired
+        self.started = time.monotonic()
+
+
+def _fn_label(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class ThreadExecutor(Executor):
+    """Thread mode (see the module docstring)."""
+
+    mode = "thread"
+
+    def __init__(self, workers: int, call_timeout: float, worker_init: str | None = None) -> None:
+        super().__init__(workers, call_timeout)
+        self.worker_init = worker_init
+        self._slots = threading.Semaphore(workers)
+        self._lock = threading.Lock()
+        self._abandoned = 0  # expired calls whose slot was handed on and that still run
+        self._watchdog = Watchdog()
+
+    def start(self) -> None:
+        # Same config in both modes: the hook runs once, in the server process, before any call.
+        error = hooks.run_hook(self.worker_init)
+        if error is not None:
+            LOG.error("worker_init %s failed in the server process: %s", self.worker_init, error)
+
+    def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
+        default = self.default_timeout(adapter)
+        slots = self._slots
+        limited = self._limited
+
+        def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
+            limits = getattr(fn, LIMITS_ATTR, None)
+            timeout = default if limits is None or limits.timeout is None else limits.timeout
+            if timeout:
+                return limited(fn, ctxt, args, kwargs, timeout)
+            with slots:
+                return fn(ctxt, *args, **kwargs)
+
+        return invoke
+
+    def _limited(self, fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict, timeout: float) -> Any:
+        """Run in this thread; past the limit the watchdog answers the caller (a thread cannot be killed)."""
+        self._slots.acquire()
+        call = _LimitedCall()
+        message = current_message()
+        entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message))
+        try:
+            return fn(ctxt, *args, **kwargs)
+        finally:
+            self._watchdog.disarm(entry)
+            with self._lock:
+                expired = call.state == "expired"
+                call.state = "done"
+                if call.freed:
+                    self._abandoned -= 1
+            if not call.freed:
+                self._slots.release()
+            if expired:
+                LOG.warning("abandoned call %s finished after %.1f s; its result was discarded",
+                            _fn_label(fn), time.monotonic() - call.started)
+                # the caller already has the timeout; this raise answers on transports that cannot
+                # be answered early
+                raise jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
+                                          {"timeout": timeout}) from None
+
+    def _expire(self, call: _LimitedCall, fn: Any, timeout: float, message: Any) -> None:
+        with self._lock:
+            if call.state != "running":
+                return
+            call.state = "expired"
+            if self._abandoned < self.workers:
+                self._abandoned += 1
+                call.freed = True
+            stuck = self._abandoned
+        if call.freed:
+            self._slots.release()  # another call may run while this thread is stuck
+        error = jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
+                                    {"timeout": timeout})
+        if message is not None:
+            message.answer_early(error)
+        if call.freed:
+            LOG.warning("call %s exceeded its %g s limit; answered with a timeout, its thread is abandoned "
+                        "(threads cannot be stopped; process mode can)", _fn_label(fn), timeout)
+        else:
+            LOG.error("call %s exceeded its %g s limit; %d calls are stuck: capacity is reduced until they "
+                      "return (use [execution] mode = process)", _fn_label(fn), timeout, stuck)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"mode": self.mode, "threads": self.workers, "abandoned": self._abandoned}
+
+    def reload(self) -> dict[str, Any]:
+        return self.stats()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._watchdog.close()

@@ -1,0 +1,136 @@
+"""A process-mode worker: a complete standard oslo.messaging RPCServer whose smartbus link is the
+master, not the bus.
+
+Started by the master as a fresh interpreter (``python -m sbusr.cmd.worker --link-fd N ...`` with
+the master's own command-line options, so it reads the same configuration files). Endpoint code,
+``worker_init``, ``@limits``, the legacy adapter and the reply path are the thread-mode code; only
+the connection underneath differs (:mod:`sbusr.execution.link`). The worker
+
+* takes ``[execution] threads`` request packets at a time (the master sends no more);
+* reports each call's limit when it differs from the one the master assumed, and every packet's
+  end with its reply;
+* ignores SIGINT/SIGHUP (the master decides), finishes its calls and exits on SIGTERM or when the
+  master says so, and exits at once when the master goes away (link closed or re-parented).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import oslo_messaging
+
+from sbusr import connection, dispatch, jsonrpc
+from sbusr.driver_smartbus import client_config_from_url, current_message
+from sbusr.endpoints import system
+from sbusr.execution import hooks, link, messages
+from sbusr.execution.limits import call_timeout
+from sbusr.execution.threads import Executor
+
+LOG = logging.getLogger("sbusr.execution")
+
+#: Seconds between checks that the master is still our parent (the link's EOF usually comes first).
+PARENT_CHECK_INTERVAL = 0.5
+#: Seconds sys.reload waits for the master to switch generations.
+RELOAD_WAIT = 120.0
+
+
+class WorkerExecutor(Executor):
+    """Invokers of a worker: no watchdog (the master enforces limits by killing the process); each
+    call tells its packet's exchange its limit, and a failed worker_init answers every call."""
+
+    mode = "process"
+
+    def __init__(self, call_timeout: float, init_error: str | None) -> None:
+        super().__init__(1, call_timeout)
+        self.init_error = init_error
+
+    def system_invoker(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
+        def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
+            _report(0.0)  # sys.* are never limited: sys.reload waits for a whole new generation
+            return fn(ctxt, *args, **kwargs)
+
+        return invoke
+
+    def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
+        default = self.default_timeout(adapter)
+        init_error = self.init_error
+
+        def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
+            _report(call_timeout(fn, default))
+            if init_error is not None:
+                raise jsonrpc.InternalError(f"worker start-up hook failed: {init_error}")
+            return fn(ctxt, *args, **kwargs)
+
+        return invoke
+
+
+def _report(timeout: float) -> None:
+    message = current_message()
+    if message is not None:
+        message.exchange.call_started(message.request_id, message.full_method, timeout)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(link.ORPHAN_EXIT)
+        threading.Event().wait(PARENT_CHECK_INTERVAL)
+
+
+def serve(conf: Any, link_fd: int, transport_url: str) -> int:
+    """Run the worker until told to exit; the exit status."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    leaving = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: leaving.set())
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+
+    sock = socket.socket(fileno=link_fd)
+    sock.setblocking(True)
+    links: list[link.LinkClient] = []
+
+    def factory(conf_: Any, config: Any, handlers: Any) -> link.LinkClient:
+        client = link.LinkClient(sock, config, handlers, notify_ttl=conf.smartbus.notify_ttl,
+                                 default_timeout=conf.execution.call_timeout, on_exit=leaving.set)
+        links.append(client)
+        return client
+
+    connection.use_client_factory(factory)
+    conf.set_override("embedded_bus", False, group="smartbus")  # the master owns the bus side
+    threads = conf.execution.threads
+    conf.set_override("executor_thread_pool_size", threads)
+
+    init_error = hooks.run_hook(conf.execution.worker_init)
+    if init_error is not None:
+        LOG.error("worker pid %d: worker_init %s failed (%s); its calls get an error", os.getpid(),
+                  conf.execution.worker_init, init_error)
+    registry = dispatch.load_endpoints(conf)
+    WorkerExecutor(conf.execution.call_timeout, init_error).bind(registry)
+    system.bind_registry(registry)
+
+    url = oslo_messaging.TransportURL.parse(conf, transport_url)
+    identity = client_config_from_url(conf, url)
+    transport = oslo_messaging.get_rpc_transport(conf, url=url)
+    target = oslo_messaging.Target(topic=conf.server.topic, server=f"{identity.unit_id}:{identity.client_id}")
+    server = oslo_messaging.get_rpc_server(transport, target, registry.adapters,
+                                           access_policy=dispatch.AccessPolicy)
+    server.start()  # the driver's connection is the link: its client exists from here on
+    the_link = links[0]
+    system.set_reload_handler(lambda: the_link.request_reload(RELOAD_WAIT))
+    the_link.send(messages.Ready(os.getpid(), init_error, registry.methods(),
+                                 [list(d) for d in registry.duplicates]))
+    LOG.debug("worker pid %d serving %d methods", os.getpid(), len(registry.methods()))
+    leaving.wait()
+    server.stop()
+    server.wait()  # the calls this worker holds finish and are answered
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown: nothing is left to flush, and it can only delay the exit
