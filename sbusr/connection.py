@@ -24,6 +24,9 @@ from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHa
 LOG = logging.getLogger(__name__)
 
 RequestSink = Callable[[Packet], None]
+#: Seconds between registration attempts while the bus reports our identity taken: a hot standby
+#: (a second server with the same identity) takes over this soon after the first one leaves.
+STANDBY_RETRY = 1.0
 ClientFactory = Callable[[cfg.ConfigOpts, ClientConfig, ClientHandlers], BusClient]
 
 
@@ -157,7 +160,7 @@ def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHand
         return VendorClient(config, handlers, library_path=conf.smartbus.library_path)
     from sbusr.smartbus.threaded import ThreadedClient
 
-    return ThreadedClient(config, handlers)
+    return ThreadedClient(config, handlers, duplicate_retry=STANDBY_RETRY)
 
 
 _embedded_lock = threading.Lock()
@@ -202,6 +205,7 @@ class BusConnection:
         self._replies_lock = threading.Lock()
         self._request_sink: RequestSink | None = None
         self._fallback_sink: RequestSink | None = None
+        self._standing_by = False
         self.client = make_client(conf, config, ClientHandlers(
             on_connect=self._on_connect,
             on_connect_failed=self._on_connect_failed,
@@ -269,10 +273,18 @@ class BusConnection:
     # ------------------------------------------------------------------ events (backend thread)
 
     def _on_connect(self, access_point: int) -> None:
+        self._standing_by = False
         LOG.info("registered on SmartBus %s:%s as %s, access point unit %s", self.config.host,
                  self.config.port, self.config.address, access_point)
 
     def _on_connect_failed(self, code: int) -> None:
+        if code == codec.ERR_CONNECTED:  # retried every STANDBY_RETRY s: say it once
+            if not self._standing_by:
+                self._standing_by = True
+                LOG.warning("SmartBus %s:%s: identity %s is taken by another process; standing by and "
+                            "retrying every %g s (hot standby)", self.config.host, self.config.port,
+                            self.config.address, STANDBY_RETRY)
+            return
         LOG.warning("SmartBus registration at %s:%s failed with code %s", self.config.host,
                     self.config.port, code)
 

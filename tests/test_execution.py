@@ -12,8 +12,6 @@ import itertools
 import os
 import queue
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -23,6 +21,8 @@ import oslo_messaging
 import pytest
 
 from sbusr import dispatch, execution, jsonrpc
+from sbusr.execution import messages, threads
+from sbusr.smartbus import codec
 from tests.helpers.busproc import BusProcess
 from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
@@ -59,6 +59,15 @@ ENDPOINT = textwrap.dedent('''
         def slow(self, ctxt, seconds):
             time.sleep(seconds)
             return seconds
+
+        @limits(timeout=0)
+        def wait_file(self, ctxt, path, started=None):
+            if started:
+                open(started, "w").close()
+            deadline = time.monotonic() + 120
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return "released"
 
         @limits(timeout=0)
         def unlimited(self, ctxt, seconds):
@@ -151,7 +160,7 @@ def test_limits_decorator_marks_functions_static_class_methods_and_classes():
 
 
 def test_watchdog_fires_in_deadline_order_and_skips_disarmed():
-    dog = execution.Watchdog(name="test-watchdog")
+    dog = threads.Watchdog(name="test-watchdog")
     fired: list[str] = []
     done = threading.Event()
     try:
@@ -166,11 +175,11 @@ def test_watchdog_fires_in_deadline_order_and_skips_disarmed():
 
 
 def test_watchdog_heap_does_not_keep_disarmed_entries():
-    dog = execution.Watchdog(name="test-watchdog-purge")
+    dog = threads.Watchdog(name="test-watchdog-purge")
     try:
-        for _ in range(3 * execution.Watchdog.PURGE_AT):
+        for _ in range(3 * threads.Watchdog.PURGE_AT):
             dog.disarm(dog.arm(60, lambda: None))
-        assert len(dog._heap) < execution.Watchdog.PURGE_AT
+        assert len(dog._heap) < threads.Watchdog.PURGE_AT
     finally:
         dog.close()
 
@@ -190,7 +199,7 @@ def test_thread_mode_answers_overrun_early_and_hands_the_slot_on():
     from sbusr import driver_smartbus
 
     adapter = dispatch.EndpointAdapter(_Limited(), dispatch.EndpointOrigin("module", __name__, "_Limited"))
-    executor = execution.ThreadExecutor(workers=1, call_timeout=0.2)
+    executor = threads.ThreadExecutor(workers=1, call_timeout=0.2)
     executor.bind(dispatch.Registry([adapter]))
     release = threading.Event()
     message = _StubMessage()
@@ -245,7 +254,7 @@ def test_thread_executor_applies_config_and_method_limits_and_leaves_sys_alone()
     adapter = dispatch.EndpointAdapter(_Limited(), dispatch.EndpointOrigin("module", __name__, "_Limited"))
     sys_adapter = dispatch.adapter_from_origin(dispatch.EndpointOrigin("builtin", system.__name__,
                                                                        "SystemEndpoint"))
-    executor = execution.ThreadExecutor(workers=2, call_timeout=0.3)
+    executor = threads.ThreadExecutor(workers=2, call_timeout=0.3)
     executor.bind(dispatch.Registry([adapter, sys_adapter]))
     try:
         assert sys_adapter.invoker is dispatch.direct_invoke
@@ -258,56 +267,30 @@ def test_thread_executor_applies_config_and_method_limits_and_leaves_sys_alone()
         executor.shutdown()
 
 
-@pytest.fixture(scope="module")
-def endpoint_file(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("unit-ep")
-    path = folder / "unit_ep.py"
-    path.write_text(ENDPOINT)
-    return path
-
-
-def test_process_pool_survives_timeout_crash_and_shuts_down_without_orphans(endpoint_file, tmp_path):
-    origin = dispatch.EndpointOrigin("file", str(endpoint_file), "Ep")
-    pool = execution.ProcessPool(2, max_tasks=0)
-    seen: set[int] = set()
-    try:
-        assert pool.start(WAIT)
-        seen.update(pool.pids())
-        marker = tmp_path / "hang.pid"
-        with pytest.raises(jsonrpc.CallTimeout):
-            pool.call(origin, "hang", {}, (str(marker),), {}, timeout=0.5)
-        stuck = int(marker.read_text())
-        assert wait_for(lambda: not pid_alive(stuck))
-        with pytest.raises(jsonrpc.WorkerCrashed):
-            pool.call(origin, "exit", {}, (3,), {})
-        assert pool.call(origin, "add", {}, (1, 2), {}) == 3
-        assert wait_for(lambda: len(pool.pids()) == 2)
-        seen.update(pool.pids())
-        assert stuck not in pool.pids()
-        assert pool.stats()["replaced"] == {"timeout": 1, "crash": 1}
-    finally:
-        pool.shutdown(5)
-    assert wait_for(lambda: not [p for p in seen if pid_alive(p)])
-    with pytest.raises(jsonrpc.ServerBusy):
-        pool.call(origin, "add", {}, (1, 2), {})
-
-
-ORPHAN_SCRIPT = textwrap.dedent('''
-    import os, sys
-    from sbusr import execution
-    pool = execution.ProcessPool(2)
-    assert pool.start(30)
-    print(" ".join(map(str, pool.pids())), flush=True)
-    os.kill(os.getpid(), 9)
-''')
-
-
-def test_workers_exit_when_the_server_process_dies():
-    proc = subprocess.run([sys.executable, "-c", ORPHAN_SCRIPT], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    pids = [int(p) for p in proc.stdout.split()]
-    assert len(pids) == 2
-    assert wait_for(lambda: not [p for p in pids if pid_alive(p)]), "orphaned workers still running"
+def test_control_messages_round_trip_and_bad_frames_are_refused():
+    reply = b"\x15\x5b" + b"x" * 40
+    samples = [
+        messages.Ready(123, None, ["a", "b.c"], [["x", "y"]]),
+        messages.Ready(5, "ValueError: boom"),
+        messages.Started(7, 2.5, "ep.slow", "id-1"),
+        messages.Started(8, 0.0, "sys.reload", 42),
+        messages.Done(9, (messages.Outcome("ep.add"),
+                          messages.Outcome("ep.x", -32601, "Method not found: ep.x")), reply),
+        messages.Done(10, ()),
+        messages.ReloadRequest(3),
+        messages.ReloadResult(3, {"methods": ["a"]}),
+        messages.ReloadResult(4, error="failed"),
+        messages.Exit(),
+    ]
+    decoder = codec.FrameDecoder()
+    stream = b"".join(messages.encode(m) for m in samples)
+    frames = decoder.feed_frames(stream)
+    assert all(messages.is_control(fields) for _raw, fields in frames)
+    decoded = [messages.decode(fields[1], raw[20:20 + fields[10]]) for raw, fields in frames]
+    assert decoded == samples
+    for cmd, body in [(messages.DONE, b"\x01"), (messages.READY, b"not json"), (99, b"")]:
+        with pytest.raises(messages.MessageError):
+            messages.decode(cmd, body)
 
 
 # =========================================================================== end to end
@@ -455,11 +438,12 @@ def test_process_mode_errors_match_thread_mode(process_server, thread_server, ip
     assert process_server.call(ipsc, "ep.fail")["error"]["data"] == {"type": "builtins.KeyError"}
 
 
-def test_sys_methods_run_in_the_server_process(process_server, ipsc):
+def test_sys_methods_answer_and_methods_run_in_workers(process_server, ipsc):
     assert process_server.call(ipsc, "sys.ping")["result"] == "pong"
     assert "ep.info" in process_server.call(ipsc, "sys.methods")["result"]
     worker_pid = process_server.call(ipsc, "ep.info")["result"][1]
     assert worker_pid != process_server.proc.proc.pid
+    assert worker_pid in process_server.proc.children()
 
 
 def test_worker_init_runs_once_in_every_worker(process_server, ipsc):

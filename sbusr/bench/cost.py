@@ -36,6 +36,11 @@ class _StubConnection:
     def set_request_sink(self, sink: Callable[[Any], None] | None) -> None:
         self.sink = sink
 
+    def open_exchange(self, packet: Any) -> Any:
+        from sbusr.connection import Exchange
+
+        return Exchange(self)  # type: ignore[arg-type]
+
     def send_reply(self, to: Any, title: str, body: bytes) -> None:
         self.replies += 1  # only the step that runs in one thread reads these
         self.last_reply = body

@@ -1,5 +1,70 @@
-"""sbusr-server as a test process (moved to :mod:`sbusr.testing.processes`)."""
+"""sbusr-server as a test process (the base moved to :mod:`sbusr.testing.processes`), plus what the
+execution tests need: start without waiting, a hot standby's start, the worker processes."""
 
-from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
+from __future__ import annotations
 
-__all__ = ["SERVER_CLIENT", "SERVER_UNIT", "ServerProcess", "write_config"]
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sbusr.testing import processes
+from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, write_config
+
+__all__ = ["SERVER_CLIENT", "SERVER_UNIT", "ServerProcess", "children_of", "write_config"]
+
+
+def children_of(parent: int) -> list[int]:
+    """Pids whose parent is ``parent`` and that are not zombies, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == parent:
+            found.append(int(entry))
+    return sorted(found)
+
+
+class ServerProcess(processes.ServerProcess):
+    """With ``standby``, start() returns once it serves and the bus has refused its identity."""
+
+    def __init__(self, config_file: Path, extra_args: tuple[str, ...] = (), standby: bool = False) -> None:
+        super().__init__(config_file, extra_args)
+        self.standby = standby
+
+    def launch(self) -> ServerProcess:
+        """Start the process and return at once."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sbusr.cmd.server", "--config-file", str(self.config_file),
+             *self.extra_args],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def start(self) -> ServerProcess:
+        if not self.standby:
+            super().start()
+            return self
+        self.launch()
+        assert self.proc is not None
+        deadline = time.monotonic() + processes.SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sbusr-server exited with {self.proc.returncode}:\n{self.output()}")
+            out = self.output()
+            if " serving " in out and "already connected" in out:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"standby sbusr-server did not start:\n{self.output()}")
+
+    def children(self) -> list[int]:
+        """Pids of the server's live child processes (process mode: its workers)."""
+        assert self.proc is not None
+        return children_of(self.proc.pid)
