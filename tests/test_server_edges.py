@@ -1,0 +1,291 @@
+"""sbusr-server at its edges, through a real bus: starting and stopping under continuous load, hot
+standby, SIGTERM in every state, and what process mode does when a worker cannot serve or the master
+dies.
+
+Every assertion counts requests and replies; nothing depends on how fast the machine is. Where a
+test needs "a call is still running", the call waits for a file the test creates later.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sbusr import jsonrpc
+from tests.helpers.busproc import BusProcess, free_port
+from tests.helpers.ipsc import FakeIpsc
+from tests.helpers.load import LoadCaller
+from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
+
+WAIT = 30.0  # generous bound for anything that should happen "soon" on a busy machine
+
+ENDPOINT = textwrap.dedent('''
+    import os
+    import time
+
+    import oslo_messaging
+
+    from sbusr.execution import limits
+
+
+    class Edge:
+        target = oslo_messaging.Target(namespace="edge")
+
+        def pid(self, ctxt):
+            return os.getpid()
+
+        @limits(timeout=0)
+        def wait_file(self, ctxt, path, started):
+            open(started, "w").close()
+            deadline = time.monotonic() + 120
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return "released"
+''')
+
+BLOCKING_HOOK = textwrap.dedent('''
+    import os
+    import time
+
+    def init():
+        while not os.path.exists({path!r}):
+            time.sleep(0.05)
+''')
+
+FAILING_HOOK = textwrap.dedent('''
+    def init():
+        raise RuntimeError("no database today")
+''')
+
+
+def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def bus():
+    with BusProcess() as bus:
+        yield bus
+
+
+_clients = iter(range(30, 120))
+
+
+def _config(folder: Path, port: int, mode: str, client: int, execution: dict | None = None,
+            server: dict | None = None, env_hooks: Path | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "edge.py").write_text(ENDPOINT)
+    return write_config(folder / "sbusr.conf", port,
+                        {"endpoints": {"directories": [folder]},
+                         "execution": {"mode": mode, "workers": 2, **(execution or {})},
+                         "server": {"graceful_timeout": 60, **(server or {})}}, client=client)
+
+
+def _reply_kind(reply: dict) -> str:
+    if "result" in reply:
+        return "result"
+    error = reply.get("error") or {}
+    return f"{error.get('code')} {error.get('message')}"
+
+
+# --------------------------------------------------------------------------- start and stop under load
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_startup_under_load_answers_every_request_after_registration_once(bus, tmp_path, mode):
+    client = next(_clients)
+    conf = _config(tmp_path, bus.port, mode, client)
+    with LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), process=client % 16, prefix=f"up-{mode}",
+                    interval=0.005) as load:
+        time.sleep(0.2)  # requests are already flowing when the server registers
+        proc = ServerProcess(conf).launch()
+        try:
+            assert load.joined.wait(WAIT * 2), proc.output()
+            # keep the load going well past registration
+            assert wait_for(lambda: load.count_replies(lambda r: "result" in r) >= 50), proc.output()
+            load.stop_sending()
+            sent, _ = load.snapshot()
+            after = [rid for rid, present in sent if present]
+            assert wait_for(lambda: not load.unanswered(after)), load.unanswered(after)[:10]
+            time.sleep(0.3)  # room for a duplicate to show up
+            sent, replies = load.snapshot()
+        finally:
+            proc.stop()
+    assert len(after) >= 50
+    assert all(len(replies.get(rid, [])) == 1 for rid in after), "a request was answered twice"
+    assert all(len(r) == 1 for r in replies.values())
+    kinds = {_reply_kind(r[0]) for r in replies.values()}
+    assert kinds <= {"result", f"{jsonrpc.SERVER_BUSY} server is starting"}, kinds
+    assert "serves no methods" not in proc.output()
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(bus, tmp_path, mode):
+    client = next(_clients)
+    conf = _config(tmp_path / "ep", bus.port, mode, client)
+    proc = ServerProcess(conf).start()
+    release, started = tmp_path / "release", tmp_path / "started"
+    try:
+        with FakeIpsc(bus.host, bus.port, unit=1, process=client % 16) as ipsc, \
+                LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), process=client % 16,
+                           prefix=f"down-{mode}", interval=0.005) as load:
+            blocked: dict = {}
+            caller = threading.Thread(target=lambda: blocked.update(ipsc.call_rpc(
+                SERVER_UNIT, client, {"jsonrpc": "2.0", "id": "blocked", "method": "edge.wait_file",
+                                      "params": [str(release), str(started)]}, timeout=120)))
+            caller.start()
+            assert wait_for(started.exists)
+            assert wait_for(lambda: load.count_replies(lambda r: "result" in r) >= 20)
+            proc.signal(signal.SIGTERM)  # the blocked call keeps the link open while the server drains
+
+            def shutting_down(reply: dict) -> bool:
+                return reply.get("error", {}).get("message") == "server is shutting down"
+
+            assert wait_for(lambda: load.count_replies(shutting_down) >= 30), proc.output()
+            sent, _ = load.snapshot()
+            before_release = [rid for rid, _ in sent]
+            assert wait_for(lambda: not load.unanswered(before_release)), load.unanswered(before_release)[:10]
+            release.touch()  # the last call finishes; the server closes its link while the load goes on
+            caller.join(WAIT)
+            assert proc.proc.wait(WAIT) == 0, proc.output()
+            assert wait_for(load.left.is_set)
+            time.sleep(0.3)
+            load.stop_sending()
+            sent, replies = load.snapshot()
+    finally:
+        release.touch()
+        proc.stop()
+    assert blocked.get("result") == "released"
+    assert all(len(replies[rid]) == 1 for rid in before_release)
+    assert all(len(r) == 1 for r in replies.values()), "a request was answered twice"
+    kinds = {_reply_kind(r[0]) for r in replies.values()}
+    assert kinds <= {"result", f"{jsonrpc.SERVER_BUSY} server is shutting down"}, kinds
+    assert "serves no methods" not in proc.output()
+
+
+# --------------------------------------------------------------------------- hot standby
+
+def test_hot_standby_takes_over_when_the_first_server_leaves(bus, tmp_path):
+    client = next(_clients)
+    first = ServerProcess(_config(tmp_path / "a", bus.port, "process", client)).start()
+    second = ServerProcess(_config(tmp_path / "b", bus.port, "process", client), standby=True)
+    third = ServerProcess(_config(tmp_path / "c", bus.port, "thread", client), standby=True)
+    try:
+        second.start()
+        assert "standing by" in second.output()
+        with FakeIpsc(bus.host, bus.port, unit=2, process=client % 16) as ipsc:
+            def pid_answer() -> int:
+                return ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": f"p{time.monotonic()}",
+                                                           "method": "edge.pid"}, timeout=WAIT)["result"]
+
+            assert pid_answer() in first.children()
+            first.signal(signal.SIGTERM)
+            assert first.proc.wait(WAIT) == 0
+
+            def answered_by_second() -> bool:
+                try:
+                    return pid_answer() in second.children()
+                except TimeoutError:
+                    return False
+
+            assert wait_for(answered_by_second, interval=0.2), second.output()
+            assert "registered on SmartBus" in second.output()
+            # a standby refused by the bus stops on SIGTERM like any server
+            third.start()
+            third.signal(signal.SIGTERM)
+            assert third.proc.wait(WAIT) == 0, third.output()
+            assert pid_answer() in second.children()
+    finally:
+        for proc in (first, second, third):
+            proc.stop()
+
+
+# --------------------------------------------------------------------------- SIGTERM in every state
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_sigterm_without_a_bus_ends_the_server(tmp_path, mode):
+    conf = _config(tmp_path, free_port(), mode, 3)  # nothing listens there: never connected
+    proc = ServerProcess(conf).launch()
+    try:
+        assert wait_for(lambda: " serving " in proc.output()), proc.output()
+        proc.signal(signal.SIGTERM)
+        # 0, not the 1 of the hard exit that fires graceful_timeout + 1.5 s after SIGTERM
+        assert proc.proc.wait(WAIT + 60) == 0, proc.output()
+    finally:
+        proc.stop()
+
+
+def test_sigterm_while_workers_are_still_starting_ends_the_server(bus, tmp_path):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sbusr_blocking_hook.py").write_text(BLOCKING_HOOK.format(path=str(tmp_path / "never")))
+    conf = _config(tmp_path / "ep", bus.port, "process", next(_clients),
+                   {"worker_init": "sbusr_blocking_hook:init"}, {"graceful_timeout": 2})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
+        proc = ServerProcess(conf).launch()
+    try:
+        assert wait_for(lambda: len(proc.children()) == 2)
+        workers = proc.children()
+        proc.signal(signal.SIGTERM)
+        assert proc.proc.wait(WAIT) == 0, proc.output()
+        assert wait_for(lambda: not [p for p in workers if pid_alive(p)])
+    finally:
+        proc.stop()
+
+
+# --------------------------------------------------------------------------- process-mode workers
+
+def test_failed_worker_init_answers_every_call_with_an_internal_error(bus, tmp_path):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sbusr_failing_hook.py").write_text(FAILING_HOOK)
+    client = next(_clients)
+    conf = _config(tmp_path / "ep", bus.port, "process", client, {"worker_init": "sbusr_failing_hook:init"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
+        proc = ServerProcess(conf).start()
+    try:
+        with FakeIpsc(bus.host, bus.port, unit=3, process=client % 16) as ipsc:
+            for i in range(4):
+                reply = ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": f"h{i}",
+                                                            "method": "edge.pid"}, timeout=WAIT)
+                assert reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
+                assert reply["error"]["message"] == ("worker start-up hook failed: "
+                                                     "RuntimeError: no database today")
+            assert ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": "ping",
+                                                       "method": "sys.ping"})["result"] == "pong"
+        assert proc.output().count("worker_init sbusr_failing_hook:init failed") >= 2
+    finally:
+        proc.stop()
+
+
+def test_workers_exit_when_the_master_is_killed(bus, tmp_path):
+    proc = ServerProcess(_config(tmp_path, bus.port, "process", next(_clients))).start()
+    try:
+        workers = proc.children()
+        assert len(workers) == 2
+        proc.proc.kill()
+        proc.proc.wait(WAIT)
+        assert wait_for(lambda: not [p for p in workers if pid_alive(p)]), "orphaned workers still running"
+    finally:
+        proc.stop()
