@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-processes", type=_positive(int),
                    help=f"load-generator processes per phase (default min(4, concurrency), "
                         f"at most {MAX_LOAD_PROCESSES})")
-    p.add_argument("--mode", choices=["thread", "process"], default="thread",
-                   help="server [execution] mode (default %(default)s)")
+    p.add_argument("--mode", choices=["thread", "process", "both"], default="both",
+                   help="server [execution] mode; both = every phase against a thread-mode server, "
+                        "then against a process-mode one, same bus and load (default %(default)s)")
     p.add_argument("--workers", type=_positive(int), help="server [execution] workers (default: its own)")
     p.add_argument("--client", choices=["native", "vendor"], default="native",
                    help="SmartBus client of the server and the echo client (default %(default)s)")
@@ -117,29 +119,57 @@ class Bench:
         self.children: list[procs.Child] = []
         self.loads: list[procs.LoadProcess] = []
         self.server: procs.Child | None = None
+        self.bus: procs.Child | None = None
+        self.echo: procs.Child | None = None
+        self.port = 0
         self.tmp = tempfile.TemporaryDirectory(prefix="sbusr-bench-")
 
     def start(self) -> None:
         a = self.args
         bus, port = procs.start_bus()
+        self.bus = bus
+        self.port = port
         self.children.append(bus)
-        config = procs.write_server_config(Path(self.tmp.name) / "server.conf", port, a.mode, a.workers,
-                                           a.client, a.server_opt)
-        self.server = procs.start_server(config, a.server_prefix.split() if a.server_prefix else None)
-        self.children.append(self.server)
-        self.children.append(procs.start_echo(port, a.client))
+        self.echo = procs.start_echo(port, a.client)
+        self.children.append(self.echo)
         count = max(self.processes_for(c) for c in a.concurrency)
         for unit in range(1, count + 1):
             load = procs.LoadProcess(port, unit)
             self.loads.append(load)
             self.children.append(load)
-        for load in self.loads:  # every generator must reach both targets before anything is measured
-            for kind, target in (("rpc", (procs.SERVER_UNIT, procs.SERVER_CLIENT)),
-                                 ("raw", (procs.ECHO_UNIT, procs.ECHO_CLIENT))):
-                load.send({"op": "probe", "kind": kind, "target": target, "timeout": 30.0,
-                           "body": request_body("echo", '"probe"')})
-                if not load.receive(40.0)["ok"]:
-                    raise RuntimeError(f"load generator {load.unit} got no {kind} answer within 30 s")
+        self._probe("raw", (procs.ECHO_UNIT, procs.ECHO_CLIENT))
+
+    def start_server(self, mode: str) -> None:
+        a = self.args
+        config = procs.write_server_config(Path(self.tmp.name) / f"server-{mode}.conf", self.port, mode,
+                                           a.workers, a.client, a.server_opt)
+        self.server = procs.start_server(config, a.server_prefix.split() if a.server_prefix else None)
+        self.children.insert(1, self.server)  # stopped after the loads, before the bus
+        self._probe("rpc", (procs.SERVER_UNIT, procs.SERVER_CLIENT))
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.children.remove(self.server)
+            self.server.stop()
+            self.server = None
+
+    def _probe(self, kind: str, target: tuple[int, int]) -> None:
+        for load in self.loads:  # every generator must reach the target before anything is measured
+            load.send({"op": "probe", "kind": kind, "target": target, "timeout": 30.0,
+                       "body": request_body("echo", '"probe"')})
+            if not load.receive(40.0)["ok"]:
+                raise RuntimeError(f"load generator {load.unit} got no {kind} answer within 30 s")
+
+    def cpu_sample(self) -> dict[str, float]:
+        """CPU seconds used so far by each role (process-mode workers summed, load generators too)."""
+        def cpu(pids: list[int]) -> float:
+            return sum(procs.cpu_seconds(pid) or 0.0 for pid in pids)
+
+        server = [self.server.pid] if self.server is not None else []
+        return {"server": cpu(server), "workers": cpu(procs.descendants(server[0]) if server else []),
+                "bus": cpu([self.bus.pid] if self.bus else []),
+                "echo": cpu([self.echo.pid] if self.echo else []),
+                "load": cpu([load.pid for load in self.loads])}
 
     def stop(self) -> None:
         for child in reversed(self.children):  # loads first, bus last
@@ -160,6 +190,15 @@ class Bench:
         target = (procs.SERVER_UNIT, procs.SERVER_CLIENT) if kind == "rpc" else \
             (procs.ECHO_UNIT, procs.ECHO_CLIENT)
         start_at = time.time() + 0.2
+        samples: list[dict[str, float]] = []
+
+        def sample_cpu() -> None:  # over the measured window only, like the load generators' counts
+            for moment in (start_at + a.warmup, start_at + a.warmup + a.duration):
+                time.sleep(max(0.0, moment - time.time()))
+                samples.append(self.cpu_sample())
+
+        sampler = threading.Thread(target=sample_cpu, name="cpu-sampler", daemon=True)
+        sampler.start()
         for i, load in enumerate(loads):
             callers = concurrency // len(loads) + (1 if i < concurrency % len(loads) else 0)
             load.send({"op": "run", "kind": kind, "target": target, "body": body, "callers": callers,
@@ -167,8 +206,13 @@ class Bench:
                        "warmup": a.warmup, "duration": a.duration, "drain": 5.0})
         answers = [load.receive(a.warmup + a.duration + 30.0) for load in loads]
         figures = stats.summarize(answers, a.duration)
+        sampler.join(a.warmup + a.duration + 5.0)
+        if len(samples) == 2 and figures["calls"]:
+            figures["cpu_us_per_call"] = {role: round((samples[1][role] - samples[0][role]) / figures["calls"]
+                                                      * 1e6, 1) for role in samples[0]}
         figures["load_processes"] = len(loads)
-        assert self.server is not None
+        if self.server is None:
+            return figures
         figures["server_rss_kb"] = procs.rss_kb(self.server.pid)
         kids = [procs.rss_kb(pid) for pid in procs.descendants(self.server.pid)]
         figures["server_children_rss_kb"] = sum(k for k in kids if k) if kids else 0
@@ -188,34 +232,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "phases": names, "open_loop_fraction": args.open_loop_fraction,
                    "bodies": {name: body for name, (_k, body) in bodies.items()}},
         "machine": stats.machine_info(), "phases": [], "open_loop": None, "cost": None}
+    modes = ["thread", "process"] if args.mode == "both" else [args.mode]
+    result["open_loop_by_mode"] = {}
     try:
         bench.start()
-        for conc in args.concurrency:
-            raw_rate = None
-            for name in names:
-                kind, body = bodies[name]
-                figures = bench.run_phase(kind, body, conc)
-                if name == "raw":
-                    raw_rate = figures["calls_per_s"]
-                ratio = figures["calls_per_s"] / raw_rate if raw_rate else None
-                result["phases"].append({"name": name, "kind": kind, "concurrency": conc, **figures,
-                                         "ratio": round(ratio, 3) if ratio is not None else None})
-                print(f"  {name:<8} c={conc:<4} {figures['calls_per_s']:>9.1f}/s  p99 "
-                      f"{figures['p99_ms']} ms  errors {figures['errors']}", file=sys.stderr, flush=True)
-        nulls = [p for p in result["phases"] if p["name"] == "null"]
-        if args.open_loop_fraction > 0 and nulls:
-            top = max(nulls, key=lambda p: p["concurrency"])
-            rate = top["calls_per_s"] * args.open_loop_fraction
-            if rate > 0:
-                figures = bench.run_phase("rpc", bodies["null"][1], top["concurrency"], rate=rate)
-                result["open_loop"] = {"fraction": args.open_loop_fraction, "of_phase": "null",
-                                       "of_concurrency": top["concurrency"], "target_rate": round(rate, 1),
-                                       **figures}
+        for mode in modes:
+            bench.start_server(mode)
+            print(f"  server in {mode} mode", file=sys.stderr, flush=True)
+            _run_mode(bench, args, names, bodies, mode, result)
+            bench.stop_server()
     finally:
         bench.stop()
+    result["open_loop"] = result["open_loop_by_mode"].get(modes[-1])
+    result["targets"] = stats.targets(result) if len(modes) == 2 else None
     if args.cost_calls > 0:
         result["cost"] = measure_cost(args.cost_calls, args.workers)
     return result
+
+
+def _run_mode(bench: Bench, args: argparse.Namespace, names: list[str], bodies: dict[str, tuple[str, str]],
+              mode: str, result: dict[str, Any]) -> None:
+    """Every phase against the running server of ``mode``; rows go into ``result``."""
+    for conc in args.concurrency:
+        raw_rate = None
+        for name in names:
+            kind, body = bodies[name]
+            figures = bench.run_phase(kind, body, conc)
+            if name == "raw":
+                raw_rate = figures["calls_per_s"]
+            ratio = figures["calls_per_s"] / raw_rate if raw_rate else None
+            result["phases"].append({"name": name, "kind": kind, "mode": mode, "concurrency": conc, **figures,
+                                     "ratio": round(ratio, 3) if ratio is not None else None})
+            cpu = figures.get("cpu_us_per_call") or {}
+            print(f"  {mode:<7} {name:<8} c={conc:<4} {figures['calls_per_s']:>9.1f}/s  p99 "
+                  f"{figures['p99_ms']} ms  errors {figures['errors']}  server {cpu.get('server')} µs/call",
+                  file=sys.stderr, flush=True)
+    nulls = [p for p in result["phases"] if p["name"] == "null" and p["mode"] == mode]
+    if args.open_loop_fraction > 0 and nulls:
+        top = max(nulls, key=lambda p: p["concurrency"])
+        rate = top["calls_per_s"] * args.open_loop_fraction
+        if rate > 0:
+            figures = bench.run_phase("rpc", bodies["null"][1], top["concurrency"], rate=rate)
+            result["open_loop_by_mode"][mode] = {
+                "mode": mode, "fraction": args.open_loop_fraction, "of_phase": "null",
+                "of_concurrency": top["concurrency"], "target_rate": round(rate, 1), **figures}
 
 
 def measure_cost(calls: int, workers: int | None) -> dict[str, Any]:

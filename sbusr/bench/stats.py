@@ -69,30 +69,78 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format(value, spec)
 
 
+#: the targets of process mode (issue 11), checked by :func:`targets`
+TARGET_RATIO = 0.9
+TARGET_MASTER_US = 40.0
+TARGET_P99_MS = 10.0
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Process mode against thread mode in one run, at the highest concurrency measured."""
+    rows = {(p["mode"], p["name"], p["concurrency"]): p for p in result["phases"]}
+    top = max(p["concurrency"] for p in result["phases"])
+    thread, process = rows.get(("thread", "null", top)), rows.get(("process", "null", top))
+    if not thread or not process:
+        return {}
+    ratio = process["calls_per_s"] / thread["calls_per_s"] if thread["calls_per_s"] else None
+    master = (process.get("cpu_us_per_call") or {}).get("server")
+    ol = (result.get("open_loop_by_mode") or {}).get("process") or {}
+    errors = sum(p["errors"] for p in result["phases"]) + sum(
+        o["errors"] for o in (result.get("open_loop_by_mode") or {}).values())
+    return {
+        "concurrency": top,
+        "process_over_thread": round(ratio, 3) if ratio is not None else None,
+        "ratio_met": ratio is not None and ratio >= TARGET_RATIO,
+        "master_us_per_call": master,
+        "master_met": master is not None and master <= TARGET_MASTER_US,
+        "open_loop_p99_ms": ol.get("p99_ms"),
+        "p99_met": ol.get("p99_ms") is not None and ol["p99_ms"] <= TARGET_P99_MS,
+        "errors": errors,
+    }
+
+
 def table(result: dict[str, Any]) -> str:
-    """The readable report: one row per closed-loop phase, then the open-loop line."""
+    """The readable report: one row per closed-loop phase, then the open-loop lines and targets."""
     cfg = result["config"]
     info = result["machine"]
     lines = [f"sbusr-bench {info['date']}  {info['nproc']} CPU {info['cpu_model']}  Python {info['python']}",
              f"mode={cfg['mode']} client={cfg['client']} duration={cfg['duration']}s "
              f"warmup={cfg['warmup']}s payload={cfg['payload_size']}B",
              "",
-             f"{'phase':<9}{'conc':>5}{'procs':>6}{'calls/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-             f"{'errors':>8}{'srv RSS MB':>11}{'ratio':>7}"]  # RSS: server + its worker processes
+             f"{'mode':<8}{'phase':<9}{'conc':>5}{'procs':>6}{'calls/s':>10}{'p50 ms':>9}{'p95 ms':>9}"
+             f"{'p99 ms':>9}{'errors':>8}{'srv RSS MB':>11}{'ratio':>7}"
+             f"{'server':>8}{'workers':>8}{'bus':>6}{'load':>6}"]  # RSS: server + its worker processes
     for ph in result["phases"]:
         rss = (ph.get("server_rss_kb") or 0) + (ph.get("server_children_rss_kb") or 0)  # workers too
+        cpu = ph.get("cpu_us_per_call") or {}
         lines.append(
-            f"{ph['name']:<9}{ph['concurrency']:>5}{ph['load_processes']:>6}{ph['calls_per_s']:>10.1f}"
+            f"{ph.get('mode', cfg['mode']):<8}{ph['name']:<9}{ph['concurrency']:>5}{ph['load_processes']:>6}"
+            f"{ph['calls_per_s']:>10.1f}"
             f"{_fmt(ph['p50_ms'], '.2f'):>9}{_fmt(ph['p95_ms'], '.2f'):>9}{_fmt(ph['p99_ms'], '.2f'):>9}"
             f"{ph['errors']:>8}{_fmt(rss / 1024 if rss else None, '.1f'):>11}"
-            f"{_fmt(ph.get('ratio'), '.2f'):>7}")
-    ol = result.get("open_loop")
-    if ol:
-        lines += ["", f"open loop at {ol['fraction']:.0%} of {ol['of_phase']} c={ol['of_concurrency']} "
-                      f"({ol['target_rate']:.0f} calls/s offered): {ol['calls_per_s']:.1f} calls/s answered, "
-                      f"p50 {_fmt(ol['p50_ms'], '.2f')} ms, p95 {_fmt(ol['p95_ms'], '.2f')} ms, "
-                      f"p99 {_fmt(ol['p99_ms'], '.2f')} ms, errors {ol['errors']}"]
-    lines += ["", "ratio = RPC calls/s / raw bus round trips/s at the same concurrency (raw rows: 1.00)"]
+            f"{_fmt(ph.get('ratio'), '.2f'):>7}"
+            f"{_fmt(cpu.get('server'), '.0f'):>8}{_fmt(cpu.get('workers'), '.0f'):>8}"
+            f"{_fmt(cpu.get('bus'), '.0f'):>6}{_fmt(cpu.get('load'), '.0f'):>6}")
+    for ol in (result.get("open_loop_by_mode") or {}).values() or [result.get("open_loop")]:
+        if ol:
+            lines += ["", f"open loop, {ol.get('mode', cfg['mode'])} mode, at {ol['fraction']:.0%} of "
+                          f"{ol['of_phase']} c={ol['of_concurrency']} ({ol['target_rate']:.0f} calls/s "
+                          f"offered): {ol['calls_per_s']:.1f} calls/s answered, "
+                          f"p50 {_fmt(ol['p50_ms'], '.2f')} ms, p95 {_fmt(ol['p95_ms'], '.2f')} ms, "
+                          f"p99 {_fmt(ol['p99_ms'], '.2f')} ms, errors {ol['errors']}"]
+    lines += ["", "ratio = RPC calls/s / raw bus round trips/s at the same concurrency (raw rows: 1.00)",
+              "server, workers, bus, load = CPU µs per call of each process (workers and load generators "
+              "summed), read from /proc over the measured window; process mode: server = the master"]
+    t = result.get("targets")
+    if t:
+        def mark(ok: bool) -> str:
+            return "met" if ok else "NOT met"
+
+        ratio, master, p99 = t["process_over_thread"], t["master_us_per_call"], t["open_loop_p99_ms"]
+        lines += ["", f"targets at c={t['concurrency']}: process/thread calls/s {_fmt(ratio)} "
+                      f"(>= {TARGET_RATIO}: {mark(t['ratio_met'])}); master CPU {_fmt(master)} µs per call "
+                      f"(<= {TARGET_MASTER_US:g}: {mark(t['master_met'])}); open-loop p99 {_fmt(p99)} ms "
+                      f"(<= {TARGET_P99_MS:g}: {mark(t['p99_met'])}); errors {t['errors']}"]
     if result.get("cost"):
         # imported here: the package imports this module, and ``python -m sbusr.bench.cost`` must
         # not find sbusr.bench.cost already imported (runpy warns about that)

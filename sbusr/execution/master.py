@@ -59,6 +59,8 @@ EXIT_STATUS_WAIT = 2.0
 RETIRE_GRACE = 5.0
 #: Back-off between attempts to start a worker that dies before it is ready.
 RESPAWN_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+#: Seconds between checks of the calls' deadlines (the precision of time limits).
+DEADLINE_TICK = 0.1
 #: At most one "server busy" warning per this many seconds.
 BUSY_LOG_INTERVAL = 5.0
 
@@ -66,14 +68,13 @@ BUSY_LOG_INTERVAL = 5.0
 class _Flight:
     """A request packet a worker holds, until its ``Done``."""
 
-    __slots__ = ("method", "packet", "sent", "timeout", "timer", "unlimited")
+    __slots__ = ("deadline", "method", "packet", "sent", "timeout", "unlimited")
 
-    def __init__(self, packet: Packet, sent: float, timeout: float,
-                 timer: asyncio.TimerHandle | None) -> None:
+    def __init__(self, packet: Packet, sent: float, timeout: float) -> None:
         self.packet = packet
         self.sent = sent
         self.timeout = timeout
-        self.timer = timer
+        self.deadline = sent + timeout if timeout else None  # checked every DEADLINE_TICK
         self.method = ""
         self.unlimited = False
 
@@ -99,17 +100,29 @@ class _Worker:
         return f"<worker pid {self.pid} gen {self.generation} {self.state}>"
 
 
-class _WorkerProtocol(asyncio.Protocol):
+class _WorkerProtocol(asyncio.BufferedProtocol):
+    """Reads into one preallocated buffer: a plain Protocol's recv allocates 256 KiB per read."""
+
+    BUFFER_SIZE = 64 * 1024
+
     def __init__(self, master: Master, worker: _Worker) -> None:
         self.master = master
         self.worker = worker
+        self._buffer = bytearray(self.BUFFER_SIZE)
+        self._view = memoryview(self._buffer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.worker.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        self.master._on_data(self.worker, data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.master._on_data(self.worker, bytes(self._view[:nbytes]))
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.master._on_link_closed(self.worker)
@@ -172,6 +185,9 @@ class Master:
         self._reload_waiters: list[concurrent.futures.Future[dict[str, Any]]] = []
         self._start_failures = 0
         self._busy_logged = 0.0
+        self._outbox: list[bytes] = []
+        #: the backend sends raw bytes: several frames may go in one write
+        self._raw_ok = hasattr(self.conn.client, "send_raw")
         self.replaced: collections.Counter[str] = collections.Counter()
         self.started_workers = 0
         # shared with other threads
@@ -186,6 +202,7 @@ class Master:
         self.conn.set_request_sink(self._route if self._own_loop is None else self._route_threadsafe)
         first: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self.loop.call_soon_threadsafe(self._begin_generation, first)
+        self.loop.call_soon_threadsafe(self._check_deadlines)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the first generation serves."""
@@ -294,8 +311,7 @@ class Master:
         seq = worker.sent
         timeout = self.call_timeout
         now = time.monotonic()
-        timer = self.loop.call_later(timeout, self._expire, worker, seq) if timeout else None
-        worker.flights[seq] = _Flight(packet, now, timeout, timer)
+        worker.flights[seq] = _Flight(packet, now, timeout)
         assert worker.transport is not None
         worker.transport.write(codec.frame_of(packet))
         self.events.call_dispatched(worker.pid, now - queued_at if queued_at else 0.0)
@@ -340,18 +356,27 @@ class Master:
                 LOG.warning("unexpected message from worker pid %d: %r", worker.pid, msg)
 
     def _forward(self, raw: bytes) -> None:
+        """Relay to the bus; the replies finished in one loop iteration go out in one write."""
+        if not self._outbox:
+            self.loop.call_soon(self._flush)
+        self._outbox.append(raw)
+
+    def _flush(self) -> None:
+        chunks, self._outbox = self._outbox, []
         try:
-            self.conn.forward(raw)
+            if self._raw_ok:
+                self.conn.forward(b"".join(chunks))
+            else:
+                for raw in chunks:
+                    self.conn.forward(raw)
         except (BusError, codec.CodecError) as exc:
-            LOG.error("could not relay a worker's reply to the bus: %s", exc)
+            LOG.error("could not relay %d worker replies to the bus: %s", len(chunks), exc)
 
     def _on_done(self, worker: _Worker, msg: messages.Done) -> None:
         flight = worker.flights.pop(msg.seq, None)
         if flight is None:
             LOG.error("worker pid %d reported packet %d done, which it does not hold", worker.pid, msg.seq)
             return
-        if flight.timer is not None:
-            flight.timer.cancel()
         if msg.reply:
             self._forward(msg.reply)
         worker.tasks += 1
@@ -376,14 +401,25 @@ class Master:
             return
         flight.method = msg.method
         self.events.call_started(worker.pid, msg.method, msg.timeout)
-        if flight.timer is not None:
-            flight.timer.cancel()
-            flight.timer = None
         if flight.unlimited or msg.timeout <= 0:
             flight.unlimited = True
+            flight.deadline = None
             return
         flight.timeout = msg.timeout
-        flight.timer = self.loop.call_later(msg.timeout, self._expire, worker, msg.seq)
+        flight.deadline = time.monotonic() + msg.timeout
+
+    def _check_deadlines(self) -> None:
+        """Every DEADLINE_TICK: kill the workers whose call overran (one scan of the held packets is
+        cheaper than arming and cancelling a loop timer per call)."""
+        if self._state == "stopping" and not any(w.flights for w in self._workers):
+            return
+        now = time.monotonic()
+        for worker in list(self._workers):
+            for seq, flight in list(worker.flights.items()):
+                if flight.deadline is not None and flight.deadline <= now:
+                    self._expire(worker, seq)
+                    break
+        self.loop.call_later(DEADLINE_TICK, self._check_deadlines)
 
     def _expire(self, worker: _Worker, seq: int) -> None:
         flight = worker.flights.get(seq)
@@ -414,9 +450,7 @@ class Master:
                 {"exit": status}), "crash")
 
     def _answer(self, flight: _Flight, error_for: Callable[[str], BaseException], reason: str) -> None:
-        if flight.timer is not None:
-            flight.timer.cancel()
-            flight.timer = None
+        flight.deadline = None
 
         def error(method: str) -> BaseException:
             exc = error_for(method)
