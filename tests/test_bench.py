@@ -35,8 +35,21 @@ def test_short_run_reports_every_phase_with_answered_calls():
     result = json.loads(done.stdout)
     assert result["config"]["concurrency"] == [1, 2]
     assert {"nproc", "python", "date"} <= result["machine"].keys()
-    rows = {(p["name"], p["concurrency"]): p for p in result["phases"]}
-    assert set(rows) == {(n, k) for n in ("raw", "null", "payload") for k in (1, 2)}
+    assert result["config"]["mode"] == "both"
+    both = {(p["mode"], p["name"], p["concurrency"]): p for p in result["phases"]}
+    assert set(both) == {(m, n, k) for m in ("thread", "process") for n in ("raw", "null", "payload")
+                         for k in (1, 2)}
+    for (mode, name, _conc), row in both.items():
+        cpu = row["cpu_us_per_call"]
+        assert cpu["bus"] >= 0 and cpu["load"] >= 0, row  # 10 ms clock ticks: small counts may read 0
+        if name != "raw":  # an RPC costs the server something; in process mode the workers too
+            assert cpu["server"] > 0, row
+            assert (cpu["workers"] > 0) == (mode == "process"), row
+    targets = result["targets"]
+    assert targets["concurrency"] == 2 and targets["process_over_thread"] > 0
+    assert targets["master_us_per_call"] > 0 and targets["errors"] == 0
+    assert set(result["open_loop_by_mode"]) == {"thread", "process"}
+    rows = {(p["name"], p["concurrency"]): p for p in result["phases"] if p["mode"] == "process"}
     for (name, conc), row in rows.items():
         assert row["calls"] > 0, (name, conc)
         assert row["errors"] == 0, row
