@@ -49,7 +49,9 @@ ENDPOINTS = textwrap.dedent('''
             return {"when": datetime.datetime(2026, 11, 21, 8, 30), "price": decimal.Decimal("1.50"),
                     "raw": b"bytes", "tags": {"b", "a"}}
 
-        def slow(self, ctxt, seconds):
+        def slow(self, ctxt, seconds, started=None):
+            if started:
+                open(started, "w").close()
             time.sleep(seconds)
             return seconds
 ''')
@@ -61,18 +63,28 @@ def bus():
         yield bus
 
 
-@pytest.fixture(scope="module", params=["native", pytest.param("vendor", marks=needs_vendor)])
-def backend(request):
-    """The whole suite runs once per SmartBus client backend of the server."""
+@pytest.fixture(scope="module", params=[
+    ("native", "thread"), pytest.param(("vendor", "thread"), marks=needs_vendor),
+    ("native", "process"), pytest.param(("vendor", "process"), marks=needs_vendor)],
+    ids=lambda p: "-".join(p))
+def flavour(request):
+    """The whole suite runs once per SmartBus client backend and execution mode of the server."""
     return request.param
 
 
 @pytest.fixture(scope="module")
-def server(bus, backend, tmp_path_factory):
+def backend(flavour):
+    return flavour[0]
+
+
+@pytest.fixture(scope="module")
+def server(bus, flavour, tmp_path_factory):
+    backend, mode = flavour
     folder = tmp_path_factory.mktemp("endpoints")
     (folder / "mine.py").write_text(ENDPOINTS)
     conf = write_config(folder / "sbusr.conf", bus.port, {"endpoints": {"directories": [folder]},
-                                                         "smartbus": {"backend": backend}})
+                                                         "smartbus": {"backend": backend},
+                                                         "execution": {"mode": mode, "workers": 2}})
     with ServerProcess(conf) as proc:
         yield proc
 
@@ -236,24 +248,30 @@ def test_second_caller_gets_its_own_replies(bus, ipsc):
         assert drain(ipsc.notifies) == []
 
 
-def test_graceful_stop_finishes_in_flight_call(bus, backend, tmp_path):
+def test_graceful_stop_finishes_in_flight_call(bus, flavour, tmp_path):
+    backend, mode = flavour
     folder = tmp_path / "ep"
     folder.mkdir()
     (folder / "mine.py").write_text(ENDPOINTS)
     conf = write_config(folder / "sbusr.conf", bus.port, {"endpoints": {"directories": [folder]},
-                                                         "smartbus": {"backend": backend}},
+                                                         "smartbus": {"backend": backend},
+                                                         "execution": {"mode": mode, "workers": 2}},
                         unit=20, client=2)
     proc = ServerProcess(conf).start()
+    started = tmp_path / "started"
     try:
         with FakeIpsc(bus.host, bus.port, unit=2, process=0) as fake:
             result: dict = {}
             caller = threading.Thread(target=lambda: result.update(
                 fake.call_rpc(20, 2, {"jsonrpc": "2.0", "id": "slow", "method": "mymodule.MyClass.slow",
-                                      "params": [1.5]}, timeout=15)))
+                                      "params": [1.5, str(started)]}, timeout=30)))
             caller.start()
-            time.sleep(0.7)  # the call is running now
+            deadline = time.monotonic() + 30
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert started.exists()  # the call is running now
             proc.signal(signal.SIGTERM)
-            caller.join(20)
+            caller.join(30)
             assert result.get("result") == 1.5
             assert proc.proc.wait(20) == 0
     finally:
