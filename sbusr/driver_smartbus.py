@@ -394,8 +394,6 @@ class SmartBusDriver(base.BaseDriver):
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0
-        calls = sum(1 for item in parsed.items if isinstance(item, jsonrpc.Call))
-        exchange.expect(calls)  # before any member is answered: a fast call could close it early
         for item in parsed.items:
             if not isinstance(item, jsonrpc.Call):
                 assert responder is not None
@@ -413,6 +411,9 @@ class SmartBusDriver(base.BaseDriver):
                 incoming.append(SmartBusIncomingMessage(ctxt, message, item.id, responder, slot, exchange,
                                                         self.debug))
                 slot += 1
+        # after the invalid members' answers (a packet with no call closes here, reply included) and
+        # before any call runs: the messages are only delivered once this returns
+        exchange.expect(len(incoming))
         return incoming
 
     def reject(self, packet: Packet, code: int, message: str, exchange: Exchange | None = None) -> None:
