@@ -57,15 +57,21 @@ class Exchange:
         A backend that cannot send raw bytes (the vendor library) gets the NOTIFY decoded and
         sent through its own send_notify.
         """
+        header = codec.decode_header(raw)
+        dst = header.dst
+        if dst.unit == self.config.unit_id and dst.client == self.config.client_id:
+            # a reply to this process's own request (request_self): a bus does not echo it back
+            notify = codec.decode_notify(raw[codec.HEADER_SIZE:codec.HEADER_SIZE + header.datalen],
+                                         self.encoding)
+            self._deliver_reply(notify.title, notify.param)
+            return
         send_raw = getattr(self.client, "send_raw", None)
         if send_raw is not None:
             send_raw(raw)
             return
-        header = codec.decode_header(raw)
         if header.cmdtype != codec.CMDTYPE_SYSTEM or header.cmd != codec.CMD_NOTIFY:
             raise BusError(f"cannot forward cmd {header.cmd}/{header.cmdtype} through this backend")
         notify = codec.decode_notify(raw[codec.HEADER_SIZE:codec.HEADER_SIZE + header.datalen], self.encoding)
-        dst = header.dst
         self.client.send_notify(dst.unit, dst.client, notify.project, notify.title, notify.param,
                                 expires_ms=notify.expires, mode=notify.mode, client_type=dst.type)
 
@@ -356,15 +362,21 @@ class BusConnection:
         A backend that cannot send raw bytes (the vendor library) gets the NOTIFY decoded and
         sent through its own send_notify.
         """
+        header = codec.decode_header(raw)
+        dst = header.dst
+        if dst.unit == self.config.unit_id and dst.client == self.config.client_id:
+            # a reply to this process's own request (request_self): a bus does not echo it back
+            notify = codec.decode_notify(raw[codec.HEADER_SIZE:codec.HEADER_SIZE + header.datalen],
+                                         self.encoding)
+            self._deliver_reply(notify.title, notify.param)
+            return
         send_raw = getattr(self.client, "send_raw", None)
         if send_raw is not None:
             send_raw(raw)
             return
-        header = codec.decode_header(raw)
         if header.cmdtype != codec.CMDTYPE_SYSTEM or header.cmd != codec.CMD_NOTIFY:
             raise BusError(f"cannot forward cmd {header.cmd}/{header.cmdtype} through this backend")
         notify = codec.decode_notify(raw[codec.HEADER_SIZE:codec.HEADER_SIZE + header.datalen], self.encoding)
-        dst = header.dst
         self.client.send_notify(dst.unit, dst.client, notify.project, notify.title, notify.param,
                                 expires_ms=notify.expires, mode=notify.mode, client_type=dst.type)
 

@@ -172,6 +172,9 @@ class Master:
             self._own_loop = threading.Thread(target=loop.run_forever, name="sbusr-relay", daemon=True)
             self._own_loop.start()
         self.loop: asyncio.AbstractEventLoop = loop
+        ident: concurrent.futures.Future[int] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(lambda: ident.set_result(threading.get_ident()))
+        self._loop_thread = ident.result(10.0)
         self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=max(2, min(self.size, 8)),
                                                               thread_name_prefix="sbusr-spawn")
         # relay state: touched on the loop only
@@ -186,6 +189,7 @@ class Master:
         self._start_failures = 0
         self._busy_logged = 0.0
         self._outbox: list[bytes] = []
+        self._own = (self.conn.config.unit_id, self.conn.config.client_id)
         #: the backend sends raw bytes: several frames may go in one write
         self._raw_ok = hasattr(self.conn.client, "send_raw")
         self.replaced: collections.Counter[str] = collections.Counter()
@@ -199,7 +203,7 @@ class Master:
 
     def start(self) -> None:
         """Start the first generation; packets are taken (answered "starting") from now on."""
-        self.conn.set_request_sink(self._route if self._own_loop is None else self._route_threadsafe)
+        self.conn.set_request_sink(self._sink)
         first: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self.loop.call_soon_threadsafe(self._begin_generation, first)
         self.loop.call_soon_threadsafe(self._check_deadlines)
@@ -270,8 +274,13 @@ class Master:
         except RuntimeError:
             return False
 
-    def _route_threadsafe(self, packet: Packet) -> None:
-        self.loop.call_soon_threadsafe(self._route, packet)
+    def _sink(self, packet: Packet) -> None:
+        """The connection's request sink: on the bus thread, which is the relay loop's with the
+        native client; other threads (the vendor library's, a timer's request_self) hop over."""
+        if threading.get_ident() == self._loop_thread:
+            self._route(packet)
+        else:
+            self.loop.call_soon_threadsafe(self._route, packet)
 
     def _route(self, packet: Packet) -> None:
         """A request packet from the bus."""
@@ -357,6 +366,9 @@ class Master:
 
     def _forward(self, raw: bytes) -> None:
         """Relay to the bus; the replies finished in one loop iteration go out in one write."""
+        if raw[8] == self._own[0] and raw[9] == self._own[1]:  # dst unit/client: a reply to ourselves
+            self.conn.forward(raw)  # (a timer tick, sbusr.connection.BusConnection.request_self)
+            return
         if not self._outbox:
             self.loop.call_soon(self._flush)
         self._outbox.append(raw)
