@@ -109,6 +109,7 @@ class ProcessService:
         # before the workers start: they inherit the environment it sets
         self.background = Background(conf, identity, reload_entry or self.reload)
         self.master = Master(conf, common.transport_url(conf), argv)
+        self.master.reload_handler = self.reload  # sys.reload from a worker reloads the timers too
         self._stopping = threading.Event()
         self._reload_lock = threading.Lock()
 

@@ -10,6 +10,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sbusr.execution.limits import LIMITS_ATTR, Limits, limits
 
-__all__ = ["LIMITS_ATTR", "Limits", "limits"]
+__all__ = ["LIMITS_ATTR", "Limits", "create_executor", "limits"]
+
+
+def create_executor(conf: Any) -> Any:
+    """The in-process (thread-mode) executor for ``conf.execution``, not started; what runs
+    endpoints in one process without a server (``sbusr.testing``). Process mode's executor is the
+    master (:class:`sbusr.execution.master.Master`), which ``sbusr-server`` creates itself."""
+    from sbusr.execution.threads import ThreadExecutor
+
+    group = conf.execution
+    return ThreadExecutor(group.workers, group.call_timeout, group.worker_init)

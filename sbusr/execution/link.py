@@ -85,7 +85,7 @@ class LinkClient:
         self._seq = 0
         self._reader: threading.Thread | None = None
         self._stopped = False
-        self._reloads: dict[int, concurrent.futures.Future[messages.ReloadResult]] = {}
+        self._waiting: dict[int, concurrent.futures.Future[Any]] = {}
         self._tokens = itertools.count(1)
 
     # ------------------------------------------------------------------ BusClient
@@ -149,19 +149,31 @@ class LinkClient:
             except OSError:
                 self._on_lost()
 
+    def _ask(self, make: Callable[[int], messages.Message], timeout: float) -> Any:
+        token = next(self._tokens)
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._waiting[token] = fut
+        try:
+            self.send(make(token))
+            return fut.result(timeout)
+        finally:
+            self._waiting.pop(token, None)
+
     def request_reload(self, timeout: float) -> dict[str, Any]:
         """``sys.reload`` in a worker: ask the master, wait until it has switched generations."""
-        token = next(self._tokens)
-        fut: concurrent.futures.Future[messages.ReloadResult] = concurrent.futures.Future()
-        self._reloads[token] = fut
-        try:
-            self.send(messages.ReloadRequest(token))
-            result = fut.result(timeout)
-        finally:
-            self._reloads.pop(token, None)
+        result = self._ask(messages.ReloadRequest, timeout)
         if result.error is not None:
             raise RuntimeError(result.error)
         return result.summary or {}
+
+    def query(self, name: str, timeout: float = 30.0) -> Any:
+        """A ``sys.<name>`` report kept by the master (timers, spool)."""
+        result = self._ask(lambda token: messages.Query(token, name), timeout)
+        if result.error is not None:
+            from sbusr import jsonrpc
+
+            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, result.error)
+        return result.value
 
     def _read(self) -> None:
         decoder = codec.FrameDecoder()
@@ -186,8 +198,8 @@ class LinkClient:
     def _control(self, msg: messages.Message) -> None:
         if isinstance(msg, messages.Exit):
             self._on_exit()
-        elif isinstance(msg, messages.ReloadResult):
-            fut = self._reloads.get(msg.token)
+        elif isinstance(msg, (messages.ReloadResult, messages.QueryResult)):
+            fut = self._waiting.get(msg.token)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
         else:

@@ -198,6 +198,8 @@ class Master:
         self._ready = threading.Event()
         self._drained = threading.Event()
         self._reload_lock = threading.Lock()
+        #: what a worker's sys.reload runs (sbusr-server's whole reload: timers too)
+        self.reload_handler: Callable[[], dict[str, Any]] = self.reload
 
     # ------------------------------------------------------------------ public (any thread)
 
@@ -361,6 +363,8 @@ class Master:
                 self._on_ready(worker, msg)
             elif isinstance(msg, messages.ReloadRequest):
                 self._on_reload_request(worker, msg)
+            elif isinstance(msg, messages.Query):
+                self._on_query(worker, msg)
             else:
                 LOG.warning("unexpected message from worker pid %d: %r", worker.pid, msg)
 
@@ -755,12 +759,25 @@ class Master:
         """``sys.reload`` ran in ``worker``: reload (blocking, so in a thread), then tell it."""
         def run() -> None:
             try:
-                result = messages.ReloadResult(msg.token, summary=self.reload())
+                result = messages.ReloadResult(msg.token, summary=self.reload_handler())
             except Exception as exc:
                 result = messages.ReloadResult(msg.token, error=f"reload failed: {exc}")
             self.loop.call_soon_threadsafe(self._send_control, worker, result)
 
         threading.Thread(target=run, name="sbusr-reload", daemon=True).start()
+
+    def _on_query(self, worker: _Worker, msg: messages.Query) -> None:
+        """``sys.timers``/``sys.spool`` ran in ``worker``: the report of this process's state."""
+        from sbusr.endpoints import system
+
+        def run() -> None:
+            try:
+                result = messages.QueryResult(msg.token, value=system.report(msg.name))
+            except Exception as exc:
+                result = messages.QueryResult(msg.token, error=str(getattr(exc, "message", exc)))
+            self.loop.call_soon_threadsafe(self._send_control, worker, result)
+
+        threading.Thread(target=run, name="sbusr-query", daemon=True).start()
 
     def _send_control(self, worker: _Worker, msg: messages.Message) -> None:
         if worker.transport is not None and not worker.transport.is_closing():

@@ -20,8 +20,8 @@ from typing import Any
 from sbusr.smartbus import codec
 
 #: cmd values (with cmdtype 0) of control frames
-READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT = 101, 102, 103, 104, 105, 106
-CONTROL_CMDS = frozenset({READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT})
+READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT, QUERY, QUERY_RESULT = range(101, 109)
+CONTROL_CMDS = frozenset({READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT, QUERY, QUERY_RESULT})
 #: outcome code of a call that returned a result (any other value is its JSON-RPC error code)
 RESULT = 0
 
@@ -99,11 +99,28 @@ class ReloadResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Query:
+    """Worker -> master: a ``sys.<name>`` report whose state lives in the master (timers, spool)."""
+
+    token: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """Master -> worker: the report asked for by ``token`` (``error`` when it is not available)."""
+
+    token: int
+    value: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     """Master -> worker: finish the calls you hold, then exit (retired, recycled or shutting down)."""
 
 
-Message = Ready | Started | Done | ReloadRequest | ReloadResult | Exit
+Message = Ready | Started | Done | ReloadRequest | ReloadResult | Query | QueryResult | Exit
 
 
 def _frame(cmd: int, body: bytes) -> bytes:
@@ -134,6 +151,11 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, ReloadResult):
         return _frame(RELOAD_RESULT, json.dumps({"token": msg.token, "summary": msg.summary,
                                                  "error": msg.error}, default=str).encode())
+    if isinstance(msg, Query):
+        return _frame(QUERY, json.dumps({"token": msg.token, "name": msg.name}).encode())
+    if isinstance(msg, QueryResult):
+        return _frame(QUERY_RESULT, json.dumps({"token": msg.token, "value": msg.value,
+                                                "error": msg.error}, default=str).encode())
     if isinstance(msg, Exit):
         return _frame(EXIT, b"")
     raise TypeError(f"not a control message: {msg!r}")
@@ -178,6 +200,10 @@ def decode(cmd: int, body: bytes) -> Message:
             return ReloadRequest(int(data["token"]))
         if cmd == RELOAD_RESULT:
             return ReloadResult(int(data["token"]), data.get("summary"), data.get("error"))
+        if cmd == QUERY:
+            return Query(int(data["token"]), str(data["name"]))
+        if cmd == QUERY_RESULT:
+            return QueryResult(int(data["token"]), data.get("value"), data.get("error"))
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise MessageError(f"bad control frame {cmd}: {exc}") from None
     raise MessageError(f"unknown control frame {cmd}")

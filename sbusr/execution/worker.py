@@ -37,6 +37,8 @@ LOG = logging.getLogger("sbusr.execution")
 
 #: Seconds between checks that the master is still our parent (the link's EOF usually comes first).
 PARENT_CHECK_INTERVAL = 0.5
+#: ``sys.*`` reports whose state the master keeps (the scheduler, the spooler).
+MASTER_REPORTS = ("timers", "spool")
 #: Seconds sys.reload waits for the master to switch generations.
 RELOAD_WAIT = 120.0
 
@@ -124,6 +126,8 @@ def serve(conf: Any, link_fd: int, transport_url: str) -> int:
     server.start()  # the driver's connection is the link: its client exists from here on
     the_link = links[0]
     system.set_reload_handler(lambda: the_link.request_reload(RELOAD_WAIT))
+    for report in MASTER_REPORTS:  # their state lives in the master
+        system.set_report(report, lambda name=report: the_link.query(name))
     the_link.send(messages.Ready(os.getpid(), init_error, registry.methods(),
                                  [list(d) for d in registry.duplicates]))
     LOG.debug("worker pid %d serving %d methods", os.getpid(), len(registry.methods()))

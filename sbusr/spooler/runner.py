@@ -124,7 +124,7 @@ def main(conf: Any) -> int:
     directory = os.environ.get(DIRECTORY_ENV) or conf.spooler.directory
     configure(directory)  # a job may spool further jobs
     registry = dispatch.load_endpoints(conf)
-    from sbusr.worker import run_hook  # the same worker_init as RPC workers
+    from sbusr.execution.hooks import run_hook  # the same worker_init as RPC workers
 
     init_error = run_hook(conf.execution.worker_init)
     if init_error is not None:
