@@ -43,9 +43,6 @@ from sbusr import jsonrpc
 
 LOG = logging.getLogger(__name__)
 
-#: Key of ``message["args"]`` under which the driver passes positional JSON-RPC params.
-POSITIONAL_KEY = "*args"
-
 ENTRY_POINT_GROUP = "sbusr.endpoints"
 RESERVED_NAMES = jsonrpc.RESERVED_METHOD_NAMES
 _BUILTIN_PREFIX = "sbusr.endpoints."
@@ -172,7 +169,7 @@ class EndpointAdapter:
         adapter = self
 
         def call(ctxt: Any, /, **kwargs: Any) -> Any:  # positional-only: a param may be named ctxt
-            positional = kwargs.pop(POSITIONAL_KEY, ())
+            positional = kwargs.pop(jsonrpc.POSITIONAL_KEY, ())
             try:
                 if not isinstance(positional, (list, tuple)):
                     raise TypeError("positional params must be an array")

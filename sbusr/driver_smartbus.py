@@ -33,7 +33,6 @@ from oslo_messaging._drivers import base
 
 from sbusr import jsonrpc, opts
 from sbusr.connection import BusConnection, IpscUnavailable
-from sbusr.dispatch import POSITIONAL_KEY
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
@@ -200,8 +199,7 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
                  responder: _Responder | None, slot: int) -> None:
         # a counter, not oslo's default uuid4: the id is only used in log lines
         super().__init__(ctxt, message, msg_id=str(next(_message_ids)))
-        self.full_method = (f"{message['namespace']}.{message['method']}" if message.get("namespace")
-                            else message["method"])
+        self.full_method = jsonrpc.full_method(message.get("namespace"), message["method"])
         self._request_id = request_id
         self._responder = responder
         self._slot = slot
@@ -395,9 +393,8 @@ class SmartBusDriver(base.BaseDriver):
         answerable = [item for item in parsed.items
                       if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
         responder = None
-        if answerable:
-            first = answerable[0]
-            title = _title(first.id if isinstance(first, jsonrpc.Call) else first.get("id"))
+        title = jsonrpc.reply_title_for(parsed.items)
+        if title is not None:
             responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
                                    self.debug)
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
@@ -409,9 +406,7 @@ class SmartBusDriver(base.BaseDriver):
                 responder.fill(slot, item)
                 slot += 1
                 continue
-            namespace, method = jsonrpc.split_method(item.method)
-            args = dict(item.params) if isinstance(item.params, dict) else {POSITIONAL_KEY: list(item.params)}
-            message = {"method": method, "namespace": namespace, "args": args}
+            message = jsonrpc.oslo_message(item)
             ctxt = {"request_id": item.id, "source": source}
             if item.is_notification:
                 incoming.append(SmartBusIncomingMessage(ctxt, message, None, None, 0))
@@ -489,9 +484,8 @@ class SmartBusDriver(base.BaseDriver):
                     timeout: float | None) -> Any:
         conn = self.connection
         unit, client = parse_address(target.server)
-        name = message["method"] if not target.namespace else f"{target.namespace}.{message['method']}"
-        args = message.get("args") or {}
-        params: Any = args[POSITIONAL_KEY] if POSITIONAL_KEY in args else args
+        name = jsonrpc.full_method(target.namespace, message["method"])
+        params = jsonrpc.params_from_args(message.get("args") or {})
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": name, "params": params}
         if wait:
             request["id"] = uuid.uuid4().hex
@@ -532,15 +526,3 @@ def _loads(raw: bytes | str) -> Any:
     except ValueError:
         return text
 
-
-def _title(request_id: Any) -> str:
-    """The NOTIFY title a flow waits on: the request id as text, "null" when there is none.
-
-    Never empty: the vendor library refuses a NOTIFY with an empty title (so an id of "" is
-    answered under "null" too).
-    """
-    if request_id is None or request_id == "":
-        return "null"
-    if isinstance(request_id, bool):
-        return "true" if request_id else "false"
-    return str(request_id)

@@ -17,8 +17,8 @@ from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 import sbusr
 from sbusr import dispatch, jsonrpc, opts
-from sbusr.dispatch import POSITIONAL_KEY
 from sbusr.endpoints import system
+from sbusr.jsonrpc import POSITIONAL_KEY
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENDPOINT_DIR = FIXTURES / "endpoints"
@@ -42,10 +42,8 @@ class Incoming:
     client_timeout = None
 
     def __init__(self, method: str, params):
-        namespace, name = jsonrpc.split_method(method)
-        args = {POSITIONAL_KEY: list(params)} if isinstance(params, list) else dict(params)
         self.ctxt = {"request_id": "r1", "source": {"unit": 0, "client": 1, "type": 2}}
-        self.message = {"method": name, "namespace": namespace, "args": args}
+        self.message = jsonrpc.oslo_message(jsonrpc.Call("r1", False, method, params))
 
 
 def rpc(registry: dispatch.Registry, method: str, params=(), policy=dispatch.AccessPolicy):

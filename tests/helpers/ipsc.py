@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from sbusr import jsonrpc
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
@@ -45,30 +46,14 @@ class Behaviour:
 DEFAULT_BEHAVIOUR = Behaviour(result='["ok"]')
 
 
-def _title(request_id: Any) -> str:
-    """The NOTIFY title sbusr answers with: the request id as text (see driver_smartbus._title)."""
-    if request_id is None:
-        return ""
-    if isinstance(request_id, bool):
-        return "true" if request_id else "false"
-    return str(request_id)
-
-
 def _reply_title(request: dict[str, Any] | list[Any] | bytes) -> str | None:
-    """Title of the reply to expect, or None for a notification (no reply comes)."""
-    if isinstance(request, bytes):
-        try:
-            request = json.loads(request.decode("utf-8"))
-        except ValueError:
-            return ""  # a parse error is answered with id null
-    if isinstance(request, dict):
-        return _title(request["id"]) if "id" in request else None
-    if isinstance(request, list):
-        for item in request:
-            if isinstance(item, dict) and "id" in item:
-                return _title(item["id"])
-        return "" if request and not all(isinstance(i, dict) for i in request) else None
-    return ""
+    """Title of the reply to expect, or None for a notification (no reply comes): the driver's rule."""
+    try:
+        text = (jsonrpc.decode_payload(request) if isinstance(request, bytes)
+                else json.dumps(request, ensure_ascii=False))
+    except jsonrpc.RpcError:
+        return jsonrpc.reply_title(None)  # undecodable: answered as a parse error, id null
+    return jsonrpc.reply_title_for(jsonrpc.parse(text).items)
 
 
 class FakeIpsc:
