@@ -11,9 +11,9 @@ Load order (first offer of a name wins, later ones are logged as duplicates): ``
 ``directories``, ``legacy_packages``, then the ``sbusr.endpoints`` entry points (the built-ins), so
 explicitly configured code can replace a built-in method.
 
-Reserved method names (see ``jsonrpc.RESERVED_METHOD_NAMES``): ``target``, ``endpoint``, ``origin``
-and ``invoker`` are attributes of the adapter itself and are never dispatched (the JSON-RPC parser
-refuses them; pass :class:`AccessPolicy` to ``get_rpc_server`` for a second guard).
+Reserved method names (:data:`RESERVED_NAMES`): ``target``, ``endpoint``, ``origin`` and ``invoker``
+are attributes of the adapter itself and are never dispatched: pass :class:`AccessPolicy` to
+``get_rpc_server`` (sbusr-server does), which refuses them and every private name.
 
 Swapping in a reloaded registry: assign ``rpc_server.dispatcher.endpoints = new_registry.adapters``
 (the dispatcher reads that attribute once per message; do not mutate the old list in place).
@@ -44,8 +44,12 @@ from sbusr import jsonrpc
 LOG = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "sbusr.endpoints"
-RESERVED_NAMES = jsonrpc.RESERVED_METHOD_NAMES
+#: Attribute names of :class:`EndpointAdapter` that oslo's dispatcher would find before any endpoint
+#: method; a method with one of these names is never dispatched (see :class:`AccessPolicy`).
+RESERVED_NAMES = frozenset({"target", "endpoint", "origin", "invoker"})
 _BUILTIN_PREFIX = "sbusr.endpoints."
+#: The built-in ``sys`` endpoint: it works on the server's own registry, so it runs in the server process.
+SYSTEM_ENDPOINT_MODULE = "sbusr.endpoints.system"
 
 
 class EndpointOrigin(NamedTuple):
@@ -211,6 +215,11 @@ def adapter_full_names(adapter: EndpointAdapter) -> Iterator[str]:
     for namespace in adapter.target.accepted_namespaces:
         for name in adapter_methods(adapter):
             yield f"{namespace}.{name}" if namespace else name
+
+
+def is_system_endpoint(adapter: EndpointAdapter) -> bool:
+    """True for the built-in ``sys`` endpoint (loaded as a built-in from :data:`SYSTEM_ENDPOINT_MODULE`)."""
+    return adapter.origin.kind == "builtin" and adapter.origin.module_or_path == SYSTEM_ENDPOINT_MODULE
 
 
 class AccessPolicy(rpc_dispatcher.DefaultRPCAccessPolicy):

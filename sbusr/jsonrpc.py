@@ -45,10 +45,6 @@ CALL_TIMEOUT = -32001
 SERVER_BUSY = -32002
 WORKER_CRASHED = -32003
 
-#: Attribute names of sbusr.dispatch.EndpointAdapter that oslo's dispatcher would find before any
-#: endpoint method; a method whose last dotted part is one of these is never dispatched.
-RESERVED_METHOD_NAMES = frozenset({"target", "endpoint", "origin", "invoker"})
-
 
 # --------------------------------------------------------------------------- exceptions
 
@@ -176,12 +172,9 @@ def split_method(method: str) -> tuple[str | None, str]:
 
 
 def is_dispatchable_name(method: str) -> bool:
-    """True if every dotted part is a public Python identifier and the last is not reserved."""
-    parts = method.split(".")
-    for part in parts:
-        if not part.isidentifier() or part.startswith("_"):
-            return False
-    return parts[-1] not in RESERVED_METHOD_NAMES
+    """True if every dotted part is a public Python identifier (names the endpoint layer reserves
+    for itself are refused there, by ``dispatch.AccessPolicy``)."""
+    return all(part.isidentifier() and not part.startswith("_") for part in method.split("."))
 
 
 def _valid_id(value: Any) -> bool:

@@ -358,6 +358,12 @@ def test_builtin_methods(builtin_registry):
     assert rpc(builtin_registry, "sleep", {"seconds": 0.01}) == ("result", None)
 
 
+def test_the_system_endpoint_is_only_the_builtin_sys(builtin_registry, dir_registry):
+    system_endpoints = [a for a in builtin_registry.adapters if dispatch.is_system_endpoint(a)]
+    assert [a.target.namespace for a in system_endpoints] == ["sys"]
+    assert not any(dispatch.is_system_endpoint(a) for a in dir_registry.adapters)
+
+
 @pytest.mark.parametrize("seconds", [-1, "1", True, None, 1e9, float("nan")])
 def test_builtin_sleep_validates(builtin_registry, seconds):
     assert code_of(rpc(builtin_registry, "sleep", [seconds])) == jsonrpc.INVALID_PARAMS
