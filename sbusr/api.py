@@ -32,8 +32,7 @@ import oslo_messaging
 import tornado.web
 from oslo_config import cfg
 
-from sbusr import jsonrpc
-from sbusr.cmd import common
+from sbusr import jsonrpc, opts
 from sbusr.driver_smartbus import FlowRejected, IpscUnavailable, RemoteError, client_config_from_url
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
@@ -60,7 +59,7 @@ def api_transport_url(conf: cfg.ConfigOpts) -> oslo_messaging.TransportURL:
     ``unit_id`` becomes ``[api] unit_id`` when set, so that the API and sbusr-server can
     share one configuration file without colliding on the bus.
     """
-    url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+    url = oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf))
     base = client_config_from_url(conf, url)
     client_id = conf.api.client_id if conf.api.client_id is not None else base.client_id + 1
     if client_id > 127:
@@ -73,7 +72,7 @@ def api_transport_url(conf: cfg.ConfigOpts) -> oslo_messaging.TransportURL:
 
 def server_address(conf: cfg.ConfigOpts) -> str:
     """``unit:client`` of the sbusr-server that /sys/reset and /health address."""
-    base = client_config_from_url(conf, oslo_messaging.TransportURL.parse(conf, common.transport_url(conf)))
+    base = client_config_from_url(conf, oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf)))
     unit = conf.api.server_unit_id if conf.api.server_unit_id is not None else base.unit_id
     client = conf.api.server_client_id if conf.api.server_client_id is not None else base.client_id
     return f"{unit}:{client}"

@@ -122,6 +122,11 @@ _MESSAGING_DEFAULTS = ("transport_url", "executor_thread_pool_size", "rpc_respon
 DEFAULT_TRANSPORT_URL = "smartbus://"
 
 
+def transport_url(conf: cfg.ConfigOpts) -> str:
+    """The configured ``transport_url``; an empty one means the smartbus defaults."""
+    return conf.transport_url or DEFAULT_TRANSPORT_URL
+
+
 def messaging_default_opts() -> list[cfg.Opt]:
     from oslo_messaging import opts as messaging_opts
 

@@ -40,10 +40,6 @@ def _validate(conf: cfg.ConfigOpts) -> None:
             getattr(section, opt.dest)
 
 
-def transport_url(conf: cfg.ConfigOpts) -> str:
-    return conf.transport_url or opts.DEFAULT_TRANSPORT_URL
-
-
 def finish(conf: cfg.ConfigOpts, code: int) -> int:
     """Return the exit code; with the vendor backend, leave the process at once instead.
 

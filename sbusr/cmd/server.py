@@ -12,7 +12,7 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import dispatch, execution
+from sbusr import dispatch, execution, opts
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
@@ -25,7 +25,7 @@ class Service:
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         self.conf = conf
-        url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+        url = oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf))
         identity = client_config_from_url(conf, url)
         self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
         self._reload_lock = threading.Lock()
