@@ -38,6 +38,7 @@ from typing import Any
 
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Header, Packet
+from sbusr.smartbus.flows import FlowTable
 from sbusr.smartbus.interface import (
     BusError,
     ClientConfig,
@@ -45,10 +46,7 @@ from sbusr.smartbus.interface import (
     FlowAckEvent,
     FlowInvocation,
     FlowOutcomeUnknown,
-    FlowTimeout,
     NotConnected,
-    fail,
-    resolve,
 )
 
 LOG = logging.getLogger(__name__)
@@ -462,8 +460,7 @@ class VendorClient:
         self._dispatcher: threading.Thread | None = None
         self._connected = threading.Event()
         self._access_point: int | None = None
-        self._flows: dict[int, FlowInvocation] = {}
-        self._flow_lock = threading.Lock()
+        self._flows = FlowTable()
         self._state_lock = threading.Lock()
         self._started = False
         # ids of notifies we encode ourselves; a range apart from the library's own counter
@@ -541,12 +538,7 @@ class VendorClient:
             self._dispatcher.join(timeout=5)
         self._dispatcher = None
         self._connected.clear()
-        with self._flow_lock:
-            pending, self._flows = self._flows, {}
-        for inv in pending.values():
-            fail(inv.ack, BusError("vendor client stopped"))
-            if inv.result is not None:
-                fail(inv.result, BusError("vendor client stopped"))
+        self._flows.fail_all(BusError("vendor client stopped"))
 
     # ----------------------------------------------------------------- dispatcher thread
 
@@ -593,32 +585,19 @@ class VendorClient:
                                                   c_text(event.add_info, enc)))
 
     def _flow_event(self, event: FlowReplyEvent) -> None:
-        enc = self.config.encoding
-        with self._flow_lock:
-            inv = self._flows.get(event.invoke_id)
-            if inv is None:
-                LOG.debug("flow %s for unknown invoke id %d ignored", event.kind, event.invoke_id)
-                return
-            if event.kind == "ack":
-                if event.code == codec.ERR_TIMEOUT and event.header is None:
-                    fail(inv.ack, FlowTimeout(f"flow {event.invoke_id}: no ack in time", event.code))
-                else:
-                    src = event.header.src if event.header else None
-                    resolve(inv.ack, FlowAckEvent(event.invoke_id, event.code,
-                                                   c_text(event.text, enc), src))
-                    if event.code != codec.FLOW_ACK_OK and inv.result is not None:
-                        # The library would keep waiting for a result that cannot come.
-                        fail(inv.result, BusError(f"flow {event.invoke_id} not started: ack {event.code}",
-                                                   event.code))
+        # the library reports its own timeouts as code -25 without a packet header
+        timed_out = event.code == codec.ERR_TIMEOUT and event.header is None
+        if event.kind == "ack":
+            if timed_out:
+                self._flows.ack_timed_out(event.invoke_id)
             else:
-                if inv.result is not None:
-                    if event.code == codec.ERR_TIMEOUT and event.header is None:
-                        fail(inv.result, FlowTimeout(f"flow {event.invoke_id}: no result in time",
-                                                      event.code))
-                    else:
-                        resolve(inv.result, c_text(event.text, enc))
-            if inv.ack.done() and (inv.result is None or inv.result.done()):
-                self._flows.pop(event.invoke_id, None)
+                self._flows.acked(FlowAckEvent(event.invoke_id, event.code,
+                                               c_text(event.text, self.config.encoding),
+                                               event.header.src if event.header else None))
+        elif timed_out:
+            self._flows.result_timed_out(event.invoke_id)
+        else:
+            self._flows.returned(event.invoke_id, c_text(event.text, self.config.encoding))
 
     # ----------------------------------------------------------------- calls
 
@@ -668,8 +647,8 @@ class VendorClient:
         # Always mode 0 ("result expected"): after a mode-1 call the library refuses the next
         # mode-0 call with -7 ("ret buff is full") although it sends the request, so the flow
         # would run while the caller is told it failed.  A result nobody asked for is ignored.
-        # Hold the lock across the call so the dispatcher cannot see the reply first.
-        with self._flow_lock:
+        # Hold the table's lock across the call so the dispatcher cannot see the reply first.
+        with self._flows.lock:
             rc = lib.invoke_flow(self.config.client_id, unit, client, project_b, flow_b, 0, timeout_ms, raw)
             if rc == ERR_RET_BUFF_FULL:
                 raise FlowOutcomeUnknown(
@@ -679,7 +658,7 @@ class VendorClient:
             inv = FlowInvocation(rc)
             if want_result:
                 inv.result = concurrent.futures.Future()
-            self._flows[rc] = inv
+            self._flows.add(inv)
         return inv
 
 
