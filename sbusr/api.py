@@ -33,7 +33,8 @@ import tornado.web
 from oslo_config import cfg
 
 from sbusr import jsonrpc, opts
-from sbusr.driver_smartbus import FlowRejected, IpscUnavailable, RemoteError, client_config_from_url
+from sbusr.connection import FlowRejected, IpscUnavailable
+from sbusr.driver_smartbus import RemoteError, client_config_from_url
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
 
@@ -137,11 +138,14 @@ class BusApi:
                 self._in_flight -= 1
 
     async def start_flow(self, request: dict[str, Any]) -> dict[str, Any]:
-        return await self._run(self._flows.call, {}, "start_flow", project=request["project"],
-                               flow=request["flow"], params=request["params"], server=request["server"],
-                               process=request["process"], wait=request["wait"],
-                               ack_timeout=self.conf.api.flow_ack_timeout,
-                               result_timeout=self.conf.api.flow_result_timeout)
+        """Start a flow; request and answer in the HTTP API's words (an IPSC ``server``, its ``process``)."""
+        started = await self._run(self._flows.call, {}, "start_flow", project=request["project"],
+                                  flow=request["flow"], params=request["params"], unit=request["server"],
+                                  client=request["process"], wait=request["wait"],
+                                  ack_timeout=self.conf.api.flow_ack_timeout,
+                                  result_timeout=self.conf.api.flow_result_timeout)
+        unit, client = started.pop("unit"), started.pop("client")
+        return {"server": unit, "process": client, **started}
 
     async def peers(self) -> list[dict[str, Any]]:
         return await self._run(self._bus.call, {}, "peers")

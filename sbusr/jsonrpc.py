@@ -417,6 +417,15 @@ def _encode_or_fallback(obj: Any) -> bytes:
                                       {"type": _qualified_name(type(exc)), "detail": _safe_str(exc)}))
 
 
+def loads_or_text(raw: bytes | str) -> Any:
+    """Parse a JSON payload from the bus, falling back to its text when it is not JSON."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw  # flow results are str
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def dumps(obj: Any) -> bytes:
     """Compact, ASCII-only JSON bytes of a response (or batch list of responses); never raises.
 
