@@ -486,9 +486,9 @@ class SmartBusClient:
             return
         link.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
-    def start_flow(self, inv: FlowInvocation, raw: bytes, ack_timeout: float,
-                   result_timeout: float | None) -> None:
-        """Register the invocation, send it and arm its timers (loop thread)."""
+    def send_flow(self, inv: FlowInvocation, raw: bytes, ack_timeout: float,
+                  result_timeout: float | None) -> None:
+        """Send a built CALL_FLOW and track it in the flow table with its timers (loop thread)."""
         try:
             self.write(raw)
         except NotConnected as exc:
@@ -539,7 +539,7 @@ class SmartBusClient:
         """
         self._require_link()
         inv, raw = self.build_flow(unit, client, project, flow, params, want_result)
-        self.start_flow(inv, raw, ack_timeout, result_timeout)
+        self.send_flow(inv, raw, ack_timeout, result_timeout)
         return inv
 
     def _require_link(self) -> None:
