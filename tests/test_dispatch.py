@@ -17,6 +17,8 @@ from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 import sbusr
 from sbusr import dispatch, jsonrpc, opts
+from sbusr.dispatch import adapter as adapter_module
+from sbusr.dispatch import legacy as legacy_module
 from sbusr.endpoints import system
 from sbusr.jsonrpc import POSITIONAL_KEY
 
@@ -69,7 +71,7 @@ def dir_registry():
 def legacy_path(monkeypatch):
     monkeypatch.syspath_prepend(str(LEGACY_ROOT))
     yield
-    dispatch._purge_package("methods")
+    legacy_module.purge_package("methods")
 
 
 @pytest.fixture
@@ -323,7 +325,7 @@ def test_legacy_reload(tmp_path, monkeypatch):
         assert rpc(reloaded, "weather.sk", ["1"]) == ("result", "changed 1")
         assert rpc(reloaded, "weather.extra") == ("result", "added")
     finally:
-        dispatch._purge_package(name)
+        legacy_module.purge_package(name)
 
 
 def test_broken_legacy_submodule_is_skipped(tmp_path, monkeypatch):
@@ -336,7 +338,7 @@ def test_broken_legacy_submodule_is_skipped(tmp_path, monkeypatch):
         assert rpc(registry, "add", [2, 3]) == ("result", 5)
         assert sorted(e.source for e in registry.errors) == [f"{name}.broken", "sbusr_no_such_legacy"]
     finally:
-        dispatch._purge_package(name)
+        legacy_module.purge_package(name)
 
 
 # --------------------------------------------------------------------------- built-in endpoints
@@ -474,7 +476,7 @@ def test_end_to_end_through_rpc_server(legacy_path):
 def _sig(src: str):
     namespace: dict = {}
     exec(src, namespace)  # a real function object with exactly this signature
-    return dispatch._params_signature(namespace["m"])
+    return adapter_module._params_signature(namespace["m"])
 
 
 @pytest.mark.parametrize("src", [
@@ -485,7 +487,7 @@ def _sig(src: str):
 ])
 def test_arity_shortcut_agrees_with_signature_binding(src):
     sig = _sig(src)
-    fits = dispatch._arity_check(sig)
+    fits = adapter_module._arity_check(sig)
     assert fits is not None
     for n in range(6):
         try:
@@ -502,4 +504,4 @@ def test_arity_shortcut_agrees_with_signature_binding(src):
     "def m(ctxt, **kw): pass",
 ])
 def test_arity_shortcut_leaves_other_shapes_to_signature_binding(src):
-    assert dispatch._arity_check(_sig(src)) is None
+    assert adapter_module._arity_check(_sig(src)) is None
