@@ -88,7 +88,7 @@ class Peer:
 def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHandlers) -> BusClient:
     """The configured backend: the native client or the vendor library."""
     if conf.smartbus.backend == "vendor":
-        from sbusr.smartbus.vendor import VendorClient
+        from sbusr.smartbus.vendor.client import VendorClient
 
         return VendorClient(config, handlers, library_path=conf.smartbus.library_path)
     from sbusr.smartbus.threaded import ThreadedClient

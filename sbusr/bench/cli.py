@@ -99,11 +99,11 @@ def payload_params(size: int) -> str:
 def vendor_problem() -> str | None:
     """Why ``--client vendor`` cannot run here, or None."""
     try:
-        from sbusr.smartbus import vendor
+        from sbusr.smartbus.vendor import binding
     except Exception as exc:  # an unfinished or broken binding must only fail this option
         return f"the vendor binding cannot be imported ({exc})"
     try:
-        vendor.find_library()
+        binding.find_library()
     except Exception as exc:
         return f"libbusnetcli.so not found ({exc})"
     return None
