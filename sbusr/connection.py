@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from oslo_config import cfg
 
+from sbusr import opts
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, resolve
@@ -57,7 +58,8 @@ def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHand
     if conf.smartbus.backend == "vendor":
         from sbusr.smartbus.vendor import VendorClient
 
-        return VendorClient(config, handlers, library_path=conf.smartbus.library_path)
+        library_path = opts.config_relative(conf, conf.smartbus.library_path, "library_path", "smartbus")
+        return VendorClient(config, handlers, library_path=library_path or None)
     from sbusr.smartbus.threaded import ThreadedClient
 
     return ThreadedClient(config, handlers)
@@ -96,6 +98,7 @@ class BusConnection:
         self.conf = conf
         self.config = config
         self._notify_ttl = conf.smartbus.notify_ttl  # read once: oslo.config look-ups cost µs per reply
+        conf.register_mutate_hook(self._on_config_mutated)  # ...and again when a reload changes it
         self.encoding = config.encoding
         self._refs = 0
         self._peers: dict[tuple[int, int], Peer] = {}
@@ -111,6 +114,10 @@ class BusConnection:
             on_packet=self._on_packet,
             on_global_connect=self._on_global_connect,
         ))
+
+    def _on_config_mutated(self, conf: cfg.ConfigOpts, fresh: dict) -> None:
+        """oslo.config mutate hook (SIGHUP / sys.reload): pick up a new [smartbus] notify_ttl."""
+        self._notify_ttl = conf.smartbus.notify_ttl
 
     # ------------------------------------------------------------------ sharing
 

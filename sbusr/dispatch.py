@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
-from sbusr import jsonrpc
+from sbusr import jsonrpc, opts
 
 LOG = logging.getLogger(__name__)
 
@@ -459,8 +459,15 @@ class _Loader:
     def add_directory(self, folder: str) -> None:
         try:
             names = sorted(os.listdir(folder))
-        except OSError as exc:
-            self._fail(folder, exc, "endpoint directory")
+        except OSError as exc:  # an operator's mistake, not a bug: one line, no traceback
+            error: OSError | None = exc
+        else:
+            error = None
+        if error is not None:  # logged outside the except block: oslo.log would append the exception
+            reason = "does not exist" if isinstance(error, FileNotFoundError) else error.strerror or str(error)
+            LOG.error("Endpoint folder %s ([endpoints] directories) %s; no endpoints loaded from it",
+                      folder, reason)
+            self.errors.append(LoadError(folder, f"{type(error).__name__}: {reason}"))
             return
         for filename in names:
             path = os.path.abspath(os.path.join(folder, filename))
@@ -519,7 +526,7 @@ def load_endpoints(conf: Any, fresh: bool = False) -> Registry:
     for name in group.modules:
         loader.add_module(name)
     for folder in group.directories:
-        loader.add_directory(folder)
+        loader.add_directory(opts.config_relative(conf, folder, "directories", "endpoints"))
     for package_name in group.legacy_packages:
         loader.add_legacy(package_name)
     if group.entry_points:

@@ -148,6 +148,14 @@ class Executor:
         own = _own_timeout(type(adapter.endpoint))
         return self.call_timeout if own is None else own
 
+    def reconfigure(self, conf: Any) -> None:
+        """Take the ``[execution]`` values a config reload may change (the options marked mutable).
+
+        Called before :meth:`reload`: the invokers :meth:`bind` makes next read the new
+        ``call_timeout``; workers started from then on get the new hook and log level.
+        """
+        self.call_timeout = conf.execution.call_timeout
+
     def reload(self) -> dict[str, Any]:
         """Make newly started calls run freshly imported code; return a JSON-friendly summary."""
         return {}
@@ -270,6 +278,12 @@ class ThreadExecutor(Executor):
         error = worker_mod.run_hook(self.worker_init)
         if error is not None:
             LOG.error("worker_init %s failed in the server process: %s", self.worker_init, error)
+
+    def reconfigure(self, conf: Any) -> None:
+        super().reconfigure(conf)
+        if conf.execution.worker_init != self.worker_init:
+            self.worker_init = conf.execution.worker_init
+            self.start()  # a new hook runs once, as at start-up
 
     def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         default = self.default_timeout(adapter)
@@ -792,6 +806,12 @@ class ProcessExecutor(Executor):
             return call(origin, name, ctxt, args, kwargs, timeout, _label(adapter, name))
 
         return invoke
+
+    def reconfigure(self, conf: Any) -> None:
+        super().reconfigure(conf)
+        self.pool.max_tasks = conf.execution.max_tasks_per_child  # read after every call
+        self.pool.worker_init = conf.execution.worker_init  # read when a worker starts
+        self.pool.log_level = logging.getLogger("sbusr").getEffectiveLevel()
 
     def reload(self) -> dict[str, Any]:
         return self.pool.reload()

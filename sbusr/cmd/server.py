@@ -12,7 +12,7 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import dispatch, execution
+from sbusr import config, dispatch, execution, jsonrpc
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
@@ -23,8 +23,9 @@ LOG = logging.getLogger("sbusr.server")
 class Service:
     """An RPCServer plus the endpoint registry it serves, reloadable while running."""
 
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, config_reloader: config.Reloader | None = None) -> None:
         self.conf = conf
+        self.config_reloader = config_reloader
         url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
         identity = client_config_from_url(conf, url)
         self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
@@ -50,8 +51,10 @@ class Service:
                  ", ".join(self.registry.methods()))
 
     def reload(self) -> dict[str, Any]:
-        """Re-import endpoint code; calls already running finish on the old code."""
+        """Re-read the config files, then re-import endpoint code; running calls finish on the old code."""
         with self._reload_lock:
+            changes = self._reload_config()
+            self.executor.reconfigure(self.conf)
             registry = dispatch.reload(self.conf)
             workers = self.executor.reload()  # returns once fresh workers serve new calls
             self.executor.bind(registry)
@@ -60,7 +63,18 @@ class Service:
             system.bind_registry(registry)
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
-        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers}
+        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers,
+                "config": changes}
+
+    def _reload_config(self) -> dict[str, Any]:
+        if self.config_reloader is None:
+            return {}
+        try:
+            return self.config_reloader.reload()
+        except config.ConfigError as exc:
+            error = f"reload refused, nothing changed: {exc}"
+        LOG.error("%s", error)  # outside the except block: oslo.log would append the exception again
+        raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, error)
 
     def stop(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
@@ -77,13 +91,15 @@ class Service:
         return finished
 
 
+DESCRIPTION = ("Serve Python endpoint methods to Hesong IPSC flows: JSON-RPC 2.0 requests arrive over "
+               "SmartBus, replies go back as NOTIFY messages. SIGHUP (or /sys/reset) re-reads the "
+               "configuration and reloads the endpoints; SIGTERM stops gracefully.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-server")
-    try:
-        service = Service(conf)
-    except oslo_messaging.InvalidTransportURL as exc:
-        LOG.error("bad transport_url: %s", exc)
-        return 2
+    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-server",
+                          description=DESCRIPTION)
+    service = Service(conf, config.Reloader(conf, "sbusr-server"))
     stop = threading.Event()
 
     def on_stop(signum: int, _frame: object) -> None:
@@ -107,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _safe_reload(service: Service) -> None:
     try:
         service.reload()
+    except jsonrpc.RpcError:
+        pass  # a refused configuration, already logged in one line
     except Exception:
         LOG.exception("reload failed; the previous endpoints stay in service")
 
