@@ -464,7 +464,8 @@ class _Loader:
         else:
             error = None
         if error is not None:  # logged outside the except block: oslo.log would append the exception
-            reason = "does not exist" if isinstance(error, FileNotFoundError) else error.strerror or str(error)
+            reason = ("does not exist" if isinstance(error, FileNotFoundError)
+                      else error.strerror or str(error))
             LOG.error("Endpoint folder %s ([endpoints] directories) %s; no endpoints loaded from it",
                       folder, reason)
             self.errors.append(LoadError(folder, f"{type(error).__name__}: {reason}"))
