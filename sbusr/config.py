@@ -116,7 +116,7 @@ def _describe_value_error(section: str, name: str, exc: Exception) -> str:
 
 def own_options() -> Iterator[tuple[str, cfg.Opt]]:
     """(section, option) for every option sbusr declares (its [DEFAULT] ones included)."""
-    for group, group_opts in opts.list_opts():
+    for group, group_opts in opts.all_opts():
         for opt in group_opts:
             yield group, opt
 

@@ -179,7 +179,25 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """Entry point for oslo-config-generator."""
-    defaults = messaging_default_opts()
-    cfg.set_defaults(defaults, transport_url=DEFAULT_TRANSPORT_URL)  # these are private copies
-    return [("DEFAULT", defaults)] + [(group, list(opts)) for group, opts in GROUPS.items()]
+    """Entry point for oslo-config-generator (namespace ``sbusr``): sbusr's own sections.
+
+    The [DEFAULT] transport options come from the ``oslo.messaging`` namespace, with sbusr's
+    transport_url default put in by :func:`update_defaults`.
+    """
+    return [(group, list(opts)) for group, opts in GROUPS.items()]
+
+
+def all_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """What :func:`register_opts` registers, by section ("DEFAULT" for the messaging options)."""
+    return [("DEFAULT", messaging_default_opts()), *list_opts()]
+
+
+def update_defaults() -> None:
+    """``oslo.config.opts.defaults`` hook of the generator: the sample shows transport_url = smartbus://.
+
+    oslo.messaging offers no public setter for this default; its option list is the one the
+    generator copies, so the default is set there (only the generator process calls this).
+    """
+    from oslo_messaging import transport
+
+    cfg.set_defaults(getattr(transport, "_transport_opts", []), transport_url=DEFAULT_TRANSPORT_URL)

@@ -28,7 +28,7 @@ def test_shipped_config_only_sets_known_options():
     conf([], default_config_files=[str(ROOT / "etc" / "sbusr.conf")])
     assert conf.smartbus.embedded_bus is True
     assert conf.transport_url.startswith("smartbus://")
-    known = {group: {o.name for o in group_opts} for group, group_opts in opts.list_opts()}
+    known = {group: {o.name for o in group_opts} for group, group_opts in opts.all_opts()}
     section = None
     for line in (ROOT / "etc" / "sbusr.conf").read_text().splitlines():
         line = line.strip()
