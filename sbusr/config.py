@@ -318,8 +318,7 @@ class Reloader:
                                                         _shown(opt, now[key])]
         warnings = unknown_options(fresh)
         self._log(changed, restart, warnings)
-        return {"files": files(self.conf), "changed": changed, "needs_restart": restart,
-                "warnings": warnings}
+        return {"changed": changed, "needs_restart": restart, "warnings": warnings, "files": files(self.conf)}
 
     def _log(self, changed: dict[str, list[Any]], restart: dict[str, list[Any]], warnings: list[str]) -> None:
         where = ", ".join(files(self.conf))
