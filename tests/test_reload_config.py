@@ -67,9 +67,19 @@ def test_sighup_and_sys_reload_re_read_the_config(bus, tmp_path, monkeypatch):
     etc = tmp_path / "etc"
     (etc / "methods").mkdir(parents=True)
     (etc / "methods" / "weather.py").write_text(ENDPOINT)
-    conf = write_config(etc / "sbusr.conf", bus.port, {"execution": {"call_timeout": 30}})
+    conf = write_config(etc / "sbusr.conf", bus.port, {"endpoints": {"directories": "nowhere"},
+                                                        "execution": {"call_timeout": 30},
+                                                        "server": {"graceful_timout": 5}})
     monkeypatch.chdir(tmp_path.parent)  # started from elsewhere: "methods" must still mean etc/methods
     with ServerProcess(conf) as server:
+        started = server.output()
+        assert [line for line in started.splitlines() if " ERROR " in line] == [
+            line for line in started.splitlines()
+            if f"ERROR sbusr.dispatch [-] Endpoint folder {etc / 'nowhere'} ([endpoints] directories) does "
+               "not exist; no endpoints loaded from it" in line]
+        assert started.count("ERROR") == 1 and "Traceback" not in started
+        assert (f"unknown option [server] graceful_timout in {conf} is ignored; "
+                "did you mean graceful_timeout?") in started
         assert call(bus, "weather.sk", "1")["error"]["code"] == -32601
 
         # SIGHUP: relative folder, a shorter time limit, an option that needs a restart, a typo
@@ -79,8 +89,8 @@ def test_sighup_and_sys_reload_re_read_the_config(bus, tmp_path, monkeypatch):
         server.signal(signal.SIGHUP)
         wait_for(lambda: "reloaded endpoints" in server.output()[mark:], "the SIGHUP reload")
         log = server.output()[mark:]
-        assert (f"configuration re-read from {conf}; changed: [endpoints] directories [] -> ['methods']; "
-                "[execution] call_timeout 30.0 -> 1.0") in log
+        assert (f"configuration re-read from {conf}; changed: [endpoints] directories ['nowhere'] -> "
+                "['methods']; [execution] call_timeout 30.0 -> 1.0") in log
         assert "needs a restart: [execution] mode 'thread' -> 'process'" in log
         assert f"unknown option [execution] mod in {conf} is ignored; did you mean mode?" in log
         assert "Option execution.call_timeout changed" not in log  # oslo.config's own lines: said once
