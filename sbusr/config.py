@@ -259,7 +259,9 @@ class Reloader:
         # The files as read at start-up: an option that cannot change live and differs from this
         # is reported "needs a restart" on every reload until the process is restarted.
         self._started = self._snapshot(self._fresh())
-        logging.getLogger("oslo_config.cfg").addFilter(_QuietOsloConfig())
+        oslo_logger = logging.getLogger("oslo_config.cfg")
+        if not any(isinstance(f, _QuietOsloConfig) for f in oslo_logger.filters):
+            oslo_logger.addFilter(_QuietOsloConfig())
 
     def _fresh(self) -> cfg.ConfigOpts:
         """The files as they are now, parsed into a separate ConfigOpts (the running one untouched)."""
