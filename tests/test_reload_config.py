@@ -195,3 +195,51 @@ def test_needs_restart_ignores_command_line_and_overrides(tmp_path):
     assert report["needs_restart"] == {"[execution] workers": [4, 6]}
     assert report["changed"] == {}
     assert opts.NAMESPACES == ("sbusr", "oslo.log", "oslo.messaging")
+
+
+PROBE = '''
+import os
+
+import oslo_messaging
+
+import reload_hooks
+
+
+class Probe:
+    target = oslo_messaging.Target(namespace="probe")
+
+    def state(self, ctxt):
+        return {"pid": os.getpid(), "hooked": reload_hooks.HOOKED}
+'''
+HOOKS = '''
+HOOKED = None
+
+
+def mark():
+    global HOOKED
+    HOOKED = "by worker_init"
+'''
+
+
+def test_process_workers_take_new_worker_init_and_recycling_at_reload(bus, tmp_path, monkeypatch):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "probe.py").write_text(PROBE)
+    (tmp_path / "reload_hooks.py").write_text(HOOKS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # worker_init must be importable in the workers
+    execution_opts = {"mode": "process", "workers": 1}
+    conf = write_config(tmp_path / "sbusr.conf", bus.port, {"endpoints": {"directories": "methods"},
+                                                            "execution": execution_opts})
+    with ServerProcess(conf):
+        first = call(bus, "probe.state")["result"]
+        assert first["hooked"] is None
+        assert call(bus, "probe.state")["result"]["pid"] == first["pid"]  # no recycling yet
+        write_config(conf, bus.port, {"endpoints": {"directories": "methods"},
+                                      "execution": {**execution_opts, "worker_init": "reload_hooks:mark",
+                                                    "max_tasks_per_child": 2}})
+        changed = call(bus, "sys.reload")["result"]["config"]["changed"]
+        assert set(changed) == {"[execution] worker_init", "[execution] max_tasks_per_child"}
+        states = [call(bus, "probe.state")["result"] for _ in range(5)]
+        assert all(s["hooked"] == "by worker_init" for s in states), states  # the new generation ran it
+        pids = [s["pid"] for s in states]
+        assert first["pid"] not in pids
+        assert pids[0] == pids[1] and pids[1] != pids[2] and pids[2] == pids[3] != pids[4], pids  # every 2
