@@ -67,6 +67,14 @@ class EndpointOrigin(NamedTuple):
         return f"{self.kind}:{self.module_or_path}:{self.qualname}"
 
 
+def oslo_message(call: jsonrpc.Call) -> dict[str, Any]:
+    """The oslo.messaging message for one JSON-RPC call: ``a.b.c`` -> namespace ``a.b``, method ``c``;
+    positional params travel under :data:`POSITIONAL_KEY`, named ones as the args themselves."""
+    namespace, method = jsonrpc.split_method(call.method)
+    args = dict(call.params) if isinstance(call.params, dict) else {POSITIONAL_KEY: list(call.params)}
+    return {"method": method, "namespace": namespace, "args": args}
+
+
 Invoker = Callable[[Callable[..., Any], Any, tuple, dict], Any]
 
 
@@ -241,9 +249,13 @@ class LoadError:
 class Registry:
     """The loaded endpoints: ``adapters`` for the RPCServer, the method index, duplicates, errors."""
 
-    def __init__(self, adapters: list[EndpointAdapter], errors: list[LoadError] | None = None):
+    def __init__(self, adapters: list[EndpointAdapter], errors: list[LoadError] | None = None,
+                 modules: list[tuple[str, str, ModuleType]] | None = None):
         self.adapters = list(adapters)
         self.errors = list(errors or [])
+        #: (kind, source, module) of every endpoint module loaded (not legacy packages): where
+        #: ``@timer``/``@cron``/``@spool`` functions are found
+        self.modules = list(modules or [])
         self.duplicates: list[Duplicate] = []
         self._owners: dict[str, EndpointOrigin] = {}
         for adapter in self.adapters:
@@ -421,6 +433,7 @@ class _Loader:
         self.fresh = fresh
         self.adapters: list[EndpointAdapter] = []
         self.errors: list[LoadError] = []
+        self.modules: list[tuple[str, str, ModuleType]] = []
 
     def _fail(self, source: str, exc: BaseException, what: str) -> None:
         LOG.exception("Cannot load %s %s; skipped", what, source)
@@ -435,6 +448,7 @@ class _Loader:
         self.adapters.append(adapter)
 
     def add_module_object(self, module: ModuleType, kind: str, source: str) -> None:
+        self.modules.append((kind, source, module))
         for cls in _endpoint_classes(module):
             origin = EndpointOrigin(kind, source, cls.__qualname__)
             try:
@@ -532,7 +546,7 @@ def load_endpoints(conf: Any, fresh: bool = False) -> Registry:
         loader.add_legacy(package_name)
     if group.entry_points:
         loader.add_entry_points()
-    registry = Registry(loader.adapters, loader.errors)
+    registry = Registry(loader.adapters, loader.errors, loader.modules)
     LOG.info("Loaded %d endpoints offering %d methods (%d load errors, %d duplicates)",
              len(registry.adapters), len(registry.methods()), len(registry.errors), len(registry.duplicates))
     return registry
@@ -545,17 +559,40 @@ def reload(conf: Any) -> Registry:
 
 # --------------------------------------------------------------------------- re-creation (workers)
 
-def create_endpoint(origin: EndpointOrigin) -> Any:
-    """Re-create the endpoint object described by ``origin`` (e.g. inside a worker process)."""
-    kind, source, qualname = origin
+def module_for(kind: str, source: str) -> ModuleType:
+    """The endpoint module of a loaded source, loading it if this process has not yet.
+
+    ``kind``/``source`` as in :class:`EndpointOrigin` ('module', 'entry_point', 'builtin' or 'file').
+    """
     if kind in ("module", "entry_point", "builtin"):
-        return _resolve_qualname(importlib.import_module(source), qualname)()
+        return importlib.import_module(source)
     if kind == "file":
         name = _file_module_name(source)
         module = sys.modules.get(name)
         if module is None or getattr(module, "__file__", None) != source:
             module = _exec_file_module(source, name)
-        return _resolve_qualname(module, qualname)()
+        return module
+    raise ValueError(f"no module for endpoint source kind {kind!r}")
+
+
+def check_source(path: str) -> None:
+    """Execute an endpoint file once under a throw-away module name; raises what importing it raises.
+
+    Reload on save calls it before reloading, so a file saved half-written never replaces working
+    code. The file's module-level code runs once more than usual (class bodies, imports).
+    """
+    name = "sbusr_check_" + _file_module_name(path)
+    try:
+        _exec_file_module(path, name)
+    finally:
+        sys.modules.pop(name, None)
+
+
+def create_endpoint(origin: EndpointOrigin) -> Any:
+    """Re-create the endpoint object described by ``origin`` (e.g. inside a worker process)."""
+    kind, source, qualname = origin
+    if kind in ("module", "entry_point", "builtin", "file"):
+        return _resolve_qualname(module_for(kind, source), qualname)()
     if kind == "legacy":
         errors: list[LoadError] = []
         groups = _legacy_groups(source, errors)

@@ -33,7 +33,7 @@ from oslo_messaging._drivers import base
 
 from sbusr import jsonrpc, opts
 from sbusr.connection import BusConnection, IpscUnavailable
-from sbusr.dispatch import POSITIONAL_KEY
+from sbusr.dispatch import POSITIONAL_KEY, oslo_message
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
@@ -409,9 +409,7 @@ class SmartBusDriver(base.BaseDriver):
                 responder.fill(slot, item)
                 slot += 1
                 continue
-            namespace, method = jsonrpc.split_method(item.method)
-            args = dict(item.params) if isinstance(item.params, dict) else {POSITIONAL_KEY: list(item.params)}
-            message = {"method": method, "namespace": namespace, "args": args}
+            message = oslo_message(item)
             ctxt = {"request_id": item.id, "source": source}
             if item.is_notification:
                 incoming.append(SmartBusIncomingMessage(ctxt, message, None, None, 0))

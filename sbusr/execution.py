@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
-import math
 import os
 import signal
 import socket
@@ -37,17 +36,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from sbusr import dispatch, jsonrpc
+from sbusr import limits as _limits
 from sbusr import worker as worker_mod
 from sbusr.driver_smartbus import current_message
 
 LOG = logging.getLogger(__name__)
 
-LIMITS_ATTR = "__sbusr_limits__"
 SYSTEM_MODULE = "sbusr.endpoints.system"
 #: oslo executor threads beyond ``workers``: sys.* calls and calls waiting for a worker need some.
 EXECUTOR_THREAD_MARGIN = 8
@@ -60,38 +58,11 @@ RETIRE_GRACE = 5.0
 
 
 # --------------------------------------------------------------------------- per-method limits
-
-@dataclass(frozen=True)
-class Limits:
-    """Execution limits attached to an endpoint class or method by :func:`limits`."""
-
-    timeout: float | None = None  # seconds; 0 = no limit; None = inherit (class, then config)
-
-
-def limits(*, timeout: float | None = None) -> Callable[[Any], Any]:
-    """Override ``[execution] call_timeout`` for one method or every method of an endpoint class.
-
-    ``@limits(timeout=5)`` above ``def``/``@staticmethod``/``@classmethod`` or a class; 0 means
-    no limit. A method's setting beats its class's, which beats the configuration.
-    """
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not math.isfinite(timeout) or timeout < 0:
-            raise ValueError(f"timeout must be a number >= 0 (0 = no limit), got {timeout!r}")
-        timeout = float(timeout)
-    value = Limits(timeout)
-
-    def decorate(obj: Any) -> Any:
-        target = obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
-        setattr(target, LIMITS_ATTR, value)
-        return obj
-
-    return decorate
-
-
-def _own_timeout(obj: Any) -> float | None:
-    found = getattr(obj, LIMITS_ATTR, None)
-    return found.timeout if isinstance(found, Limits) else None
+# defined in sbusr.limits, so that endpoint code can import them without the driver; kept here by name
+LIMITS_ATTR = _limits.LIMITS_ATTR
+Limits = _limits.Limits
+limits = _limits.limits
+_own_timeout = _limits.own_timeout
 
 
 def is_main_process_endpoint(adapter: dispatch.EndpointAdapter) -> bool:

@@ -61,6 +61,10 @@ endpoint_opts = [
     cfg.ListOpt("legacy_packages", mutable=True, default=[],
                 help="Original-sbusr style 'methods' packages served unchanged: the JSON-RPC method "
                      "a.b.c calls <package>.a.b.c (functions, classmethods and staticmethods)."),
+    cfg.BoolOpt("watch", default=False,
+                help="Reload the endpoints (as SIGHUP does) about a second after an endpoint file is "
+                     "saved. A saved file that does not import is reported and the previous code "
+                     "keeps serving. For development machines."),
 ]
 
 execution_opts = [
@@ -87,6 +91,18 @@ server_opts = [
                  help="Seconds to let in-flight calls finish on SIGTERM/SIGINT before exiting."),
     cfg.BoolOpt("expose_tracebacks", default=False,
                 help="Put the Python traceback in JSON-RPC error data (also on with --debug)."),
+]
+
+spooler_opts = [
+    cfg.StrOpt("directory", default="",
+               help="Folder holding the spooled jobs of @spool functions (queue, running, failed). "
+                    "Empty: no spooler processes, and .spool() raises an error."),
+    cfg.IntOpt("processes", default=1, min=1,
+               help="Spooler processes running jobs, each one job at a time, oldest first."),
+    cfg.IntOpt("max_retries", default=3, min=0,
+               help="Times a job may raise SpoolRetry before it moves to the failed area."),
+    cfg.FloatOpt("retry_delay", default=60.0, min=0,
+                 help="Seconds before a retried job runs again when SpoolRetry gives no 'after'."),
 ]
 
 api_opts = [
@@ -117,6 +133,7 @@ GROUPS = {
     "endpoints": endpoint_opts,
     "execution": execution_opts,
     "server": server_opts,
+    "spooler": spooler_opts,
     "api": api_opts,
 }
 

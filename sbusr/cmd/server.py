@@ -13,6 +13,7 @@ import oslo_messaging
 from oslo_config import cfg
 
 from sbusr import config, dispatch, execution, jsonrpc
+from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
@@ -23,13 +24,16 @@ LOG = logging.getLogger("sbusr.server")
 class Service:
     """An RPCServer plus the endpoint registry it serves, reloadable while running."""
 
-    def __init__(self, conf: cfg.ConfigOpts, config_reloader: config.Reloader | None = None) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, reload_entry: Any = None,
+                 config_reloader: config.Reloader | None = None) -> None:
         self.conf = conf
         self.config_reloader = config_reloader
         url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
         identity = client_config_from_url(conf, url)
         self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
         self._reload_lock = threading.Lock()
+        # timers, spooler, reload on save; before the workers start (they inherit its environment)
+        self.background = Background(conf, identity, reload_entry or self.reload)
         # Enough oslo executor threads to keep every worker busy and still run sys.* calls.
         conf.set_override("executor_thread_pool_size", execution.executor_pool_size(conf))
         self.executor = execution.create_executor(conf)
@@ -47,6 +51,7 @@ class Service:
     def start(self) -> None:
         self.executor.start()  # prestarted workers: the first calls pay no start-up latency
         self.server.start()
+        self.background.start(self.registry)
         LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
                  ", ".join(self.registry.methods()))
 
@@ -61,6 +66,7 @@ class Service:
             self.server.dispatcher.endpoints = registry.adapters
             self.registry = registry
             system.bind_registry(registry)
+            self.background.reloaded(registry)
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
         return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers,
@@ -78,6 +84,7 @@ class Service:
 
     def stop(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
+        self.background.halt()
         self.server.stop()
         waiter = threading.Thread(target=self.server.wait, daemon=True)
         waiter.start()
@@ -87,6 +94,7 @@ class Service:
             LOG.warning("calls still running after %.1f s; exiting anyway", timeout)
         self.executor.shutdown()  # calls still running are answered "server is shutting down"
         waiter.join(1.0)  # let those replies go out before the transport closes
+        self.background.stop(timeout)
         self.transport.cleanup()
         return finished
 
@@ -99,7 +107,13 @@ DESCRIPTION = ("Serve Python endpoint methods to Hesong IPSC flows: JSON-RPC 2.0
 def main(argv: Sequence[str] | None = None) -> int:
     conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-server",
                           description=DESCRIPTION)
-    service = Service(conf, config.Reloader(conf, "sbusr-server"))
+    service: Service | None = None
+
+    def reload_entry() -> None:  # SIGHUP and reload on save run the same reload
+        if service is not None:
+            _safe_reload(service)
+
+    service = Service(conf, reload_entry, config.Reloader(conf, "sbusr-server"))
     stop = threading.Event()
 
     def on_stop(signum: int, _frame: object) -> None:
@@ -107,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
 
     def on_hup(_signum: int, _frame: object) -> None:
-        threading.Thread(target=_safe_reload, args=(service,), name="reload", daemon=True).start()
+        threading.Thread(target=reload_entry, name="reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
