@@ -23,7 +23,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import jsonrpc
+from sbusr import jsonrpc, opts
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
@@ -90,7 +90,8 @@ def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHand
     if conf.smartbus.backend == "vendor":
         from sbusr.smartbus.vendor.client import VendorClient
 
-        return VendorClient(config, handlers, library_path=conf.smartbus.library_path)
+        library_path = opts.config_relative(conf, conf.smartbus.library_path, "library_path", "smartbus")
+        return VendorClient(config, handlers, library_path=library_path or None)
     from sbusr.smartbus.threaded import ThreadedClient
 
     return ThreadedClient(config, handlers)
@@ -129,6 +130,7 @@ class BusConnection:
         self.conf = conf
         self.config = config
         self._notify_ttl = conf.smartbus.notify_ttl  # read once: oslo.config look-ups cost µs per reply
+        conf.register_mutate_hook(self._on_config_mutated)  # ...and again when a reload changes it
         self.encoding = config.encoding
         self._refs = 0
         self._peers: dict[tuple[int, int], Peer] = {}
@@ -144,6 +146,10 @@ class BusConnection:
             on_packet=self._on_packet,
             on_global_connect=self._on_global_connect,
         ))
+
+    def _on_config_mutated(self, conf: cfg.ConfigOpts, fresh: dict) -> None:
+        """oslo.config mutate hook (SIGHUP / sys.reload): pick up a new [smartbus] notify_ttl."""
+        self._notify_ttl = conf.smartbus.notify_ttl
 
     # ------------------------------------------------------------------ sharing
 
@@ -228,12 +234,16 @@ class BusConnection:
         except codec.CodecError as exc:
             LOG.warning("bad NOTIFY from %s: %s", packet.src, exc)
             return
-        with self._replies_lock:
-            fut = self._replies.pop(notify.title, None)
-        if fut is None:
+        if not self._deliver_reply(notify.title, notify.param):
             LOG.debug("NOTIFY %r from %s matches no pending call", notify.title, packet.src)
-        else:
-            resolve(fut, notify.param)
+
+    def _deliver_reply(self, title: str, body: bytes) -> bool:
+        with self._replies_lock:
+            fut = self._replies.pop(title, None)
+        if fut is None:
+            return False
+        resolve(fut, body)
+        return True
 
     # ------------------------------------------------------------------ listener side
 
@@ -244,7 +254,14 @@ class BusConnection:
         self._request_sink = sink
 
     def send_reply(self, to: Address, title: str, body: bytes) -> None:
-        """A JSON-RPC response as the NOTIFY an IPSC flow waits for (title = request id)."""
+        """A JSON-RPC response as the NOTIFY an IPSC flow waits for (title = request id).
+
+        A reply to this process's own address (a :meth:`request_self` call) is delivered here:
+        a bus does not echo a client's packets back to it.
+        """
+        if to.unit == self.config.unit_id and to.client == self.config.client_id:
+            self._deliver_reply(title, body)
+            return
         self.client.send_notify(to.unit, to.client, "", title, body,
                                 expires_ms=self._notify_ttl, client_type=to.type)
 
@@ -313,6 +330,26 @@ class BusConnection:
                 raise BusError(f"a call with id {title!r} is already waiting")
             self._replies[title] = fut
         return fut
+
+    def request_self(self, body: bytes, title: str, timeout: float | None) -> bytes:
+        """Send a JSON-RPC request to this process's own address and return the reply's body.
+
+        The request packet enters exactly where packets from the bus enter (so it is admitted,
+        dispatched and answered like any caller's), but never crosses the wire: a bus does not
+        route a client's packets back to it. Raises BusError when nothing serves requests here and
+        concurrent.futures.TimeoutError when no reply comes within ``timeout``.
+        """
+        if self._request_sink is None:
+            raise BusError("this process serves no methods")
+        me = Address(self.config.unit_id, self.config.client_id, self.config.client_type)
+        header = codec.Header(cmd=1, cmdtype=codec.CMDTYPE_RPC, src=me, dst=me,
+                              packet_size=codec.HEADER_SIZE + len(body), datalen=len(body))
+        reply = self.expect_reply(title)
+        try:
+            self._on_packet(Packet(header, body))
+            return reply.result(timeout)
+        finally:
+            self.forget_reply(title)
 
     def forget_reply(self, title: str) -> None:
         with self._replies_lock:

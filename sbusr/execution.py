@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
-import math
 import os
 import signal
 import socket
@@ -37,17 +36,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 from sbusr import dispatch, jsonrpc
+from sbusr import limits as _limits
 from sbusr import worker as worker_mod
 from sbusr.driver_smartbus import current_message
 
 LOG = logging.getLogger(__name__)
 
-LIMITS_ATTR = "__sbusr_limits__"
 SYSTEM_MODULE = "sbusr.endpoints.system"
 #: oslo executor threads beyond ``workers``: sys.* calls and calls waiting for a worker need some.
 EXECUTOR_THREAD_MARGIN = 8
@@ -60,38 +58,11 @@ RETIRE_GRACE = 5.0
 
 
 # --------------------------------------------------------------------------- per-method limits
-
-@dataclass(frozen=True)
-class Limits:
-    """Execution limits attached to an endpoint class or method by :func:`limits`."""
-
-    timeout: float | None = None  # seconds; 0 = no limit; None = inherit (class, then config)
-
-
-def limits(*, timeout: float | None = None) -> Callable[[Any], Any]:
-    """Override ``[execution] call_timeout`` for one method or every method of an endpoint class.
-
-    ``@limits(timeout=5)`` above ``def``/``@staticmethod``/``@classmethod`` or a class; 0 means
-    no limit. A method's setting beats its class's, which beats the configuration.
-    """
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not math.isfinite(timeout) or timeout < 0:
-            raise ValueError(f"timeout must be a number >= 0 (0 = no limit), got {timeout!r}")
-        timeout = float(timeout)
-    value = Limits(timeout)
-
-    def decorate(obj: Any) -> Any:
-        target = obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
-        setattr(target, LIMITS_ATTR, value)
-        return obj
-
-    return decorate
-
-
-def _own_timeout(obj: Any) -> float | None:
-    found = getattr(obj, LIMITS_ATTR, None)
-    return found.timeout if isinstance(found, Limits) else None
+# defined in sbusr.limits, so that endpoint code can import them without the driver; kept here by name
+LIMITS_ATTR = _limits.LIMITS_ATTR
+Limits = _limits.Limits
+limits = _limits.limits
+_own_timeout = _limits.own_timeout
 
 
 def is_main_process_endpoint(adapter: dispatch.EndpointAdapter) -> bool:
@@ -147,6 +118,14 @@ class Executor:
     def default_timeout(self, adapter: dispatch.EndpointAdapter) -> float:
         own = _own_timeout(type(adapter.endpoint))
         return self.call_timeout if own is None else own
+
+    def reconfigure(self, conf: Any) -> None:
+        """Take the ``[execution]`` values a config reload may change (the options marked mutable).
+
+        Called before :meth:`reload`: the invokers :meth:`bind` makes next read the new
+        ``call_timeout``; workers started from then on get the new hook and log level.
+        """
+        self.call_timeout = conf.execution.call_timeout
 
     def reload(self) -> dict[str, Any]:
         """Make newly started calls run freshly imported code; return a JSON-friendly summary."""
@@ -270,6 +249,12 @@ class ThreadExecutor(Executor):
         error = worker_mod.run_hook(self.worker_init)
         if error is not None:
             LOG.error("worker_init %s failed in the server process: %s", self.worker_init, error)
+
+    def reconfigure(self, conf: Any) -> None:
+        super().reconfigure(conf)
+        if conf.execution.worker_init != self.worker_init:
+            self.worker_init = conf.execution.worker_init
+            self.start()  # a new hook runs once, as at start-up
 
     def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         default = self.default_timeout(adapter)
@@ -792,6 +777,12 @@ class ProcessExecutor(Executor):
             return call(origin, name, ctxt, args, kwargs, timeout, _label(adapter, name))
 
         return invoke
+
+    def reconfigure(self, conf: Any) -> None:
+        super().reconfigure(conf)
+        self.pool.max_tasks = conf.execution.max_tasks_per_child  # read after every call
+        self.pool.worker_init = conf.execution.worker_init  # read when a worker starts
+        self.pool.log_level = logging.getLogger("sbusr").getEffectiveLevel()
 
     def reload(self) -> dict[str, Any]:
         return self.pool.reload()

@@ -393,12 +393,12 @@ def test_sys_endpoint(builtin_registry):
         "error", jsonrpc.SERVER_ERROR, "method list not available")
     system.bind_registry(builtin_registry)
     assert rpc(builtin_registry, "sys.methods") == ("result", [
-        "add", "echo", "exception", "plus", "sleep", "sys.methods", "sys.ping", "sys.reload", "sys.version",
-        "warnlog"])
+        "add", "echo", "exception", "plus", "sbusr.timer.run", "sleep", "sys.methods", "sys.ping",
+        "sys.reload", "sys.spool", "sys.timers", "sys.version", "warnlog"])
     assert rpc(builtin_registry, "sys.reload")[:3] == ("error", jsonrpc.SERVER_ERROR, "reload not available")
     system.set_reload_handler(lambda: builtin_registry.summary())
     outcome = rpc(builtin_registry, "sys.reload")
-    assert outcome[0] == "result" and outcome[1]["methods"] == 10 and outcome[1]["errors"] == []
+    assert outcome[0] == "result" and outcome[1]["methods"] == 13 and outcome[1]["errors"] == []
 
 
 # --------------------------------------------------------------------------- invoker hook

@@ -13,14 +13,24 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"package": ("sbusr",)},  # the version, nothing else
     {"bus": ("sbusr.smartbus",)},  # codec, development bus, bus clients, the vendor binding
     {"options": ("sbusr.opts",), "json-rpc": ("sbusr.jsonrpc",)},  # JSON-RPC framing and its oslo mapping
-    {"connection": ("sbusr.connection",)},  # one SmartBus link per identity: replies, flow starts, calls
+    {"connection": ("sbusr.connection",),  # one SmartBus link per identity: replies, flow starts, calls
+     # what endpoint code imports: @limits, @timer/@cron, @spool; no bus, no server
+     "method kit": ("sbusr.decorators", "sbusr.limits", "sbusr.schedule", "sbusr.spooler.jobs")},
     {"transport": ("sbusr.driver_smartbus",),  # the oslo.messaging driver
-     "dispatch": ("sbusr.dispatch",),  # endpoint adapters, registry, loading
-     "endpoints": ("sbusr.endpoints",)},  # the built-in endpoints
-    # execution may use the transport (process mode's plumbing does), but not to learn which call it
-    # runs: its import of the driver for current_message() is removed with the execution rewrite
-    {"execution": ("sbusr.execution", "sbusr.worker"), "http api": ("sbusr.api",)},
-    {"programs": ("sbusr.cmd", "sbusr.bench")},
+     "dispatch": ("sbusr.dispatch",)},  # endpoint adapters, registry, loading
+    {"endpoints": ("sbusr.endpoints",),  # the built-in endpoints (sys.timers finds timers via dispatch)
+     # execution may use the transport (process mode's plumbing does), but not to learn which call it
+     # runs: its import of the driver for current_message() is removed with the execution rewrite
+     "execution": ("sbusr.execution", "sbusr.worker"),
+     "scheduler": ("sbusr.scheduler",),  # when timers are due
+     "reload on save": ("sbusr.reload_on_save",),
+     "configuration": ("sbusr.config",),  # config files, start-up checks (the driver's URL rules), reload
+     "http api": ("sbusr.api",)},
+    {"spooler": ("sbusr.spooler",)},  # spooler processes: jobs run with the workers' worker_init
+    {"background": ("sbusr.background",)},  # sbusr-server's timers, spooler and reload on save
+    {"benchmarks": ("sbusr.bench",)},
+    {"testing": ("sbusr.testing",)},  # the test kit for method writers; its processes reuse bench's
+    {"programs": ("sbusr.cmd",)},
 ]
 
 

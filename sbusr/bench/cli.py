@@ -23,6 +23,10 @@ from typing import Any
 
 from sbusr.bench import procs, stats
 
+#: --help text: plain words (the module docstring is reStructuredText)
+DESCRIPTION = ("RPC throughput and latency of sbusr-server against the raw SmartBus round trip, measured "
+               "the same way: a development bus, an sbusr-server, an echo client and load generators "
+               "are started for the run.")
 MAX_LOAD_PROCESSES = 15  # IPSC units 1..15 (unit 0 is the bus's own)
 
 
@@ -49,7 +53,7 @@ def _positive(kind: type) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sbusr-bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="sbusr-bench", description=DESCRIPTION)
     p.add_argument("--duration", type=_positive(float), default=5.0,
                    help="measured seconds per phase (default %(default)s)")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each phase "

@@ -12,7 +12,8 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import dispatch, execution, opts
+from sbusr import config, dispatch, execution, jsonrpc, opts
+from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
@@ -23,12 +24,16 @@ LOG = logging.getLogger("sbusr.server")
 class Service:
     """An RPCServer plus the endpoint registry it serves, reloadable while running."""
 
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, reload_entry: Any = None,
+                 config_reloader: config.Reloader | None = None) -> None:
         self.conf = conf
+        self.config_reloader = config_reloader
         url = oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf))
         identity = client_config_from_url(conf, url)
         self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
         self._reload_lock = threading.Lock()
+        # timers, spooler, reload on save; before the workers start (they inherit its environment)
+        self.background = Background(conf, identity, reload_entry or self.reload)
         # Enough oslo executor threads to keep every worker busy and still run sys.* calls.
         conf.set_override("executor_thread_pool_size", execution.executor_pool_size(conf))
         self.executor = execution.create_executor(conf)
@@ -46,24 +51,40 @@ class Service:
     def start(self) -> None:
         self.executor.start()  # prestarted workers: the first calls pay no start-up latency
         self.server.start()
+        self.background.start(self.registry)
         LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
                  ", ".join(self.registry.methods()))
 
     def reload(self) -> dict[str, Any]:
-        """Re-import endpoint code; calls already running finish on the old code."""
+        """Re-read the config files, then re-import endpoint code; running calls finish on the old code."""
         with self._reload_lock:
+            changes = self._reload_config()
+            self.executor.reconfigure(self.conf)
             registry = dispatch.reload(self.conf)
             workers = self.executor.reload()  # returns once fresh workers serve new calls
             self.executor.bind(registry)
             self.server.dispatcher.endpoints = registry.adapters
             self.registry = registry
             system.bind_registry(registry)
+            self.background.reloaded(registry)
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
-        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers}
+        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers,
+                "config": changes}
+
+    def _reload_config(self) -> dict[str, Any]:
+        if self.config_reloader is None:
+            return {}
+        try:
+            return self.config_reloader.reload()
+        except config.ConfigError as exc:
+            error = f"reload refused, nothing changed: {exc}"
+        LOG.error("%s", error)  # outside the except block: oslo.log would append the exception again
+        raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, error)
 
     def stop(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
+        self.background.halt()
         self.server.stop()
         waiter = threading.Thread(target=self.server.wait, daemon=True)
         waiter.start()
@@ -73,17 +94,26 @@ class Service:
             LOG.warning("calls still running after %.1f s; exiting anyway", timeout)
         self.executor.shutdown()  # calls still running are answered "server is shutting down"
         waiter.join(1.0)  # let those replies go out before the transport closes
+        self.background.stop(timeout)
         self.transport.cleanup()
         return finished
 
 
+DESCRIPTION = ("Serve Python endpoint methods to Hesong IPSC flows: JSON-RPC 2.0 requests arrive over "
+               "SmartBus, replies go back as NOTIFY messages. SIGHUP (or /sys/reset) re-reads the "
+               "configuration and reloads the endpoints; SIGTERM stops gracefully.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-server")
-    try:
-        service = Service(conf)
-    except oslo_messaging.InvalidTransportURL as exc:
-        LOG.error("bad transport_url: %s", exc)
-        return 2
+    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-server",
+                          description=DESCRIPTION)
+    service: Service | None = None
+
+    def reload_entry() -> None:  # SIGHUP and reload on save run the same reload
+        if service is not None:
+            _safe_reload(service)
+
+    service = Service(conf, reload_entry, config.Reloader(conf, "sbusr-server"))
     stop = threading.Event()
 
     def on_stop(signum: int, _frame: object) -> None:
@@ -91,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
 
     def on_hup(_signum: int, _frame: object) -> None:
-        threading.Thread(target=_safe_reload, args=(service,), name="reload", daemon=True).start()
+        threading.Thread(target=reload_entry, name="reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -107,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _safe_reload(service: Service) -> None:
     try:
         service.reload()
+    except jsonrpc.RpcError:
+        pass  # a refused configuration, already logged in one line
     except Exception:
         LOG.exception("reload failed; the previous endpoints stay in service")
 

@@ -25,9 +25,11 @@ from sbusr.dispatch.loading import (
     ENTRY_POINT_GROUP,
     SYSTEM_ENDPOINT_MODULE,
     adapter_from_origin,
+    check_source,
     create_endpoint,
     is_system_endpoint,
     load_endpoints,
+    module_for,
     reload,
 )
 from sbusr.dispatch.registry import Duplicate, LoadError, Registry
@@ -35,6 +37,6 @@ from sbusr.dispatch.registry import Duplicate, LoadError, Registry
 __all__ = [
     "ENTRY_POINT_GROUP", "RESERVED_NAMES", "SYSTEM_ENDPOINT_MODULE", "AccessPolicy", "Duplicate",
     "EndpointAdapter", "EndpointOrigin", "Invoker", "LoadError", "Registry", "adapter_from_origin",
-    "adapter_full_names", "adapter_methods", "create_endpoint", "direct_invoke", "is_system_endpoint",
-    "load_endpoints", "reload",
+    "adapter_full_names", "adapter_methods", "check_source", "create_endpoint", "direct_invoke",
+    "is_system_endpoint", "load_endpoints", "module_for", "reload",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 
 import oslo_messaging
 
+from sbusr import opts
 from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin
 from sbusr.dispatch.legacy import legacy_endpoint, legacy_groups, purge_package
 from sbusr.dispatch.registry import LoadError, Registry
@@ -92,6 +93,7 @@ class _Loader:
         self.fresh = fresh
         self.adapters: list[EndpointAdapter] = []
         self.errors: list[LoadError] = []
+        self.modules: list[tuple[str, str, ModuleType]] = []
 
     def _fail(self, source: str, exc: BaseException, what: str) -> None:
         LOG.exception("Cannot load %s %s; skipped", what, source)
@@ -106,6 +108,7 @@ class _Loader:
         self.adapters.append(adapter)
 
     def add_module_object(self, module: ModuleType, kind: str, source: str) -> None:
+        self.modules.append((kind, source, module))
         for cls in _endpoint_classes(module):
             origin = EndpointOrigin(kind, source, cls.__qualname__)
             try:
@@ -130,8 +133,16 @@ class _Loader:
     def add_directory(self, folder: str) -> None:
         try:
             names = sorted(os.listdir(folder))
-        except OSError as exc:
-            self._fail(folder, exc, "endpoint directory")
+        except OSError as exc:  # an operator's mistake, not a bug: one line, no traceback
+            error: OSError | None = exc
+        else:
+            error = None
+        if error is not None:  # logged outside the except block: oslo.log would append the exception
+            reason = ("does not exist" if isinstance(error, FileNotFoundError)
+                      else error.strerror or str(error))
+            LOG.error("Endpoint folder %s ([endpoints] directories) %s; no endpoints loaded from it",
+                      folder, reason)
+            self.errors.append(LoadError(folder, f"{type(error).__name__}: {reason}"))
             return
         for filename in names:
             path = os.path.abspath(os.path.join(folder, filename))
@@ -190,12 +201,12 @@ def load_endpoints(conf: Any, fresh: bool = False) -> Registry:
     for name in group.modules:
         loader.add_module(name)
     for folder in group.directories:
-        loader.add_directory(folder)
+        loader.add_directory(opts.config_relative(conf, folder, "directories", "endpoints"))
     for package_name in group.legacy_packages:
         loader.add_legacy(package_name)
     if group.entry_points:
         loader.add_entry_points()
-    registry = Registry(loader.adapters, loader.errors)
+    registry = Registry(loader.adapters, loader.errors, loader.modules)
     LOG.info("Loaded %d endpoints offering %d methods (%d load errors, %d duplicates)",
              len(registry.adapters), len(registry.methods()), len(registry.errors), len(registry.duplicates))
     return registry
@@ -208,17 +219,40 @@ def reload(conf: Any) -> Registry:
 
 # --------------------------------------------------------------------------- re-creation (workers)
 
-def create_endpoint(origin: EndpointOrigin) -> Any:
-    """Re-create the endpoint object described by ``origin`` (e.g. inside a worker process)."""
-    kind, source, qualname = origin
+def module_for(kind: str, source: str) -> ModuleType:
+    """The endpoint module of a loaded source, loading it if this process has not yet.
+
+    ``kind``/``source`` as in :class:`EndpointOrigin` ('module', 'entry_point', 'builtin' or 'file').
+    """
     if kind in ("module", "entry_point", "builtin"):
-        return _resolve_qualname(importlib.import_module(source), qualname)()
+        return importlib.import_module(source)
     if kind == "file":
         name = _file_module_name(source)
         module = sys.modules.get(name)
         if module is None or getattr(module, "__file__", None) != source:
             module = _exec_file_module(source, name)
-        return _resolve_qualname(module, qualname)()
+        return module
+    raise ValueError(f"no module for endpoint source kind {kind!r}")
+
+
+def check_source(path: str) -> None:
+    """Execute an endpoint file once under a throw-away module name; raises what importing it raises.
+
+    Reload on save calls it before reloading, so a file saved half-written never replaces working
+    code. The file's module-level code runs once more than usual (class bodies, imports).
+    """
+    name = "sbusr_check_" + _file_module_name(path)
+    try:
+        _exec_file_module(path, name)
+    finally:
+        sys.modules.pop(name, None)
+
+
+def create_endpoint(origin: EndpointOrigin) -> Any:
+    """Re-create the endpoint object described by ``origin`` (e.g. inside a worker process)."""
+    kind, source, qualname = origin
+    if kind in ("module", "entry_point", "builtin", "file"):
+        return _resolve_qualname(module_for(kind, source), qualname)()
     if kind == "legacy":
         errors: list[LoadError] = []
         groups = legacy_groups(source, errors)

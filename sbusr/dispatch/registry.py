@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin, Invoker, adapter_full_names
@@ -27,9 +28,13 @@ class LoadError:
 class Registry:
     """The loaded endpoints: ``adapters`` for the RPCServer, the method index, duplicates, errors."""
 
-    def __init__(self, adapters: list[EndpointAdapter], errors: list[LoadError] | None = None):
+    def __init__(self, adapters: list[EndpointAdapter], errors: list[LoadError] | None = None,
+                 modules: list[tuple[str, str, ModuleType]] | None = None):
         self.adapters = list(adapters)
         self.errors = list(errors or [])
+        #: (kind, source, module) of every endpoint module loaded (not legacy packages): where
+        #: ``@timer``/``@cron``/``@spool`` functions are found
+        self.modules = list(modules or [])
         self.duplicates: list[Duplicate] = []
         self._owners: dict[str, EndpointOrigin] = {}
         for adapter in self.adapters:

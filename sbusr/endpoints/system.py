@@ -1,11 +1,12 @@
-"""``sys.*`` methods: ping, version, methods, reload.
+"""``sys.*`` methods: ping, version, methods, reload, timers, spool.
 
 The server wires this module to its state at start-up:
 
 * :func:`bind_registry` with the current :class:`sbusr.dispatch.Registry` (again after every reload),
   so ``sys.methods`` lists what is actually served;
 * :func:`set_reload_handler` with a no-argument callable that reloads the endpoints and returns a
-  JSON-friendly dict describing the result (e.g. ``Registry.summary()``).
+  JSON-friendly dict describing the result (e.g. ``Registry.summary()``);
+* :func:`set_report` with the no-argument callables behind ``sys.timers`` and ``sys.spool``.
 
 Both live in the main process; an execution layer running methods in worker processes must run the
 ``sys`` namespace in the main process. The state survives ``importlib.reload`` of this module.
@@ -25,6 +26,7 @@ from sbusr import jsonrpc
 class _State:
     registry: Any = None
     reload_handler: Callable[[], Any] | None = None
+    reports: dict[str, Callable[[], Any]] = {}
 
 
 _state: _State = globals().get("_state") or _State()
@@ -38,6 +40,21 @@ def bind_registry(registry: Any) -> None:
 def set_reload_handler(handler: Callable[[], Any] | None) -> None:
     """Install (or with None remove) the callable behind ``sys.reload``."""
     _state.reload_handler = handler
+
+
+def set_report(name: str, handler: Callable[[], Any] | None) -> None:
+    """Install (or with None remove) the callable behind ``sys.<name>`` (``timers``, ``spool``)."""
+    if handler is None:
+        _state.reports.pop(name, None)
+    else:
+        _state.reports[name] = handler
+
+
+def _report(name: str) -> Any:
+    handler = _state.reports.get(name)
+    if handler is None:
+        raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, f"sys.{name} is not available in this process")
+    return handler()
 
 
 class SystemEndpoint:
@@ -64,3 +81,11 @@ class SystemEndpoint:
         if handler is None:
             raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, "reload not available")
         return handler()
+
+    def timers(self, ctxt: Any) -> list[dict[str, Any]]:
+        """Every @timer/@cron function: schedule, next run, counts and the last outcome."""
+        return _report("timers")
+
+    def spool(self, ctxt: Any) -> dict[str, Any]:
+        """The spooler's queued, running and failed job counts."""
+        return _report("spool")

@@ -1,0 +1,186 @@
+"""The timer scheduler of sbusr-server: one per server, so each tick runs exactly once.
+
+It lives in the server process and knows nothing about threads or worker processes: a tick is a
+JSON-RPC call of ``sbusr.timer.run`` handed to ``call`` (sbusr-server sends it to its own SmartBus
+address), so it is admitted, limited in time and answered like any request, in either execution
+mode. A timer whose previous run has not answered yet skips the tick with a WARNING; while the
+server is not registered on the bus (e.g. a hot standby waiting for its identity) ticks are not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sbusr import jsonrpc
+from sbusr.schedule import Schedule, TimerEntry, wall_to_iso
+
+LOG = logging.getLogger("sbusr.timer")
+
+#: ``call(method, params, timeout)`` -> the call's result; raises RpcError or TimeoutError
+Caller = Callable[[str, dict[str, Any], float | None], Any]
+
+RUN_METHOD = "sbusr.timer.run"
+#: seconds on top of the call time limit to wait for a tick's reply before calling it lost
+REPLY_MARGIN = 30.0
+
+
+@dataclass
+class _Timer:
+    entry: TimerEntry
+    next_wall: float
+    next_mono: float
+    runs: int = 0
+    ok: int = 0
+    errors: int = 0
+    skipped: int = 0
+    off_bus: int = 0
+    running_since: float | None = None
+    last: dict[str, Any] = field(default_factory=dict)
+
+    def plan(self, after_wall: float) -> None:
+        self.next_wall = self.entry.schedule.next_after(after_wall)
+        self.next_mono = time.monotonic() + max(0.0, self.next_wall - time.time())
+
+
+class Scheduler:
+    """Fires each timer's ticks through ``call``; :meth:`update` swaps the timer table (reload)."""
+
+    def __init__(self, call: Caller, call_timeout: float, on_bus: Callable[[], bool] = lambda: True) -> None:
+        self._call = call
+        self._on_bus = on_bus
+        self._reply_timeout = call_timeout + REPLY_MARGIN if call_timeout else None
+        self._timers: dict[tuple[str, str, Schedule], _Timer] = {}
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._ticks: set[threading.Thread] = set()
+
+    # ------------------------------------------------------------------ table
+
+    def update(self, entries: list[TimerEntry]) -> None:
+        """Serve exactly ``entries`` from now on; unchanged timers keep their plan and counts."""
+        now = time.time()
+        with self._cond:
+            old = self._timers
+            table: dict[tuple[str, str, Schedule], _Timer] = {}
+            for entry in entries:
+                key = (entry.module, entry.qualname, entry.schedule)
+                timer = old.get(key)
+                if timer is None:
+                    timer = _Timer(entry, 0.0, 0.0)
+                    timer.plan(now)
+                    LOG.info("timer %s: %s, first run %s", entry.name, entry.schedule.describe(),
+                             wall_to_iso(timer.next_wall))
+                else:
+                    timer.entry = entry
+                table[key] = timer
+            for key, timer in old.items():
+                if key not in table:
+                    LOG.info("timer %s dropped (%s)", timer.entry.name, self._counts(timer))
+            self._timers = table
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._loop, name="sbusr-timers", daemon=True)
+        self._thread.start()
+
+    def halt(self) -> None:
+        """No more ticks (the ones in flight go on)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Halt, wait (bounded) for the ticks in flight, then log each timer's counts."""
+        self.halt()
+        with self._cond:
+            ticks = list(self._ticks)
+        deadline = time.monotonic() + timeout
+        for tick in ticks:
+            tick.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            for timer in self._timers.values():
+                LOG.info("timer %s stopped: %s", timer.entry.name, self._counts(timer))
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                for timer in list(self._timers.values()):
+                    if timer.next_mono <= now:
+                        self._fire(timer)
+                        timer.plan(max(time.time(), timer.next_wall))
+                waits = [t.next_mono for t in self._timers.values()]
+                self._cond.wait(max(0.0, min(waits) - time.monotonic()) if waits else None)
+
+    def _fire(self, timer: _Timer) -> None:
+        """Called with the lock held."""
+        if not self._on_bus():
+            # a server that is not registered serves no one: a hot standby must not run the timers too
+            timer.off_bus += 1
+            return
+        if timer.running_since is not None:
+            timer.skipped += 1
+            LOG.warning("timer %s: the run started %.1f s ago is still going; tick skipped",
+                        timer.entry.name, time.monotonic() - timer.running_since)
+            return
+        timer.runs += 1
+        timer.running_since = time.monotonic()
+        tick = threading.Thread(target=self._tick, args=(timer,), name=f"sbusr-timer-{timer.entry.name}",
+                                daemon=True)
+        self._ticks.add(tick)
+        tick.start()
+
+    def _tick(self, timer: _Timer) -> None:
+        started_wall = time.time()
+        started = time.monotonic()
+        outcome: dict[str, Any]
+        try:
+            result = self._call(RUN_METHOD, timer.entry.params(), self._reply_timeout)
+            outcome = result if isinstance(result, dict) and "outcome" in result else {
+                "outcome": "error", "error": f"unexpected answer {result!r:.200}"}
+        except jsonrpc.RpcError as exc:
+            outcome = {"outcome": "error", "error": f"{exc.code}: {exc.message}"}
+            LOG.warning("timer %s: the tick was answered with error %s %s", timer.entry.name, exc.code,
+                        exc.message)
+        except Exception as exc:  # no reply (timeout), not serving, bus errors
+            outcome = {"outcome": "error", "error": f"{type(exc).__name__}: {exc}"}
+            LOG.warning("timer %s: the tick got no answer: %s", timer.entry.name, outcome["error"])
+        outcome["started"] = wall_to_iso(started_wall)
+        outcome["seconds"] = round(time.monotonic() - started, 3)
+        with self._cond:
+            if outcome["outcome"] == "ok":
+                timer.ok += 1
+            else:
+                timer.errors += 1
+            timer.last = outcome
+            timer.running_since = None
+            self._ticks.discard(threading.current_thread())
+
+    # ------------------------------------------------------------------ reporting
+
+    @staticmethod
+    def _counts(timer: _Timer) -> str:
+        return f"{timer.runs} runs ({timer.ok} ok, {timer.errors} failed), {timer.skipped} skipped"
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What ``sys.timers`` answers."""
+        with self._cond:
+            return [{"name": t.entry.name, "schedule": t.entry.schedule.describe(),
+                     "next_run": wall_to_iso(t.next_wall), "running": t.running_since is not None,
+                     "runs": t.runs, "ok": t.ok, "failed": t.errors, "skipped": t.skipped,
+                     "not_on_bus": t.off_bus,
+                     "last": dict(t.last) or None}
+                    for t in sorted(self._timers.values(), key=lambda t: t.entry.name)]

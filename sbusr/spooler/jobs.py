@@ -1,0 +1,234 @@
+"""``@spool`` and the job directory: one JSON file per job, moved between folders by atomic renames.
+
+Layout of ``[spooler] directory`` (the uWSGI spooler's idea: plain files an operator can ``ls``)::
+
+    tmp/      a job being written (never read)
+    queue/    <not-before ns>-<created ns>-<id>.json   sorted by name = run order
+    running/  the same file, renamed here by the spooler process that claimed it
+    failed/   <id>.json: the job plus "error" and "traceback"; stays until someone removes it
+    lock      held (flock) by the sbusr-server whose spooler processes run the jobs
+
+A job is durable once ``.spool()`` returns: written to ``tmp/``, fsynced, renamed into ``queue/``,
+directory fsynced. A rename is atomic, so two spooler processes never claim the same job. A job
+left in ``running/`` by a server that was killed is put back in ``queue/`` at the next start: jobs
+run at least once, and a job interrupted by a crash runs again from its start.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SPOOL_ATTR = "__sbusr_spool__"
+#: where ``.spool()`` stores jobs when :func:`configure` was not called (sbusr-server sets it for
+#: itself and its children)
+DIRECTORY_ENV = "SBUSR_SPOOL_DIR"
+
+_FOLDERS = ("tmp", "queue", "running", "failed")
+_configured: str | None = None
+
+
+class SpoolRetry(Exception):
+    """Raise in a ``@spool`` function to run the job again ``after`` seconds later.
+
+    After ``[spooler] max_retries`` retries the job moves to the failed area instead.
+    ``after=None`` uses ``[spooler] retry_delay``.
+    """
+
+    def __init__(self, after: float | None = None, reason: str = "") -> None:
+        if after is not None and (isinstance(after, bool) or not isinstance(after, (int, float))
+                                  or after < 0):
+            raise ValueError(f"after must be a number of seconds >= 0, got {after!r}")
+        super().__init__(reason or "retry requested")
+        self.after = None if after is None else float(after)
+        self.reason = reason
+
+
+def configure(directory: str | None) -> None:
+    """Make ``.spool()`` in this process store jobs in ``directory`` (None: back to the environment)."""
+    global _configured
+    _configured = directory
+
+
+def current_directory() -> str:
+    directory = _configured or os.environ.get(DIRECTORY_ENV)
+    if not directory:
+        raise RuntimeError("no spooler directory: set [spooler] directory in the sbusr-server config")
+    return directory
+
+
+def spool(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a module-level function ``.spool(**kwargs)``: store a job that calls it later.
+
+    ``func.spool(phone="1380000", text="hi")`` returns the job id once the job is on disk; a spooler
+    process then calls ``func(phone="1380000", text="hi")``. The arguments must be JSON values.
+    Calling ``func(...)`` directly still runs it at once (handy in tests).
+    """
+    if not inspect.isfunction(func) or "." in func.__qualname__ or "<" in func.__qualname__:
+        raise TypeError("@spool goes on module-level functions")
+    task = f"{func.__module__}:{func.__qualname__}"
+    signature = inspect.signature(func)
+
+    def enqueue(**kwargs: Any) -> str:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{func.__qualname__}.spool(): {exc}") from None
+        return JobStore(current_directory()).enqueue(task, kwargs)
+
+    enqueue.__doc__ = f"Store a job that runs {func.__qualname__}(**kwargs); returns its id."
+    func.spool = enqueue  # type: ignore[attr-defined]
+    setattr(func, SPOOL_ATTR, task)
+    return func
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # file name in queue/ or running/
+    data: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.data.get("id", self.name))
+
+    @property
+    def task(self) -> str:
+        return str(self.data.get("task", ""))
+
+    @property
+    def attempts(self) -> int:
+        return int(self.data.get("attempts", 0))
+
+
+def _name(not_before: float, created_ns: int, job_id: str) -> str:
+    return f"{int(not_before * 1e9):020d}-{created_ns:020d}-{job_id}.json"
+
+
+def _not_before(name: str) -> float:
+    try:
+        return int(name.split("-", 1)[0]) / 1e9
+    except ValueError:
+        return 0.0
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class JobStore:
+    """The job directory; every method is safe to call from several processes at once."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(directory)
+        for folder in _FOLDERS:
+            os.makedirs(os.path.join(self.directory, folder), exist_ok=True)
+
+    def _path(self, folder: str, name: str = "") -> str:
+        return os.path.join(self.directory, folder, name)
+
+    def _write(self, folder: str, name: str, data: dict[str, Any]) -> None:
+        """Durably place ``data`` as ``folder/name`` (tmp file, fsync, rename, fsync the folder)."""
+        tmp = self._path("tmp", f"{uuid.uuid4().hex}.json")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._path(folder, name))
+        _fsync_dir(self._path(folder))
+
+    # ------------------------------------------------------------------ producing
+
+    def enqueue(self, task: str, kwargs: dict[str, Any], after: float = 0.0) -> str:
+        job_id = uuid.uuid4().hex
+        data = {"id": job_id, "task": task, "kwargs": kwargs, "attempts": 0, "created": time.time()}
+        try:
+            json.dumps(data, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"spool arguments must be JSON values: {exc}") from None
+        self._write("queue", _name(time.time() + after, time.time_ns(), job_id), data)
+        return job_id
+
+    # ------------------------------------------------------------------ consuming (spooler processes)
+
+    def claim(self) -> tuple[Job | None, float | None]:
+        """Take the first due job (moved to running/), or (None, when the next one is due)."""
+        for name in sorted(os.listdir(self._path("queue"))):
+            if not name.endswith(".json"):
+                continue
+            due = _not_before(name)
+            if due > time.time():
+                return None, due
+            try:
+                os.rename(self._path("queue", name), self._path("running", name))
+            except FileNotFoundError:
+                continue  # another spooler process took it
+            try:
+                with open(self._path("running", name), encoding="utf-8") as fh:
+                    data = json.load(fh)
+                if not isinstance(data, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                self.fail(Job(name, {"id": name}), f"unreadable job file: {exc}", "")
+                continue
+            return Job(name, data), None
+        return None, None
+
+    def finish(self, job: Job) -> None:
+        """Done: the job is removed."""
+        try:
+            os.unlink(self._path("running", job.name))
+        except FileNotFoundError:
+            pass
+
+    def retry(self, job: Job, after: float, reason: str) -> None:
+        """Back in the queue, due ``after`` seconds from now, one more attempt counted."""
+        data = dict(job.data, attempts=job.attempts + 1, last_retry=reason)
+        created = job.name.split("-")[1] if job.name.count("-") >= 2 else str(time.time_ns())
+        self._write("queue", _name(time.time() + after, int(created), job.id), data)
+        self.finish(job)
+
+    def fail(self, job: Job, error: str, traceback_text: str) -> None:
+        """Move to failed/ with the error; it stays there for an operator to look at."""
+        data = dict(job.data, error=error, traceback=traceback_text, failed_at=time.time())
+        self._write("failed", f"{job.id}.json", data)
+        self.finish(job)
+
+    def fail_running(self, name: str, error: str) -> None:
+        """Fail a job by its file name in running/ (the supervisor, after killing its process)."""
+        try:
+            with open(self._path("running", name), encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            data = {"id": name}
+        self.fail(Job(name, data if isinstance(data, dict) else {"id": name}), error, "")
+
+    def recover(self) -> int:
+        """Put jobs left in running/ by a server that died back in the queue; how many."""
+        count = 0
+        for name in sorted(os.listdir(self._path("running"))):
+            try:
+                os.rename(self._path("running", name), self._path("queue", name))
+                count += 1
+            except FileNotFoundError:
+                continue
+        for name in os.listdir(self._path("tmp")):  # half-written jobs: .spool() never returned
+            try:
+                os.unlink(self._path("tmp", name))
+            except FileNotFoundError:
+                pass
+        return count
+
+    def counts(self) -> dict[str, int]:
+        return {folder: sum(1 for n in os.listdir(self._path(folder)) if n.endswith(".json"))
+                for folder in ("queue", "running", "failed")}
+

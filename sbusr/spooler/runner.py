@@ -1,0 +1,138 @@
+"""One spooler process: claim the first due job, run it, record the outcome; repeat.
+
+Started by :mod:`sbusr.spooler.supervisor` as ``python -m sbusr.cmd.spooler`` with the server's
+own config files, so it loads the same endpoint modules and runs ``worker_init`` like a worker.
+It tells the supervisor on a pipe (JSON lines) which job it starts and with which time limit;
+the supervisor kills it if the job overruns. SIGTERM: finish the current job, then exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from typing import Any
+
+from sbusr import dispatch
+from sbusr.limits import own_timeout
+from sbusr.spooler.jobs import DIRECTORY_ENV, SPOOL_ATTR, Job, JobStore, SpoolRetry, configure
+
+LOG = logging.getLogger("sbusr.spooler")
+
+#: fd of the pipe to the supervisor, and the supervisor's pid (we exit when it is gone)
+REPORT_FD_ENV = "SBUSR_SPOOLER_FD"
+PARENT_ENV = "SBUSR_SPOOLER_PARENT"
+#: seconds between looks at an empty (or not yet due) queue
+POLL_INTERVAL = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Be SIGKILLed when the server dies (kill -9 included): no job runs on without its server."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class Runner:
+    def __init__(self, store: JobStore, registry: dispatch.Registry, call_timeout: float, max_retries: int,
+                 retry_delay: float, report: Any) -> None:
+        self.store = store
+        self.call_timeout = call_timeout
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self._report = report
+        self._stop = threading.Event()
+        self.tasks: dict[str, Any] = {}
+        for _kind, _source, module in registry.modules:
+            for obj in vars(module).values():
+                task = getattr(obj, SPOOL_ATTR, None)
+                if isinstance(task, str) and task.startswith(module.__name__ + ":"):
+                    self.tasks[task] = obj
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self._report.write(json.dumps(message) + "\n")
+            self._report.flush()
+        except (OSError, ValueError):
+            os._exit(1)  # the supervisor is gone
+
+    def run_forever(self) -> None:
+        self.send({"ready": os.getpid(), "tasks": sorted(self.tasks)})
+        while not self._stop.is_set():
+            job, due = self.store.claim()
+            if job is None:
+                wait = POLL_INTERVAL if due is None else min(POLL_INTERVAL, max(0.0, due - time.time()))
+                self._stop.wait(wait)
+                continue
+            self.run(job)
+
+    def run(self, job: Job) -> None:
+        func = self.tasks.get(job.task)
+        if func is None:
+            LOG.error("spooled job %s: task %s is not a @spool function of the loaded endpoints", job.id,
+                      job.task)
+            self.store.fail(job, f"task {job.task} not found in the loaded endpoint modules", "")
+            return
+        own = own_timeout(func)
+        timeout = self.call_timeout if own is None else own
+        label = f"{func.__qualname__}[{job.id}]"
+        self.send({"start": job.name, "timeout": timeout, "label": label})
+        started = time.monotonic()
+        kwargs = job.data.get("kwargs") or {}
+        try:
+            func(**kwargs)
+        except SpoolRetry as retry:
+            after = self.retry_delay if retry.after is None else retry.after
+            if job.attempts >= self.max_retries:
+                LOG.warning("spooled job %s asked for a retry after %d retries; moved to failed", label,
+                            job.attempts)
+                self.store.fail(job, f"gave up after {job.attempts} retries: {retry}", "")
+            else:
+                LOG.info("spooled job %s will run again in %g s (retry %d of %d): %s", label, after,
+                         job.attempts + 1, self.max_retries, retry)
+                self.store.retry(job, after, str(retry))
+        except (Exception, SystemExit) as exc:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            LOG.error("spooled job %s failed; moved to failed/:\n%s", label, text.rstrip())
+            self.store.fail(job, f"{type(exc).__name__}: {exc}", text)
+        else:
+            LOG.info("spooled job %s done in %.2f s", label, time.monotonic() - started)
+            self.store.finish(job)
+        self.send({"end": job.name})
+
+
+def main(conf: Any) -> int:
+    """Entry point behind ``python -m sbusr.cmd.spooler`` (``conf`` already parsed)."""
+    parent = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if parent:
+        _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    report = os.fdopen(int(os.environ[REPORT_FD_ENV]), "w", encoding="utf-8")
+    directory = os.environ.get(DIRECTORY_ENV) or conf.spooler.directory
+    configure(directory)  # a job may spool further jobs
+    registry = dispatch.load_endpoints(conf)
+    from sbusr.worker import run_hook  # the same worker_init as RPC workers
+
+    init_error = run_hook(conf.execution.worker_init)
+    if init_error is not None:
+        LOG.error("spooler process: worker_init failed (%s); jobs still run", init_error)
+    runner = Runner(JobStore(directory), registry, conf.execution.call_timeout, conf.spooler.max_retries,
+                    conf.spooler.retry_delay, report)
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    runner.run_forever()
+    return 0
+
+

@@ -1,0 +1,143 @@
+"""``call()``: run an endpoint method through the server's own dispatch, with no bus.
+
+The request goes through what sbusr-server uses: ``jsonrpc.parse`` (method-name and params
+rules), the JSON-RPC -> oslo message mapping, oslo.messaging's ``RPCDispatcher`` with sbusr's
+access policy and endpoint adapters (parameter binding), the thread-mode execution layer
+(``@limits``, ``worker_init``) and the reply's JSON encoding. A time limit is reported when the
+method returns (there is no caller to answer early), as on any transport but SmartBus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import oslo_messaging
+from oslo_config import cfg
+from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+
+from sbusr import dispatch, execution, jsonrpc, opts
+from sbusr.spooler import jobs
+
+#: the caller a flow on IPSC 0, process 0 would be
+DEFAULT_SOURCE = {"unit": 0, "client": 0, "type": 2}
+
+
+@dataclass
+class _Incoming:
+    """What oslo's dispatcher reads of an incoming message."""
+
+    ctxt: dict[str, Any]
+    message: dict[str, Any]
+    client_timeout: float | None = None
+
+
+def _split(endpoints: Any) -> tuple[list[str], list[str], list[Any]]:
+    """folders, module names and endpoint objects in ``endpoints``."""
+    items: Iterable[Any] = [endpoints] if isinstance(endpoints, (str, os.PathLike)) or hasattr(
+        endpoints, "target") else endpoints
+    folders: list[str] = []
+    modules: list[str] = []
+    objects: list[Any] = []
+    for item in items:
+        if isinstance(item, os.PathLike) or (isinstance(item, str) and os.path.isdir(item)):
+            folders.append(os.fspath(item))
+        elif isinstance(item, str):
+            modules.append(item)
+        elif isinstance(getattr(item, "target", None), oslo_messaging.Target):
+            objects.append(item)
+        else:
+            raise TypeError(f"not a folder, a module name or an endpoint object: {item!r}")
+    return folders, modules, objects
+
+
+class Methods:
+    """Endpoints loaded once, called many times (module-level state lives on between calls)."""
+
+    def __init__(self, endpoints: Any, config: dict[str, dict[str, Any]] | None = None) -> None:
+        folders, modules, objects = _split(endpoints)
+        conf = cfg.ConfigOpts()
+        opts.register_opts(conf)
+        conf([], project="sbusr", default_config_files=[])
+        conf.set_override("directories", folders, group="endpoints")
+        conf.set_override("modules", modules, group="endpoints")
+        conf.set_override("entry_points", False, group="endpoints")
+        for group, values in (config or {}).items():
+            for name, value in values.items():
+                conf.set_override(name, value, group=None if group == "DEFAULT" else group)
+        conf.set_override("mode", "thread", group="execution")
+        self.conf = conf
+        if conf.spooler.directory:  # .spool() in the methods stores jobs there (see queued_jobs)
+            jobs.configure(os.fspath(conf.spooler.directory))
+        loaded = dispatch.load_endpoints(conf)
+        if loaded.errors:
+            raise ImportError("; ".join(f"{e.source}: {e.error}" for e in loaded.errors))
+        adapters = loaded.adapters + [
+            dispatch.EndpointAdapter(obj, dispatch.EndpointOrigin("instance", type(obj).__module__,
+                                                                  type(obj).__qualname__))
+            for obj in objects]
+        self.registry = dispatch.Registry(adapters, [], loaded.modules)
+        self.executor = execution.create_executor(conf)
+        self.executor.start()
+        self.executor.bind(self.registry)
+        self._dispatcher = rpc_dispatcher.RPCDispatcher(
+            self.registry.adapters, oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy)
+
+    def methods(self) -> list[str]:
+        return self.registry.methods()
+
+    def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, *,
+             source: dict[str, int] | None = None, request_id: Any = "test") -> Any:
+        """The decoded JSON result, or :class:`sbusr.jsonrpc.RpcError` with the server's code."""
+        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            request["params"] = params
+        parsed = jsonrpc.parse(json.dumps(request))
+        item = parsed.items[0]
+        if not isinstance(item, jsonrpc.Call):
+            return _raise(item["error"])
+        ctxt = {"request_id": request_id, "source": dict(source or DEFAULT_SOURCE)}
+        try:
+            result = self._dispatcher.dispatch(_Incoming(ctxt, jsonrpc.oslo_message(item)))
+        except Exception as exc:
+            code, message, data = jsonrpc.error_from_exception(exc, debug=True)
+            if code == jsonrpc.METHOD_NOT_FOUND:
+                message = f"Method not found: {method}"
+            raise jsonrpc.RpcError(code, message, data) from exc
+        response = json.loads(jsonrpc.dumps(jsonrpc.result_response(request_id, result)))
+        if "error" in response:
+            return _raise(response["error"])
+        return response["result"]
+
+
+def queued_jobs(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The jobs waiting in a spool directory, in run order: ``{"id", "task", "kwargs", "attempts", ...}``.
+
+    With ``config={"spooler": {"directory": d}}``, a method's ``.spool(...)`` calls land there and
+    nothing runs them: a test checks what was queued, then calls the ``@spool`` function itself.
+    """
+    folder = os.path.join(os.fspath(directory), "queue")
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with open(os.path.join(folder, name), encoding="utf-8") as fh:
+            found.append(json.load(fh))
+    return found
+
+
+def _raise(error: dict[str, Any]) -> Any:
+    raise jsonrpc.RpcError(error.get("code"), error.get("message"), error.get("data"))
+
+
+def call(endpoints: Any, method: str, params: list[Any] | dict[str, Any] | None = None,
+         **options: Any) -> Any:
+    """Load ``endpoints`` (a folder, a module name, endpoint objects, or a list of them) and call
+    ``method`` once as sbusr-server would: the decoded JSON result, or RpcError with its code.
+
+    ``options``: ``config={"execution": {"call_timeout": 5}}`` and :meth:`Methods.call`'s
+    ``source``/``request_id``.
+    """
+    config = options.pop("config", None)
+    return Methods(endpoints, config).call(method, params, **options)

@@ -1,0 +1,100 @@
+"""A whole sbusr stack for one test: development bus, sbusr-server, an IPSC stand-in, sbusr-api.
+
+Every part is a real process or socket on free ports, started as an operator would start it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sbusr.testing.api import ApiProcess
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, BusProcess, ServerProcess, write_config
+
+
+class Stack:
+    """``with Stack(endpoints=[folder], config={...}) as stack: stack.ipsc.call("echo", ["x"])``.
+
+    ``endpoints``: folders of endpoint files (``[endpoints] directories``); ``config``: more options,
+    ``{"section": {"option": value}}`` (e.g. ``{"execution": {"mode": "process"}}``). The IPSC
+    stand-in is unit 0, process 0; it acknowledges flow starts (see ``FakeIpsc.on_flow``).
+    """
+
+    def __init__(self, endpoints: list[str | os.PathLike[str]] | None = None,
+                 config: dict[str, dict[str, Any]] | None = None,
+                 workdir: str | os.PathLike[str] | None = None,
+                 ipsc_unit: int = 0, ipsc_process: int = 0) -> None:
+        self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="sbusr-stack-")
+        self.workdir = Path(workdir if workdir is not None else self._tmp.name)  # type: ignore[union-attr]
+        self.endpoints = [os.fspath(Path(e).resolve()) for e in endpoints or []]
+        self.config = {k: dict(v) for k, v in (config or {}).items()}
+        self.ipsc_unit, self.ipsc_process = ipsc_unit, ipsc_process
+        self.bus = BusProcess()
+        self.server: ServerProcess | None = None
+        self.ipsc: FakeIpsc | None = None
+        self._apis: list[ApiProcess] = []
+
+    @property
+    def server_address(self) -> tuple[int, int]:
+        return SERVER_UNIT, SERVER_CLIENT
+
+    def config_file(self) -> Path:
+        sections = {k: dict(v) for k, v in self.config.items()}
+        if self.endpoints:
+            sections.setdefault("endpoints", {}).setdefault("directories", self.endpoints)
+        return write_config(self.workdir / "sbusr.conf", self.bus.port, sections)
+
+    def start(self) -> Stack:
+        try:
+            self.bus.start()
+            self.start_server()
+            self.ipsc = FakeIpsc(self.bus.host, self.bus.port, unit=self.ipsc_unit, process=self.ipsc_process,
+                                 server=self.server_address).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_server(self) -> ServerProcess:
+        """Start (or start again, e.g. after :meth:`kill_server`) sbusr-server with the config."""
+        self.server = ServerProcess(self.config_file()).start()
+        return self.server
+
+    def stop_server(self) -> int | None:
+        server, self.server = self.server, None
+        return server.stop() if server is not None else None
+
+    def kill_server(self) -> None:
+        """SIGKILL sbusr-server (its worker and spooler processes end with it), as a crash would."""
+        if self.server is not None and self.server.proc is not None:
+            self.server.proc.kill()
+            self.server.proc.wait(30)
+        self.server = None
+
+    def start_api(self, **api_options: Any) -> ApiProcess:
+        """sbusr-api on a free port, talking to this bus; ``api.start_flow(...)`` starts flows."""
+        api = ApiProcess(self.workdir, self.bus.port, client_id=len(self._apis) + 10,
+                         api=api_options or None).start()
+        self._apis.append(api)
+        return api
+
+    def stop(self) -> None:
+        for api in self._apis:
+            api.close()
+        self._apis.clear()
+        if self.ipsc is not None:
+            self.ipsc.stop()
+            self.ipsc = None
+        self.stop_server()
+        self.bus.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
