@@ -24,7 +24,7 @@ from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import jsonrpc
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
 #: Attribute names of :class:`EndpointAdapter` that oslo's dispatcher would find before any endpoint
 #: method; a method with one of these names is never dispatched (see :class:`AccessPolicy`).

@@ -26,7 +26,7 @@ from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin
 from sbusr.dispatch.legacy import legacy_endpoint, legacy_groups, purge_package
 from sbusr.dispatch.registry import LoadError, Registry
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
 ENTRY_POINT_GROUP = "sbusr.endpoints"
 _BUILTIN_PREFIX = "sbusr.endpoints."

@@ -37,8 +37,8 @@ from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Header, Packet
 from sbusr.smartbus.interface import BusError
 
-LOG = logging.getLogger(__name__)
-TRACE_LOG = logging.getLogger(__name__ + ".lib")
+LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators, as before the split
+TRACE_LOG = logging.getLogger("sbusr.smartbus.vendor.lib")  # the library's own trace lines
 
 PACKAGE = "hesong.ipsc.busnetcli"
 LIBRARY_NAME = "libbusnetcli.so"

@@ -39,7 +39,7 @@ from sbusr.smartbus.vendor.binding import (
     c_text,
 )
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators, as before the split
 
 
 #: RemoteInvokeFlow's "all pending slots in use" code
