@@ -32,9 +32,9 @@ import oslo_messaging
 import tornado.web
 from oslo_config import cfg
 
-from sbusr import jsonrpc
-from sbusr.cmd import common
-from sbusr.driver_smartbus import FlowRejected, IpscUnavailable, RemoteError, client_config_from_url
+from sbusr import jsonrpc, opts
+from sbusr.connection import FlowRejected, IpscUnavailable
+from sbusr.driver_smartbus import RemoteError, client_config_from_url
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
 
@@ -60,7 +60,7 @@ def api_transport_url(conf: cfg.ConfigOpts) -> oslo_messaging.TransportURL:
     ``unit_id`` becomes ``[api] unit_id`` when set, so that the API and sbusr-server can
     share one configuration file without colliding on the bus.
     """
-    url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+    url = oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf))
     base = client_config_from_url(conf, url)
     client_id = conf.api.client_id if conf.api.client_id is not None else base.client_id + 1
     if client_id > 127:
@@ -73,7 +73,7 @@ def api_transport_url(conf: cfg.ConfigOpts) -> oslo_messaging.TransportURL:
 
 def server_address(conf: cfg.ConfigOpts) -> str:
     """``unit:client`` of the sbusr-server that /sys/reset and /health address."""
-    base = client_config_from_url(conf, oslo_messaging.TransportURL.parse(conf, common.transport_url(conf)))
+    base = client_config_from_url(conf, oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf)))
     unit = conf.api.server_unit_id if conf.api.server_unit_id is not None else base.unit_id
     client = conf.api.server_client_id if conf.api.server_client_id is not None else base.client_id
     return f"{unit}:{client}"
@@ -138,11 +138,14 @@ class BusApi:
                 self._in_flight -= 1
 
     async def start_flow(self, request: dict[str, Any]) -> dict[str, Any]:
-        return await self._run(self._flows.call, {}, "start_flow", project=request["project"],
-                               flow=request["flow"], params=request["params"], server=request["server"],
-                               process=request["process"], wait=request["wait"],
-                               ack_timeout=self.conf.api.flow_ack_timeout,
-                               result_timeout=self.conf.api.flow_result_timeout)
+        """Start a flow; request and answer in the HTTP API's words (an IPSC ``server``, its ``process``)."""
+        started = await self._run(self._flows.call, {}, "start_flow", project=request["project"],
+                                  flow=request["flow"], params=request["params"], unit=request["server"],
+                                  client=request["process"], wait=request["wait"],
+                                  ack_timeout=self.conf.api.flow_ack_timeout,
+                                  result_timeout=self.conf.api.flow_result_timeout)
+        unit, client = started.pop("unit"), started.pop("client")
+        return {"server": unit, "process": client, **started}
 
     async def peers(self) -> list[dict[str, Any]]:
         return await self._run(self._bus.call, {}, "peers")

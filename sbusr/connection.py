@@ -3,7 +3,12 @@
 The oslo.messaging driver is thin glue; this module owns the SmartBus side:
 which backend to use, the optional embedded development bus, the table of
 peers learnt from global-connect events, routing incoming packets (JSON-RPC
-requests to the listener, NOTIFY replies to waiting callers) and sending.
+requests to the listener, NOTIFY replies to waiting callers) and sending:
+replies, flow starts on an IPSC (:meth:`BusConnection.start_flow`) and
+requests to another sbusr-server (:meth:`BusConnection.call`).
+
+Vocabulary: every bus peer, an IPSC process included, is addressed by its
+``unit`` and ``client`` id; "server" only ever means an sbusr-server.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from oslo_config import cfg
 
+from sbusr import jsonrpc, opts
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
-from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, resolve
+from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
 
 LOG = logging.getLogger(__name__)
 
@@ -129,6 +136,32 @@ class IpscUnavailable(BusError):
         self.known = known
 
 
+class FlowRejected(BusError):
+    """The IPSC answered a flow start with an error ack."""
+
+    def __init__(self, ack: int, message: str, source: Address | None) -> None:
+        super().__init__(f"IPSC {source} refused the flow: ack {ack} {message}".strip(), code=ack)
+        self.ack = ack
+        self.ack_message = message
+        self.source = source
+
+
+class ReplyTimeout(BusError):
+    """No reply NOTIFY arrived in time."""
+
+
+@dataclass(slots=True)
+class FlowStarted:
+    """A flow an IPSC acknowledged (``ack`` 1) and, when it was awaited, the flow's result."""
+
+    unit: int
+    client: int
+    invoke_id: int
+    ack: int
+    message: str
+    result: Any = None  # the parsed result (its text when not JSON); only set with start_flow(wait=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     unit: int
@@ -161,9 +194,10 @@ def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHand
     if _client_factory is not None:
         return _client_factory(conf, config, handlers)
     if conf.smartbus.backend == "vendor":
-        from sbusr.smartbus.vendor import VendorClient
+        from sbusr.smartbus.vendor.client import VendorClient
 
-        return VendorClient(config, handlers, library_path=conf.smartbus.library_path)
+        library_path = opts.config_relative(conf, conf.smartbus.library_path, "library_path", "smartbus")
+        return VendorClient(config, handlers, library_path=library_path or None)
     from sbusr.smartbus.threaded import ThreadedClient
 
     return ThreadedClient(config, handlers, duplicate_retry=STANDBY_RETRY)
@@ -202,6 +236,7 @@ class BusConnection:
         self.conf = conf
         self.config = config
         self._notify_ttl = conf.smartbus.notify_ttl  # read once: oslo.config look-ups cost µs per reply
+        conf.register_mutate_hook(self._on_config_mutated)  # ...and again when a reload changes it
         self.encoding = config.encoding
         self._refs = 0
         self._peers: dict[tuple[int, int], Peer] = {}
@@ -219,6 +254,10 @@ class BusConnection:
             on_packet=self._on_packet,
             on_global_connect=self._on_global_connect,
         ))
+
+    def _on_config_mutated(self, conf: cfg.ConfigOpts, fresh: dict) -> None:
+        """oslo.config mutate hook (SIGHUP / sys.reload): pick up a new [smartbus] notify_ttl."""
+        self._notify_ttl = conf.smartbus.notify_ttl
 
     # ------------------------------------------------------------------ sharing
 
@@ -397,6 +436,62 @@ class BusConnection:
                                 expires_ms=self._notify_ttl, client_type=to.type)
 
     # ------------------------------------------------------------------ sender side
+
+    def start_flow(self, project: str, flow: str, params: list[Any], *, unit: int | None = None,
+                   client: int | None = None, wait: bool = False, ack_timeout: float,
+                   result_timeout: float) -> FlowStarted:
+        """Start ``project``/``flow`` on an IPSC (a random one unless ``unit``/``client`` say which).
+
+        Returns once the IPSC acknowledged the flow or, with ``wait``, once the flow returned its
+        result. Raises IpscUnavailable, FlowRejected (error ack), FlowTimeout, BusError.
+        """
+        peer = self.choose_ipsc(unit, client)
+        invocation = self.client.invoke_flow(peer.unit, peer.client, project, flow,
+                                             jsonrpc.dumps(list(params)), want_result=wait,
+                                             ack_timeout=ack_timeout,
+                                             result_timeout=result_timeout if wait else None)
+        try:
+            ack = invocation.ack.result(timeout=ack_timeout + 1.0)
+        except (FlowTimeout, concurrent.futures.TimeoutError):
+            if invocation.result is not None:
+                invocation.result.cancel()
+            raise FlowTimeout(f"IPSC {peer.unit}/{peer.client} did not acknowledge the flow within "
+                              f"{ack_timeout:g} s", codec.ERR_TIMEOUT) from None
+        if ack.ack != codec.FLOW_ACK_OK:
+            raise FlowRejected(ack.ack, ack.message, ack.source)
+        started = FlowStarted(peer.unit, peer.client, invocation.invoke_id, ack.ack, ack.message)
+        if wait and invocation.result is not None:
+            try:
+                raw = invocation.result.result(timeout=result_timeout + 1.0)
+            except (FlowTimeout, concurrent.futures.TimeoutError):
+                raise FlowTimeout(f"flow {project}/{flow} returned no result within {result_timeout:g} s",
+                                  codec.ERR_TIMEOUT) from None
+            started.result = jsonrpc.loads_or_text(raw)
+        return started
+
+    def send_request(self, unit: int, client: int, body: bytes) -> None:
+        """Send a JSON-RPC request packet (cmdtype 211) to the sbusr-server at ``unit``/``client``."""
+        self.client.send_data(Address(unit, client, -1), 1, codec.CMDTYPE_RPC, body)
+
+    def call(self, unit: int, client: int, request_id: str, body: bytes, timeout: float | None) -> bytes:
+        """Send a JSON-RPC request and return the reply NOTIFY's body (titled ``request_id``)."""
+        reply = self.expect_reply(request_id)
+        try:
+            self.send_request(unit, client, body)
+            try:
+                return reply.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                raise ReplyTimeout(f"no reply from {unit}:{client} to {request_id!r} within {timeout} s",
+                                   codec.ERR_TIMEOUT) from None
+        finally:
+            self.forget_reply(request_id)
+
+    def status(self) -> dict[str, Any]:
+        """The link, this process's bus identity and how many IPSCs are on the bus (JSON-friendly)."""
+        config = self.config
+        return {"connected": self.connected, "access_point": self.client.access_point,
+                "address": {"unit": config.unit_id, "client": config.client_id, "type": config.client_type},
+                "ipsc": sum(1 for p in self.peers() if p.is_ipsc)}
 
     def expect_reply(self, title: str) -> concurrent.futures.Future[bytes]:
         fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()

@@ -6,15 +6,21 @@
 
 from __future__ import annotations
 
+import os
+
 from oslo_config import cfg
+
+#: oslo-config-generator namespaces of every option sbusr's processes read; the sample config and
+#: the reload report cover the same set (etc/oslo-config-generator/sbusr.conf lists them too).
+NAMESPACES = ("sbusr", "oslo.log", "oslo.messaging")
 
 smartbus_opts = [
     cfg.StrOpt("backend", default="native", choices=["native", "vendor"],
                help="SmartBus client implementation: the pure-Python client (native) or the "
                     "vendor's libbusnetcli.so loaded through ctypes (vendor, x86_64 Linux only)."),
     cfg.StrOpt("library_path",
-               help="Path of libbusnetcli.so for the vendor backend. Default: the copy shipped in "
-                    "the installed hesong-ipsc-busnetcli wheel."),
+               help="Path of libbusnetcli.so for the vendor backend (relative to the config file's "
+                    "folder). Default: the copy shipped in the installed hesong-ipsc-busnetcli wheel."),
     cfg.HostAddressOpt("host", default="127.0.0.1",
                        help="SmartBus master host, used when transport_url names no host."),
     cfg.PortOpt("port", default=8089, help="SmartBus master port, used when transport_url names none."),
@@ -27,7 +33,7 @@ smartbus_opts = [
                help="This process's SmartBus client type. transport_url's ?client_type= overrides it."),
     cfg.StrOpt("add_info", default="sbusr",
                help="Text sent with the registration; other clients see it in global-connect events."),
-    cfg.IntOpt("notify_ttl", default=10000, min=0,
+    cfg.IntOpt("notify_ttl", mutable=True, default=10000, min=0,
                help="Lifetime (ms) of the NOTIFY messages that carry JSON-RPC replies to IPSC flows."),
     cfg.BoolOpt("embedded_bus", default=False,
                 help="Start a development SmartBus in this process on the transport URL's host and "
@@ -44,14 +50,15 @@ smartbus_opts = [
 ]
 
 endpoint_opts = [
-    cfg.ListOpt("directories", default=[],
-                help="Folders whose *.py files are loaded as endpoint modules."),
-    cfg.ListOpt("modules", default=[],
+    cfg.ListOpt("directories", mutable=True, default=[],
+                help="Folders whose *.py files are loaded as endpoint modules. A relative folder is "
+                     "relative to the folder of the config file that names it."),
+    cfg.ListOpt("modules", mutable=True, default=[],
                 help="Importable module names loaded as endpoint modules."),
-    cfg.BoolOpt("entry_points", default=True,
+    cfg.BoolOpt("entry_points", mutable=True, default=True,
                 help="Load endpoint modules contributed by installed packages through the "
                      "'sbusr.endpoints' entry point group (the built-in endpoints come this way)."),
-    cfg.ListOpt("legacy_packages", default=[],
+    cfg.ListOpt("legacy_packages", mutable=True, default=[],
                 help="Original-sbusr style 'methods' packages served unchanged: the JSON-RPC method "
                      "a.b.c calls <package>.a.b.c (functions, classmethods and staticmethods)."),
     cfg.BoolOpt("watch", default=False,
@@ -68,22 +75,22 @@ execution_opts = [
     cfg.IntOpt("threads", default=1, min=1,
                help="Process mode: request packets one worker process runs at a time. 1 (the "
                     "default) means a time limit or a crash concerns exactly one call."),
-    cfg.IntOpt("max_tasks_per_child", default=0, min=0,
+    cfg.IntOpt("max_tasks_per_child", mutable=True, default=0, min=0,
                help="Process mode: recycle a worker (re-importing endpoint code) after this many "
                     "calls; 0 = never."),
     cfg.IntOpt("queue_size", default=1000, min=1,
                help="Requests allowed to wait for a worker; beyond that callers get 'server busy' "
                     "at once."),
-    cfg.FloatOpt("call_timeout", default=30.0, min=0,
+    cfg.FloatOpt("call_timeout", mutable=True, default=30.0, min=0,
                  help="Default per-call time limit in seconds (0 = none)."),
-    cfg.StrOpt("worker_init",
+    cfg.StrOpt("worker_init", mutable=True,
                help="Process mode: 'module:function' called once in every new worker (open DB "
                     "connections and the like)."),
 ]
 
 server_opts = [
     cfg.StrOpt("topic", default="sbusr", help="oslo.messaging topic the RPC server listens on."),
-    cfg.FloatOpt("graceful_timeout", default=10.0, min=0,
+    cfg.FloatOpt("graceful_timeout", mutable=True, default=10.0, min=0,
                  help="Seconds to let in-flight calls finish on SIGTERM/SIGINT before exiting."),
     cfg.BoolOpt("expose_tracebacks", default=False,
                 help="Put the Python traceback in JSON-RPC error data (also on with --debug)."),
@@ -104,7 +111,7 @@ spooler_opts = [
 api_opts = [
     cfg.HostAddressOpt("listen_host", default="127.0.0.1", help="Address the HTTP API listens on."),
     cfg.PortOpt("listen_port", default=8080, help="Port the HTTP API listens on."),
-    cfg.StrOpt("auth_token", default="", secret=True,
+    cfg.StrOpt("auth_token", mutable=True, default="", secret=True,
                help="Bearer token required on every route except /health; empty = no auth."),
     cfg.FloatOpt("flow_ack_timeout", default=15.0, min=0.1,
                  help="Seconds to wait for an IPSC to acknowledge a flow start."),
@@ -142,6 +149,31 @@ _MESSAGING_DEFAULTS = ("transport_url", "executor_thread_pool_size", "rpc_respon
 DEFAULT_TRANSPORT_URL = "smartbus://"
 
 
+def transport_url(conf: cfg.ConfigOpts) -> str:
+    """The configured ``transport_url``; an empty one means the smartbus defaults."""
+    return conf.transport_url or DEFAULT_TRANSPORT_URL
+
+
+def config_relative(conf: cfg.ConfigOpts, value: str, name: str, group: str | None = None) -> str:
+    """``value`` of the path option ``[group] name``, a relative path taken from the folder of the
+    config file that set it (as operators expect of /etc/sbusr/sbusr.conf), ``~`` expanded.
+
+    Values from the command line or code stay relative to the current directory.
+    """
+    if not value:
+        return value
+    value = os.path.expanduser(value)
+    if os.path.isabs(value):
+        return value
+    try:
+        location = conf.get_location(name, group)
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        location = None
+    if location is not None and location.location is cfg.Locations.user and location.detail:
+        return os.path.join(os.path.dirname(os.path.abspath(location.detail)), value)
+    return value
+
+
 def messaging_default_opts() -> list[cfg.Opt]:
     from oslo_messaging import opts as messaging_opts
 
@@ -172,7 +204,25 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """Entry point for oslo-config-generator."""
-    defaults = messaging_default_opts()
-    cfg.set_defaults(defaults, transport_url=DEFAULT_TRANSPORT_URL)  # these are private copies
-    return [("DEFAULT", defaults)] + [(group, list(opts)) for group, opts in GROUPS.items()]
+    """Entry point for oslo-config-generator (namespace ``sbusr``): sbusr's own sections.
+
+    The [DEFAULT] transport options come from the ``oslo.messaging`` namespace, with sbusr's
+    transport_url default put in by :func:`update_defaults`.
+    """
+    return [(group, list(opts)) for group, opts in GROUPS.items()]
+
+
+def all_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """What :func:`register_opts` registers, by section ("DEFAULT" for the messaging options)."""
+    return [("DEFAULT", messaging_default_opts()), *list_opts()]
+
+
+def update_defaults() -> None:
+    """``oslo.config.opts.defaults`` hook of the generator: the sample shows transport_url = smartbus://.
+
+    oslo.messaging offers no public setter for this default; its option list is the one the
+    generator copies, so the default is set there (only the generator process calls this).
+    """
+    from oslo_messaging import transport
+
+    cfg.set_defaults(getattr(transport, "_transport_opts", []), transport_url=DEFAULT_TRANSPORT_URL)

@@ -219,7 +219,7 @@ def test_thread_mode_answers_overrun_early_and_hands_the_slot_on():
         assert isinstance(message.error, jsonrpc.CallTimeout)
         assert caller.is_alive()  # answered while the method is still running
         assert executor.stats()["abandoned"] == 1
-        assert adapter.fast({}, **{dispatch.POSITIONAL_KEY: [7]}) == 7  # its only slot was handed on
+        assert adapter.fast({}, **{jsonrpc.POSITIONAL_KEY: [7]}) == 7  # its only slot was handed on
     finally:
         release.set()
         caller.join(5)
@@ -258,7 +258,7 @@ def test_thread_executor_applies_config_and_method_limits_and_leaves_sys_alone()
     executor.bind(dispatch.Registry([adapter, sys_adapter]))
     try:
         assert sys_adapter.invoker is dispatch.direct_invoke
-        assert adapter.fast({}, **{dispatch.POSITIONAL_KEY: [7]}) == 7
+        assert adapter.fast({}, **{jsonrpc.POSITIONAL_KEY: [7]}) == 7
         with pytest.raises(oslo_messaging.ExpectedException) as info:
             adapter.sleepy({}, seconds=2)
         assert isinstance(info.value.exc_info[1], jsonrpc.CallTimeout)

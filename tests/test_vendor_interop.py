@@ -153,9 +153,9 @@ def test_vendor_registers_and_gets_bus_unit_as_access_point(agents: Callable[...
 
 
 def test_one_unit_id_per_process() -> None:
-    code = ("from sbusr.smartbus import vendor\n"
-            "lib = vendor.VendorLibrary.load(); lib.init(20); lib.init(20)\n"
-            "try:\n    lib.init(21)\nexcept vendor.BusError as e:\n    print('ERR', e)\n")
+    code = ("from sbusr.smartbus.vendor import binding\n"
+            "lib = binding.VendorLibrary.load(); lib.init(20); lib.init(20)\n"
+            "try:\n    lib.init(21)\nexcept binding.BusError as e:\n    print('ERR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          check=True).stdout
     assert "ERR libbusnetcli can be initialised once per process with one unit id" in out

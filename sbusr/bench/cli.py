@@ -24,6 +24,10 @@ from typing import Any
 
 from sbusr.bench import procs, stats
 
+#: --help text: plain words (the module docstring is reStructuredText)
+DESCRIPTION = ("RPC throughput and latency of sbusr-server against the raw SmartBus round trip, measured "
+               "the same way: a development bus, an sbusr-server, an echo client and load generators "
+               "are started for the run.")
 MAX_LOAD_PROCESSES = 15  # IPSC units 1..15 (unit 0 is the bus's own)
 
 
@@ -50,7 +54,7 @@ def _positive(kind: type) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sbusr-bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="sbusr-bench", description=DESCRIPTION)
     p.add_argument("--duration", type=_positive(float), default=5.0,
                    help="measured seconds per phase (default %(default)s)")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each phase "
@@ -101,11 +105,11 @@ def payload_params(size: int) -> str:
 def vendor_problem() -> str | None:
     """Why ``--client vendor`` cannot run here, or None."""
     try:
-        from sbusr.smartbus import vendor
+        from sbusr.smartbus.vendor import binding
     except Exception as exc:  # an unfinished or broken binding must only fail this option
         return f"the vendor binding cannot be imported ({exc})"
     try:
-        vendor.find_library()
+        binding.find_library()
     except Exception as exc:
         return f"libbusnetcli.so not found ({exc})"
     return None

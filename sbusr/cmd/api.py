@@ -13,14 +13,19 @@ import oslo_messaging
 from oslo_config import cfg
 from tornado.httpserver import HTTPServer
 
-from sbusr import api
+from sbusr import api, config
 from sbusr.cmd import common
 
 LOG = logging.getLogger("sbusr.api")
 
 
+DESCRIPTION = ("HTTP API of sbusr: start IPSC flows over SmartBus (POST /api/flow), list the IPSCs on "
+               "the bus, make sbusr-server reload (/sys/reset), health check. SIGHUP re-reads the "
+               "configuration; SIGTERM stops gracefully.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-api")
+    conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-api", description=DESCRIPTION)
     if conf.smartbus.embedded_bus:
         # the bus must outlive the API; only sbusr-server (or sbusr-bus) may host the development bus
         LOG.info("[smartbus] embedded_bus is ignored by sbusr-api; it connects to the bus already running")
@@ -28,12 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         transport = api.make_transport(conf)
     except (ValueError, oslo_messaging.InvalidTransportURL) as exc:
-        LOG.error("bad transport configuration: %s", exc)
-        return 2
-    return common.finish(conf, asyncio.run(serve(conf, transport)))
+        error = str(exc)
+    else:
+        reloader = config.Reloader(conf, "sbusr-api")
+        return common.finish(conf, asyncio.run(serve(conf, transport, reloader)))
+    print(f"sbusr-api: configuration error: {error}", file=sys.stderr)
+    return 2
 
 
-async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> int:
+async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport,
+                reloader: config.Reloader | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight calls end briefly, clean up."""
     app = api.make_app(conf, transport)
     bus_api: api.BusApi = app.settings["sbusr_api"]
@@ -62,6 +71,8 @@ async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> in
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, _reload_config, reloader))
     await stop.wait()
     server.stop()
     deadline = time.monotonic() + conf.server.graceful_timeout
@@ -79,6 +90,17 @@ async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> in
     transport.cleanup()
     LOG.info("stopped")
     return 0
+
+
+def _reload_config(reloader: config.Reloader) -> None:
+    """SIGHUP: apply the mutable options (e.g. [api] auth_token, debug); the log lists the changes."""
+    try:
+        reloader.reload()
+    except config.ConfigError as exc:
+        error = str(exc)
+    else:
+        return
+    LOG.error("configuration not reloaded, nothing changed: %s", error)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Start-up shared by the console scripts: configuration, logging, transport URL."""
+"""Start-up shared by the console scripts: configuration and logging."""
 
 from __future__ import annotations
 
@@ -10,38 +10,33 @@ from collections.abc import Sequence
 from oslo_config import cfg
 from oslo_log import log
 
-import sbusr
-from sbusr import opts
+from sbusr import config
+
+LOG = logging.getLogger("sbusr.config")
 
 
-def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
-    """Parse ``--config-file/--config-dir/--debug/--version`` and set up oslo.log."""
-    conf = conf if conf is not None else cfg.ConfigOpts()
-    log.register_options(conf)
-    opts.register_opts(conf)
+def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None = None,
+            description: str | None = None) -> cfg.ConfigOpts:
+    """Parse ``--config-file/--config-dir/--debug/--version``, check the configuration, set up oslo.log.
+
+    Every unusable configuration ends here with one line on stderr and exit status 2: a value
+    oslo.config refuses (checked now, not at first use), a transport other than smartbus://, no
+    config file found. Unknown options in sbusr's sections are logged as warnings.
+    """
     try:
-        conf(list(argv) if argv is not None else None, project="sbusr", prog=prog,
-             version=sbusr.__version__, default_config_files=[])
-        _validate(conf)
-    except cfg.Error as exc:
-        # oslo.config reports bad values lazily, on first use: surface them here, as one line
-        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        conf = config.load(argv, prog, description=description, conf=conf)
+        bad = config.problems(conf)
+    except (cfg.Error, config.ConfigError) as exc:
+        bad = [" ".join(str(exc).split())]
+    if bad:
+        for line in bad:
+            print(f"{prog}: configuration error: {line}", file=sys.stderr)
+        raise SystemExit(2)
     log.setup(conf, "sbusr")
     logging.captureWarnings(True)
+    for warning in config.unknown_options(conf):
+        LOG.warning("%s", warning)
     return conf
-
-
-def _validate(conf: cfg.ConfigOpts) -> None:
-    """Read every sbusr option once so that a bad value fails start-up, not a running call."""
-    for group, group_opts in opts.list_opts():
-        section = conf if group == "DEFAULT" else conf[group]
-        for opt in group_opts:
-            getattr(section, opt.dest)
-
-
-def transport_url(conf: cfg.ConfigOpts) -> str:
-    return conf.transport_url or opts.DEFAULT_TRANSPORT_URL
 
 
 def finish(conf: cfg.ConfigOpts, code: int) -> int:

@@ -37,7 +37,8 @@ def _param(text: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sbusr-ipsc", description="An IPSC stand-in on SmartBus.")
+    parser = argparse.ArgumentParser(prog="sbusr-ipsc", description="An IPSC stand-in on SmartBus: call "
+                                     "sbusr methods as a flow does, or acknowledge flow starts.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--host", default="127.0.0.1", help="SmartBus host (default %(default)s)")
     common.add_argument("--port", type=int, default=8089, help="SmartBus port (default %(default)s)")
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="this stand-in's IPSC unit id (default %(default)s)")
     common.add_argument("--process", type=int, default=None,
                         help="this stand-in's process index = client id (default: derived from the pid)")
+    common.add_argument("--user", default="", help="user name, for a bus that requires a login")
+    common.add_argument("--password", default="", help="password for --user")
     sub = parser.add_subparsers(dest="command", required=True)
 
     call = sub.add_parser("call", parents=[common], help="call a method as a flow does")
@@ -86,7 +89,8 @@ def build_request(args: argparse.Namespace) -> tuple[bytes, str | None]:
 def _client(args: argparse.Namespace, on_packet: Any) -> ThreadedClient:
     process = args.process if args.process is not None else 32 + os.getpid() % 96
     config = ClientConfig(host=args.host, port=args.port, unit_id=args.unit, client_id=process,
-                          client_type=codec.CLIENT_TYPE_IPSC, add_info="sbusr-ipsc")
+                          client_type=codec.CLIENT_TYPE_IPSC, add_info="sbusr-ipsc",
+                          user=args.user, password=args.password)
     return ThreadedClient(config, ClientHandlers(on_packet=on_packet))
 
 
@@ -175,7 +179,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.user) != bool(args.password):
+        parser.error("--user and --password go together")
     return call(args) if args.command == "call" else serve(args)
 
 

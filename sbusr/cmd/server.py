@@ -18,7 +18,7 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import dispatch
+from sbusr import config, dispatch, jsonrpc, opts
 from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
@@ -33,12 +33,26 @@ EXIT_MARGIN = 1.5
 FIRST_WORKERS_WAIT = 120.0
 
 
+def reload_config(reloader: config.Reloader | None) -> dict[str, Any]:
+    """Re-read the config files (refused as a whole, in one ERROR line, when a value is bad)."""
+    if reloader is None:
+        return {}
+    try:
+        return reloader.reload()
+    except config.ConfigError as exc:
+        error = f"reload refused, nothing changed: {exc}"
+    LOG.error("%s", error)  # outside the except block: oslo.log would append the exception again
+    raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, error)
+
+
 class ThreadService:
     """An RPCServer plus the endpoint registry it serves, reloadable while running."""
 
-    def __init__(self, conf: cfg.ConfigOpts, reload_entry: Any = None) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, reload_entry: Any = None,
+                 config_reloader: config.Reloader | None = None) -> None:
         self.conf = conf
-        url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+        self.config_reloader = config_reloader
+        url = oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf))
         identity = client_config_from_url(conf, url)
         self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
         self._reload_lock = threading.Lock()
@@ -69,6 +83,8 @@ class ThreadService:
     def reload(self) -> dict[str, Any]:
         """Re-import endpoint code; calls already running finish on the old code."""
         with self._reload_lock:
+            changes = reload_config(self.config_reloader)
+            self.executor.reconfigure(self.conf)
             registry = dispatch.reload(self.conf)
             workers = self.executor.reload()
             self.executor.bind(registry)
@@ -78,7 +94,8 @@ class ThreadService:
             self.background.reloaded(registry)
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
-        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers}
+        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers,
+                "config": changes}
 
     def stop(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
@@ -99,16 +116,18 @@ class ThreadService:
 class ProcessService:
     """Process mode: the master; workers run the RPCServer."""
 
-    def __init__(self, conf: cfg.ConfigOpts, argv: Sequence[str], reload_entry: Any = None) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, argv: Sequence[str], reload_entry: Any = None,
+                 config_reloader: config.Reloader | None = None) -> None:
         from sbusr.execution.master import Master
 
         self.conf = conf
-        url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+        self.config_reloader = config_reloader
+        url = oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf))
         identity = client_config_from_url(conf, url)
         self.address = f"{identity.unit_id}:{identity.client_id}"
         # before the workers start: they inherit the environment it sets
         self.background = Background(conf, identity, reload_entry or self.reload)
-        self.master = Master(conf, common.transport_url(conf), argv)
+        self.master = Master(conf, opts.transport_url(conf), argv)
         self.master.reload_handler = self.reload  # sys.reload from a worker reloads the timers too
         self._stopping = threading.Event()
         self._reload_lock = threading.Lock()
@@ -134,7 +153,9 @@ class ProcessService:
 
     def reload(self) -> dict[str, Any]:
         with self._reload_lock:
-            summary = self.master.reload()
+            changes = reload_config(self.config_reloader)
+            self.master.reconfigure(self.conf)  # new workers read the files themselves
+            summary = dict(self.master.reload(), config=changes)
             self.background.reloaded(self._timer_registry())
         LOG.info("reloaded endpoints: %d methods", len(summary.get("methods", [])))
         return summary
@@ -153,6 +174,11 @@ def _hard_exit(code: int) -> None:
     os._exit(code)
 
 
+DESCRIPTION = ("Serve Python endpoint methods to Hesong IPSC flows: JSON-RPC 2.0 requests arrive over "
+               "SmartBus, replies go back as NOTIFY messages. SIGHUP (or /sys/reset) re-reads the "
+               "configuration and reloads the endpoints; SIGTERM stops gracefully.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(argv if argv is not None else sys.argv[1:])
     stop = threading.Event()
@@ -165,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # first: a SIGTERM in any state, even while starting, ends the process in bounded time
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    conf = common.prepare(args, "sbusr-server")
+    conf = common.prepare(args, "sbusr-server", description=DESCRIPTION)
     service: ThreadService | ProcessService | None = None
 
     def reload_entry() -> None:  # SIGHUP and reload on save run the same reload
@@ -173,8 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _safe_reload(service)
 
     try:
-        service = (ProcessService(conf, args, reload_entry) if conf.execution.mode == "process"
-                   else ThreadService(conf, reload_entry))
+        reloader = config.Reloader(conf, "sbusr-server")
+        service = (ProcessService(conf, args, reload_entry, reloader) if conf.execution.mode == "process"
+                   else ThreadService(conf, reload_entry, reloader))
     except oslo_messaging.InvalidTransportURL as exc:
         LOG.error("bad transport_url: %s", exc)
         return 2
@@ -208,6 +235,8 @@ def _safe_start(service: ThreadService | ProcessService, stop: threading.Event) 
 def _safe_reload(service: ThreadService | ProcessService) -> None:
     try:
         service.reload()
+    except jsonrpc.RpcError:
+        pass  # a refused configuration, already logged in one line
     except Exception:
         LOG.exception("reload failed; the previous endpoints stay in service")
 

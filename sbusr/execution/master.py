@@ -223,6 +223,11 @@ class Master:
         ready = self._current_ready()
         return ready.methods if ready is not None else []
 
+    def reconfigure(self, conf: Any) -> None:
+        """After a config reload: the master's own mutable values (workers read the files anew)."""
+        self.max_tasks = conf.execution.max_tasks_per_child
+        self.call_timeout = conf.execution.call_timeout
+
     def reload(self) -> dict[str, Any]:
         """Start a new generation, switch to it once ready; returns after the switch."""
         with self._reload_lock:

@@ -64,6 +64,11 @@ class Executor:
     def default_timeout(self, adapter: dispatch.EndpointAdapter) -> float:
         return class_timeout(adapter.endpoint, self.call_timeout)
 
+    def reconfigure(self, conf: Any) -> None:
+        """Take the ``[execution]`` values a config reload may change (the options marked mutable);
+        the invokers :meth:`bind` makes next read the new ``call_timeout``."""
+        self.call_timeout = conf.execution.call_timeout
+
     def reload(self) -> dict[str, Any]:
         """Make newly started calls run freshly imported code; return a JSON-friendly summary."""
         return {}
@@ -172,6 +177,12 @@ class ThreadExecutor(Executor):
         error = hooks.run_hook(self.worker_init)
         if error is not None:
             LOG.error("worker_init %s failed in the server process: %s", self.worker_init, error)
+
+    def reconfigure(self, conf: Any) -> None:
+        super().reconfigure(conf)
+        if conf.execution.worker_init != self.worker_init:
+            self.worker_init = conf.execution.worker_init
+            self.start()  # a new hook runs once, as at start-up
 
     def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         default = self.default_timeout(adapter)

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sbusr.driver_smartbus import _title as notify_title  # the driver's rule, not a copy
+from sbusr import jsonrpc
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
@@ -49,20 +49,13 @@ DEFAULT_BEHAVIOUR = Behaviour(result='["ok"]')
 
 
 def _reply_title(request: dict[str, Any] | list[Any] | bytes) -> str | None:
-    """Title of the reply to expect, or None for a notification (no reply comes)."""
-    if isinstance(request, bytes):
-        try:
-            request = json.loads(request.decode("utf-8"))
-        except ValueError:
-            return notify_title(None)  # a parse error is answered with id null
-    if isinstance(request, dict):
-        return notify_title(request["id"]) if "id" in request else None
-    if isinstance(request, list):
-        for item in request:
-            if isinstance(item, dict) and "id" in item:
-                return notify_title(item["id"])
-        return notify_title(None) if request and not all(isinstance(i, dict) for i in request) else None
-    return notify_title(None)
+    """Title of the reply to expect, or None for a notification (no reply comes): the driver's rule."""
+    try:
+        text = (jsonrpc.decode_payload(request) if isinstance(request, bytes)
+                else json.dumps(request, ensure_ascii=False))
+    except jsonrpc.RpcError:
+        return jsonrpc.reply_title(None)  # undecodable: answered as a parse error, id null
+    return jsonrpc.reply_title_for(jsonrpc.parse(text).items)
 
 
 class FakeIpsc:
