@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sbusr import opts
 from sbusr.cmd import common
 
 
@@ -20,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     conf = common.prepare(rest, "sbusr-worker")
     from sbusr.execution import worker
 
-    return worker.serve(conf, ours.link_fd, common.transport_url(conf))
+    return worker.serve(conf, ours.link_fd, opts.transport_url(conf))
 
 
 if __name__ == "__main__":
