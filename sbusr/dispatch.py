@@ -13,7 +13,7 @@ explicitly configured code can replace a built-in method.
 
 Reserved method names (see ``jsonrpc.RESERVED_METHOD_NAMES``): ``target``, ``endpoint``, ``origin``
 and ``invoker`` are attributes of the adapter itself and are never dispatched (the JSON-RPC parser
-refuses them; pass :class:`AccessPolicy` to ``get_rpc_server`` for a second guard).
+refuses them; :func:`rpc_server` also passes :class:`AccessPolicy` as a second guard).
 
 Swapping in a reloaded registry: assign ``rpc_server.dispatcher.endpoints = new_registry.adapters``
 (the dispatcher reads that attribute once per message; do not mutate the old list in place).
@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+from oslo_messaging.rpc import server as rpc_server_module
 
 from sbusr import jsonrpc, opts
 
@@ -189,8 +190,7 @@ class EndpointAdapter:
                 else:
                     bound = bind(*positional, **kwargs)
                     args, kwargs = bound.args, bound.kwargs
-            except TypeError as exc:
-                LOG.info("Invalid params for %s: %s", full_name, exc)
+            except TypeError as exc:  # logged by Dispatcher, with the caller
                 raise _expected(jsonrpc.InvalidParams(f"Invalid params for {full_name}: {exc}")) from None
             try:
                 return adapter.invoker(fn, ctxt, args, kwargs)
@@ -229,6 +229,68 @@ class AccessPolicy(rpc_dispatcher.DefaultRPCAccessPolicy):
 
     def is_allowed(self, endpoint: Any, method: str) -> bool:
         return not method.startswith("_") and method not in RESERVED_NAMES
+
+
+# --------------------------------------------------------------------------- dispatcher and outcome log
+
+#: codes the execution layer logs itself (with the worker or thread it concerns): not logged twice
+_LOGGED_BELOW = frozenset({jsonrpc.CALL_TIMEOUT, jsonrpc.WORKER_CRASHED})
+_WARNING_CODES = frozenset({jsonrpc.SERVER_BUSY, jsonrpc.INTERNAL_ERROR})
+
+
+def _caller(ctxt: Any) -> str:
+    source = ctxt.get("source") if isinstance(ctxt, dict) else None
+    if isinstance(source, dict):
+        return f"{source.get('unit')}/{source.get('client')}"
+    return "?"
+
+
+class Dispatcher(rpc_dispatcher.RPCDispatcher):
+    """oslo's RPCDispatcher plus one log line per failed call; tracebacks only for the unexpected.
+
+    oslo's RPCServer logs ``NoSuchMethod``/``UnsupportedVersion`` and every exception that is not an
+    ``ExpectedException`` with ``LOG.exception`` (a newcomer's typo gave 16 ERROR lines ending in a
+    misleading "Endpoint does not support RPC version 1.0"), and an ``ExpectedException`` only at
+    DEBUG. So every failure leaves here as an ``ExpectedException`` after one line was written here:
+    expected outcomes (-32601, -32602, an ``RpcError`` raised on purpose, busy) at INFO/WARNING with
+    method, caller and code; a method's unexpected exception at ERROR with its traceback.
+    """
+
+    def dispatch(self, incoming: Any) -> Any:
+        try:
+            return super().dispatch(incoming)
+        except rpc_dispatcher.ExpectedException as exc:
+            error = exc.exc_info[1]
+            if isinstance(error, jsonrpc.RpcError):
+                self._log_expected(incoming, error)
+            raise
+        except (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion):
+            error = jsonrpc.MethodNotFound(f"Method not found: {self._name(incoming)}")
+            self._log_expected(incoming, error)
+            raise _expected(error) from None
+        except Exception as exc:
+            LOG.error("%s from %s raised %s", self._name(incoming), _caller(incoming.ctxt),
+                      type(exc).__name__, exc_info=True)
+            raise rpc_dispatcher.ExpectedException() from None  # keeps sys.exc_info(): the reply's error
+
+    @staticmethod
+    def _name(incoming: Any) -> str:
+        message = incoming.message
+        namespace, method = message.get("namespace"), str(message.get("method"))
+        return jsonrpc.cut(f"{namespace}.{method}" if namespace else method, jsonrpc.MAX_QUOTED_NAME)
+
+    def _log_expected(self, incoming: Any, error: jsonrpc.RpcError) -> None:
+        if error.code in _LOGGED_BELOW or isinstance(error, jsonrpc.MethodRaised):
+            return
+        LOG.log(logging.WARNING if error.code in _WARNING_CODES else logging.INFO, "%s from %s: %d %s",
+                self._name(incoming), _caller(incoming.ctxt), error.code,
+                jsonrpc.cut(error.message, jsonrpc.MAX_QUOTED_NAME))
+
+
+def rpc_server(transport: Any, target: oslo_messaging.Target, endpoints: list[Any]) -> Any:
+    """The standard oslo.messaging RPCServer (threading executor) with sbusr's :class:`Dispatcher`."""
+    dispatcher = Dispatcher(endpoints, None, AccessPolicy)
+    return rpc_server_module.RPCServer(transport, target, dispatcher, "threading")
 
 
 # --------------------------------------------------------------------------- registry

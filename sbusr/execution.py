@@ -491,7 +491,7 @@ class ProcessPool:
         data: dict[str, Any] = {"type": type_name}
         if self.debug:
             data["traceback"] = tb
-        raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, message, data)
+        raise jsonrpc.MethodRaised(message, data)  # logged above: the dispatcher does not log it again
 
     def _lost(self, worker: _Worker, label: str) -> jsonrpc.RpcError:
         """The worker's pipe broke mid-call: it died (or we are shutting down and killed it)."""

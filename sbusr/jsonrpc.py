@@ -48,6 +48,19 @@ WORKER_CRASHED = -32003
 #: endpoint method; a method whose last dotted part is one of these is never dispatched.
 RESERVED_METHOD_NAMES = frozenset({"target", "endpoint", "origin", "invoker"})
 
+#: characters of a caller-supplied name (a method) quoted in an error message
+MAX_QUOTED_NAME = 200
+#: characters of an error text (an exception's message) sent in a reply; with ASCII escapes even
+#: CJK text (6 bytes a character) stays well inside the 15,999-byte SmartBus NOTIFY
+MAX_ERROR_TEXT = 2000
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
 
 # --------------------------------------------------------------------------- exceptions
 
@@ -122,6 +135,13 @@ class ServerBusy(_FixedCodeError):
 class WorkerCrashed(_FixedCodeError):
     code = WORKER_CRASHED
     default_message = "Worker process crashed"
+
+
+class MethodRaised(_FixedCodeError):
+    """-32000 for an unexpected exception raised elsewhere (a worker process) and logged there."""
+
+    code = SERVER_ERROR
+    default_message = "Server error"
 
 
 # --------------------------------------------------------------------------- decoding / parsing
@@ -208,7 +228,7 @@ def _parse_one(obj: Any) -> Call | dict | None:
         if not has_id:
             LOG.warning("Dropping notification for undispatchable method %r", method[:200])
             return None
-        return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+        return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {cut(method, MAX_QUOTED_NAME)}")
     return Call(id=req_id, is_notification=not has_id, method=method, params=params)
 
 
@@ -270,13 +290,13 @@ def error_from_exception(exc: Any, debug: bool = False) -> tuple[int, str, Any]:
 
     exc = unwrap_exception(exc)
     if isinstance(exc, (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion)):
-        return METHOD_NOT_FOUND, f"Method not found: {exc.method}", None
+        return METHOD_NOT_FOUND, f"Method not found: {cut(str(exc.method), MAX_QUOTED_NAME)}", None
     if isinstance(exc, RpcError):
-        return exc.code, exc.message, exc.data
+        return exc.code, cut(exc.message, MAX_ERROR_TEXT), exc.data
     data: dict[str, Any] = {"type": _qualified_name(type(exc))}
     if debug:
         data["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return SERVER_ERROR, _safe_str(exc), data
+    return SERVER_ERROR, cut(_safe_str(exc), MAX_ERROR_TEXT), data
 
 
 # --------------------------------------------------------------------------- encoding

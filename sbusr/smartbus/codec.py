@@ -87,6 +87,8 @@ _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 #: limits the vendor library enforces; we enforce the same ones on encode
 MAX_NOTIFY_PARAM: Final = 15999
 MAX_FLOW_PARAMS: Final = 8000
+#: a NOTIFY title is char[102] with a terminating NUL: at most 101 bytes in the wire encoding
+MAX_NOTIFY_TITLE: Final = 101
 
 
 class CodecError(ValueError):
@@ -337,6 +339,17 @@ def _fixed(text: str, size: int, encoding: str, field: str) -> bytes:
     return raw
 
 
+def notify_title_problem(title: str, encoding: str = DEFAULT_ENCODING) -> str | None:
+    """Why ``title`` cannot be a NOTIFY title (empty, NUL, unencodable, too long), or None if it can."""
+    if not title:
+        return "title is empty"
+    try:
+        _fixed(title, MAX_NOTIFY_TITLE + 1, encoding, "title")
+    except CodecError as exc:
+        return str(exc)
+    return None
+
+
 def _cstr(raw: bytes) -> bytes:
     end = raw.find(b"\0")
     return raw if end < 0 else raw[:end]
@@ -487,8 +500,9 @@ def encode_notify(src: Address, dst: Address, msg: Notify, encoding: str = DEFAU
     param = _payload(msg.param, "notify param")
     if len(param) > MAX_NOTIFY_PARAM:
         raise CodecError(f"notify param is {len(param)} bytes; at most {MAX_NOTIFY_PARAM} fit")
+    title = _fixed(msg.title, MAX_NOTIFY_TITLE + 1, encoding, "title")
     fixed = _NOTIFY_FIXED.pack(CMD_NOTIFY, _fixed(msg.project, 32, encoding, "project"), msg.mode & 0xFF,
-                               msg.invoke_id, msg.expires, _fixed(msg.title, 102, encoding, "title"),
+                               msg.invoke_id, msg.expires, title,
                                len(param))
     return encode_packet(CMD_NOTIFY, CMDTYPE_SYSTEM, src, dst, fixed + param + b"\0\0")
 
