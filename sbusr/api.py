@@ -23,8 +23,8 @@ import asyncio
 import concurrent.futures
 import hmac
 import json
-import math
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any

@@ -48,8 +48,11 @@ from sbusr.smartbus.interface import (
     fail,
     resolve,
 )
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: malformed or impossible packets from the bus: one WARNING per sender and kind every 10 s
+BAD_PACKET_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 #: result wait used when invoke_flow(want_result=True) gets no result_timeout
 DEFAULT_RESULT_TIMEOUT = 60.0
@@ -408,7 +411,13 @@ class SmartBusClient:
         try:
             event = codec.decode_global_connect(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed global-connect packet from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "global connect"), "SmartBus: malformed global-connect packet from "
+                               "%s: %s", pkt.src, exc)
+            return
+        problem = codec.global_connect_problem(event)
+        if problem is not None:
+            BAD_PACKET_LOG.log((pkt.src, "notice"), "SmartBus: ignored a global-connect notice from %s about "
+                               "%d/%d type %d: %s", pkt.src, event.unit, event.client, event.type, problem)
             return
         me = self.address
         if event.unit == me.unit and event.client == me.client:
@@ -429,7 +438,8 @@ class SmartBusClient:
         try:
             msg = codec.decode_flow_ack(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed flow ack from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "flow ack"), "SmartBus: malformed flow ack from %s: %s", pkt.src,
+                               exc)
             return
         entry = self._pending.get(msg.invoke_id)
         if entry is None or entry.ack_timer is None:
@@ -453,7 +463,8 @@ class SmartBusClient:
         try:
             msg = codec.decode_flow_result(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed flow result from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "flow result"), "SmartBus: malformed flow result from %s: %s",
+                               pkt.src, exc)
             return
         entry = self._pending.get(msg.invoke_id)
         if entry is None or entry.result_timer is None or entry.invocation.result is None:

@@ -476,6 +476,20 @@ def encode_global_connect(src: Address, dst: Address, event: GlobalConnect, repl
     return encode_packet(cmd, CMDTYPE_SYSTEM, src, dst, body)
 
 
+GC_STATUSES: Final = (GC_DISCONNECTED, GC_CONNECTED, GC_EXISTING)
+
+
+def global_connect_problem(event: GlobalConnect) -> str | None:
+    """Why a decoded notice cannot describe a real client (unit outside 0-47, bad id, unknown status)."""
+    if event.unit not in IPSC_UNITS and event.unit not in NET_CLIENT_UNITS:
+        return f"unit {event.unit} outside 0-47"
+    if event.client < 0:
+        return f"negative client id {event.client}"
+    if event.status not in GC_STATUSES:
+        return f"unknown status {event.status}"
+    return None
+
+
 def decode_global_connect(body: bytes, encoding: str = DEFAULT_ENCODING) -> GlobalConnect:
     if len(body) != GLOBAL_CONNECT_SIZE:  # the vendor library insists on exactly 281
         raise CodecError(f"GLOBAL_CONNECT body must be {GLOBAL_CONNECT_SIZE} bytes, got {len(body)}")

@@ -50,8 +50,11 @@ from sbusr.smartbus.interface import (
     fail,
     resolve,
 )
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: impossible global-connect notices: one WARNING per kind every 10 s (the callback names no sender)
+NOTICE_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 TRACE_LOG = logging.getLogger(__name__ + ".lib")
 
 PACKAGE = "hesong.ipsc.busnetcli"
@@ -587,10 +590,15 @@ class VendorClient:
             if h.on_disconnect:
                 h.on_disconnect()
         elif isinstance(event, GlobalConnectEvent):
-            if h.on_global_connect:
-                h.on_global_connect(GlobalConnect(event.unit, event.client, event.type, event.access_point,
-                                                  event.status,
-                                                  c_text(event.add_info, enc)))
+            notice = GlobalConnect(event.unit, event.client, event.type, event.access_point, event.status,
+                                   c_text(event.add_info, enc))
+            problem = codec.global_connect_problem(notice)
+            if problem is not None:  # the library passes on whatever the bus sent
+                NOTICE_LOG.log("notice", "vendor client %s: ignored a global-connect notice about %d/%d "
+                               "type %d: %s", self.config.address, event.unit, event.client, event.type,
+                               problem)
+            elif h.on_global_connect:
+                h.on_global_connect(notice)
 
     def _flow_event(self, event: FlowReplyEvent) -> None:
         enc = self.config.encoding
