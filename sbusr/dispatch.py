@@ -268,9 +268,9 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
             error = jsonrpc.MethodNotFound(f"Method not found: {self._name(incoming)}")
             self._log_expected(incoming, error)
             raise _expected(error) from None
-        except Exception as exc:
-            LOG.error("%s from %s raised %s", self._name(incoming), _caller(incoming.ctxt),
-                      type(exc).__name__, exc_info=True)
+        except Exception:
+            LOG.error("%s from %s raised an unexpected exception", self._name(incoming),
+                      _caller(incoming.ctxt), exc_info=True)
             raise rpc_dispatcher.ExpectedException() from None  # keeps sys.exc_info(): the reply's error
 
     @staticmethod
