@@ -416,8 +416,9 @@ class SmartBusClient:
             return
         problem = codec.global_connect_problem(event)
         if problem is not None:
-            BAD_PACKET_LOG.log((pkt.src, "notice"), "SmartBus: ignored a global-connect notice from %s about "
-                               "%d/%d type %d: %s", pkt.src, event.unit, event.client, event.type, problem)
+            # keyed by kind only: a notice's src names its subject, and all of them come over the bus link
+            BAD_PACKET_LOG.log("notice", "SmartBus: ignored a global-connect notice about %d/%d type %d: %s",
+                               event.unit, event.client, event.type, problem)
             return
         me = self.address
         if event.unit == me.unit and event.client == me.client:
