@@ -238,7 +238,8 @@ _LOGGED_BELOW = frozenset({jsonrpc.CALL_TIMEOUT, jsonrpc.WORKER_CRASHED})
 _WARNING_CODES = frozenset({jsonrpc.SERVER_BUSY, jsonrpc.INTERNAL_ERROR})
 
 
-def _caller(ctxt: Any) -> str:
+def caller_of(ctxt: Any) -> str:
+    """"unit/client" of the SmartBus caller in a request context, "?" when it has none."""
     source = ctxt.get("source") if isinstance(ctxt, dict) else None
     if isinstance(source, dict):
         return f"{source.get('unit')}/{source.get('client')}"
@@ -270,7 +271,7 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
             raise _expected(error) from None
         except Exception:
             LOG.error("%s from %s raised an unexpected exception", self._name(incoming),
-                      _caller(incoming.ctxt), exc_info=True)
+                      caller_of(incoming.ctxt), exc_info=True)
             raise rpc_dispatcher.ExpectedException() from None  # keeps sys.exc_info(): the reply's error
 
     @staticmethod
@@ -283,7 +284,7 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
         if error.code in _LOGGED_BELOW or isinstance(error, jsonrpc.MethodRaised):
             return
         LOG.log(logging.WARNING if error.code in _WARNING_CODES else logging.INFO, "%s from %s: %d %s",
-                self._name(incoming), _caller(incoming.ctxt), error.code,
+                self._name(incoming), caller_of(incoming.ctxt), error.code,
                 jsonrpc.cut(error.message, jsonrpc.MAX_QUOTED_NAME))
 
 

@@ -30,7 +30,11 @@ from collections import abc
 from dataclasses import dataclass
 from typing import Any
 
+from sbusr.smartbus.ratelog import RateLimitedLog
+
 LOG = logging.getLogger(__name__)
+#: notifications get no reply, so a flood of bad ones could only flood the log: one line per 10 s
+_DROPPED_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 VERSION = "2.0"
 
@@ -226,7 +230,8 @@ def _parse_one(obj: Any) -> Call | dict | None:
         return error_response(req_id, INVALID_REQUEST, "Invalid Request: params must be an array or object")
     if not is_dispatchable_name(method):
         if not has_id:
-            LOG.warning("Dropping notification for undispatchable method %r", method[:200])
+            _DROPPED_LOG.log("undispatchable", "Dropping notification for undispatchable method %r",
+                             cut(method, MAX_QUOTED_NAME))
             return None
         return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {cut(method, MAX_QUOTED_NAME)}")
     return Call(id=req_id, is_notification=not has_id, method=method, params=params)

@@ -21,7 +21,7 @@ from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
 from sbusr.smartbus.threaded import ThreadedClient
 
-START_TIMEOUT = 10.0
+START_TIMEOUT = 60.0  # returns as soon as ready; generous for a busy machine
 
 
 @dataclass(frozen=True, slots=True)
