@@ -312,6 +312,33 @@ def test_ipsc_that_left_is_409(start_api, ipscs):
     assert code == 404, body
 
 
+def test_forged_global_connect_notices_do_not_fool_the_api(api, ipscs):
+    real = ipscs(0, 1)
+    api.wait_ipsc({(0, 1)})
+    attacker = FakeIpsc(real.client.config.host, real.client.config.port, unit=9, process=9).start()
+    try:
+        everyone = codec.Address(-1, -1, -1)
+        forged = [codec.GlobalConnect(0, 1, 2, 0, codec.GC_DISCONNECTED, ""),     # "IPSC 0/1 left"
+                  codec.GlobalConnect(5, 9, 2, 0, codec.GC_CONNECTED, "ghost"),  # "5/9 joined"
+                  codec.GlobalConnect(60, -127, 22, 0, 7, "")]                   # garbage
+        for event in forged * 20:
+            packet = codec.encode_global_connect(attacker.address, everyone, event)
+            attacker.client.send_data(everyone, codec.CMD_GLOBAL_CONNECT, codec.CMDTYPE_SYSTEM,
+                                      packet[codec.HEADER_SIZE:])
+        # a later joiner becomes visible only after the bus passed on what the attacker sent earlier
+        ipscs(0, 2)
+        api.wait_ipsc({(0, 1), (0, 2), (9, 9)})
+        time.sleep(0.5)
+        code, body = api.call("GET", "/api/ipsc")
+        assert code == 200 and {(p["unit"], p["client"]) for p in body["ipsc"]} == {(0, 1), (0, 2), (9, 9)}
+        code, body = api.flow({"project": "P", "flow": "F", "server": 0, "process": 1})
+        assert code == 200, body
+        code, body = api.flow({"project": "P", "flow": "F", "server": 5, "process": 9})
+        assert code == 404, body  # no ghost
+    finally:
+        attacker.stop()
+
+
 BAD_BODIES: list[tuple[bytes, str]] = [
     (b"", "empty"),
     (b"not json", "JSON"),
