@@ -66,9 +66,17 @@ def test_short_run_reports_every_phase_with_answered_calls():
     assert "executor hop" in done.stderr
 
 
+def _interruptible() -> None:
+    """preexec_fn: Ctrl-C as a terminal delivers it. A suite started in the background of a non-interactive
+    shell (CI scripts, ``make test &``) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: the bench would run to its end instead of stopping (the "timed out" failure)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_child():
     proc = subprocess.Popen([sys.executable, "-m", "sbusr.bench", "--duration", "30", "--concurrency", "2",
-                             "--phases", "null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--phases", "null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_interruptible)
     try:
         kids: list[int] = []
         deadline = time.monotonic() + 120  # generous: a busy 2-core machine starts Python slowly
