@@ -3,8 +3,12 @@
 Stands in for the vendor's SmartBus server on a developer machine and in tests.  It
 behaves like the toy bus the vendor library was verified against
 (shared/smartbus-protocol.md §12), with limits added so that a misbehaving peer
-(garbage, absurd sizes, a reader that never reads, silence) only loses its own
-connection while everyone else keeps being served.
+(garbage, absurd sizes, a reader that never reads, silence, more than its share of
+the memory budget) only loses its own connection while everyone else keeps being
+served, and checks so that no client can lie to the others: only the bus sends
+GLOBAL_CONNECT notices, a cmd-10 reply describes its sender and goes to a newcomer
+announced to it, and every packet carries its sender's registered address as src
+(see docs/smartbus-protocol-notes.md, "Trust").
 
 The per-packet path is kept short on purpose: a benchmark measures round trips
 through it, and vendor clients send about 1000 heartbeats per second each.
