@@ -372,6 +372,8 @@ class SmartBusDriver(base.BaseDriver):
         # read per request: look them up once (oslo.config lookups are not free)
         self.debug = bool(getattr(conf, "debug", False) or conf.server.expose_tracebacks)
         self.max_request_size = conf.smartbus.max_request_size
+        # ASCII text keeps its length in the wire encoding (GBK, UTF-8 ...): titles can be checked cheaply
+        self._ascii_titles = "Az09-_".encode(self._config.encoding, errors="replace") == b"Az09-_"
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
 
@@ -452,7 +454,11 @@ class SmartBusDriver(base.BaseDriver):
         if isinstance(item, jsonrpc.Call):
             if item.is_notification:
                 return item
-            problem = codec.notify_title_problem(_title(item.id), self._config.encoding)
+            title = _title(item.id)
+            if (self._ascii_titles and len(title) <= codec.MAX_NOTIFY_TITLE and title.isascii()
+                    and "\0" not in title):
+                return item  # the common case, without encoding the title
+            problem = codec.notify_title_problem(title, self._config.encoding)
             if problem is None:
                 return item
             return jsonrpc.error_response(
