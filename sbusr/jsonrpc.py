@@ -30,11 +30,8 @@ from collections import abc
 from dataclasses import dataclass
 from typing import Any
 
-from sbusr.smartbus.ratelog import RateLimitedLog
-
 LOG = logging.getLogger(__name__)
-#: notifications get no reply, so a flood of bad ones could only flood the log: one line per 10 s
-_DROPPED_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
+_dropped_log: Any = None
 
 VERSION = "2.0"
 
@@ -230,11 +227,21 @@ def _parse_one(obj: Any) -> Call | dict | None:
         return error_response(req_id, INVALID_REQUEST, "Invalid Request: params must be an array or object")
     if not is_dispatchable_name(method):
         if not has_id:
-            _DROPPED_LOG.log("undispatchable", "Dropping notification for undispatchable method %r",
-                             cut(method, MAX_QUOTED_NAME))
+            _log_dropped(method)
             return None
         return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {cut(method, MAX_QUOTED_NAME)}")
     return Call(id=req_id, is_notification=not has_id, method=method, params=params)
+
+
+def _log_dropped(method: str) -> None:
+    """Notifications get no reply, so a flood of bad ones could only flood the log: one line per 10 s."""
+    global _dropped_log
+    if _dropped_log is None:
+        # imported here: sbusr.decorators imports this module and must not pull in the bus package
+        from sbusr.smartbus.ratelog import RateLimitedLog
+        _dropped_log = RateLimitedLog(LOG, logging.WARNING, 10.0)
+    _dropped_log.log("undispatchable", "Dropping notification for undispatchable method %r",
+                     cut(method, MAX_QUOTED_NAME))
 
 
 def parse(text: str) -> Parsed:
