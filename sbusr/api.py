@@ -24,6 +24,7 @@ import concurrent.futures
 import hmac
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,8 @@ HEALTH_PING_TIMEOUT = 2.0
 #: project and flow are char[32] on the wire, NUL-terminated
 NAME_MAX_BYTES = 31
 FLOW_FIELDS = frozenset({"server", "process", "project", "flow", "params", "wait"})
+#: arrays/objects nested deeper than this in a request body are refused (400), never a RecursionError
+MAX_JSON_DEPTH = 32
 _TRUE = frozenset({"1", "true", "yes", "on", ""})  # a bare ?wait means on
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -216,9 +219,13 @@ def parse_flow_request(raw: bytes, encoding: str, wait_flag: bool = False) -> di
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the C scanner's own depth limit; never a 500
+        raise ApiError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise ApiError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
     unknown = sorted(set(body) - FLOW_FIELDS)
@@ -247,6 +254,31 @@ def parse_flow_request(raw: bytes, encoding: str, wait_flag: bool = False) -> di
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    """JSON numbers beyond a double (``1e999``) would reach the IPSC as null: refuse them."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True if arrays/objects nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 # ---------------------------------------------------------------------------- handlers

@@ -27,8 +27,11 @@ from sbusr import jsonrpc, opts
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: malformed packets from a peer: one WARNING per sender and kind every 10 s, with a count of the rest
+BAD_PACKET_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 RequestSink = Callable[[Packet], None]
 
@@ -232,7 +235,7 @@ class BusConnection:
         try:
             notify = codec.decode_notify(packet.body, self.encoding)
         except codec.CodecError as exc:
-            LOG.warning("bad NOTIFY from %s: %s", packet.src, exc)
+            BAD_PACKET_LOG.log((packet.src, "notify"), "bad NOTIFY from %s: %s", packet.src, exc)
             return
         if not self._deliver_reply(notify.title, notify.param):
             LOG.debug("NOTIFY %r from %s matches no pending call", notify.title, packet.src)

@@ -38,8 +38,11 @@ from sbusr.connection import BusConnection, ReplyTimeout
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: requests answered by the driver itself (malformed, busy): one line per caller and code every 10 s
+_OUTCOME_LOG = RateLimitedLog(LOG, logging.INFO, 10.0)
 
 __all__ = ["RemoteError", "SmartBusDriver", "client_config_from_url"]
 
@@ -149,26 +152,43 @@ class _Responder:
     def fill_failure(self, slot: int, request_id: Any, exc: BaseException, method: str) -> None:
         code, message, data = jsonrpc.error_from_exception(exc, self._debug)
         if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
-            message = f"Method not found: {method}"
+            message = f"Method not found: {jsonrpc.cut(method, jsonrpc.MAX_QUOTED_NAME)}"
         self.fill(slot, jsonrpc.error_response(request_id, code, message, data))
 
     def _send(self, response: dict[str, Any] | list[dict[str, Any]]) -> None:
         body = jsonrpc.dumps(response)
         if len(body) > codec.MAX_NOTIFY_PARAM:
-            LOG.error("reply %r to %s is %d bytes; a NOTIFY carries at most %d", self._title, self._to,
-                      len(body), codec.MAX_NOTIFY_PARAM)
-            body = jsonrpc.dumps(_too_large(response, len(body)))
+            LOG.warning("reply %r to %s is %d bytes; a NOTIFY carries at most %d: answering -32603",
+                        self._title, self._to, len(body), codec.MAX_NOTIFY_PARAM)
+            body = _too_large(response, len(body))
         try:
             self._conn.send_reply(self._to, self._title, body)
         except (BusError, codec.CodecError) as exc:
             LOG.error("could not send reply %r to %s: %s", self._title, self._to, exc)
 
 
-def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> Any:
+def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> bytes:
+    """The -32603 sent instead of a reply over the NOTIFY limit; always fits.
+
+    A batch gets one error per call while that array fits, else a single error object (id = the
+    first reply's, the id the flow waits on): a fallback that is itself too big would leave the
+    flow waiting for nothing. Ids always fit: they were checked to be valid titles (<= 101 bytes).
+    """
     message = f"response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM}"
-    if isinstance(response, list):
-        return [jsonrpc.error_response(r.get("id"), jsonrpc.INTERNAL_ERROR, message) for r in response]
-    return jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message)
+    if not isinstance(response, list):
+        return jsonrpc.dumps(jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message))
+    body = jsonrpc.dumps([jsonrpc.error_response(r.get("id"), jsonrpc.INTERNAL_ERROR, message)
+                          for r in response])
+    if len(body) <= codec.MAX_NOTIFY_PARAM:
+        return body
+    first = response[0].get("id") if response else None
+    body = jsonrpc.dumps(jsonrpc.error_response(
+        first, jsonrpc.INTERNAL_ERROR,
+        f"batch response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM} and "
+        f"even one error per call ({len(response)} calls) does not fit: send fewer calls per batch"))
+    if len(body) <= codec.MAX_NOTIFY_PARAM:
+        return body
+    return jsonrpc.dumps(jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, message))  # cannot happen
 
 
 _serving = threading.local()
@@ -300,8 +320,9 @@ class SmartBusListener(base.Listener):
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
             return
         if not self._admission.try_enter():
-            LOG.warning("request from %s refused: %d requests already waiting or running", packet.src,
-                        self._limit)
+            _OUTCOME_LOG.log(("busy", packet.src), "request from %s refused with %d: %d requests already "
+                             "waiting or running", packet.src, jsonrpc.SERVER_BUSY, self._limit,
+                             level=logging.WARNING)
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later")
             return
         for message in self._admit(self._driver.incoming_from_packet(packet)):
@@ -341,6 +362,8 @@ class SmartBusDriver(base.BaseDriver):
         # read per request: look them up once (oslo.config lookups are not free)
         self.debug = bool(getattr(conf, "debug", False) or conf.server.expose_tracebacks)
         self.max_request_size = conf.smartbus.max_request_size
+        # ASCII text keeps its length in the wire encoding (GBK, UTF-8 ...): titles can be checked cheaply
+        self._ascii_titles = "Az09-_".encode(self._config.encoding, errors="replace") == b"Az09-_"
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
 
@@ -382,7 +405,8 @@ class SmartBusDriver(base.BaseDriver):
         parsed = self._decode(packet)
         if not parsed.items:
             return []
-        answerable = [item for item in parsed.items
+        items = [self._titled(item) for item in parsed.items]
+        answerable = [item for item in items
                       if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
         responder = None
         title = jsonrpc.reply_title_for(parsed.items)
@@ -392,9 +416,12 @@ class SmartBusDriver(base.BaseDriver):
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0
-        for item in parsed.items:
+        for item in items:
             if not isinstance(item, jsonrpc.Call):
                 assert responder is not None
+                error = item["error"]
+                _OUTCOME_LOG.log((packet.src, error["code"]), "request from %s answered %d: %s", packet.src,
+                                 error["code"], jsonrpc.cut(error["message"], jsonrpc.MAX_QUOTED_NAME))
                 responder.fill(slot, item)
                 slot += 1
                 continue
@@ -406,6 +433,31 @@ class SmartBusDriver(base.BaseDriver):
                 incoming.append(SmartBusIncomingMessage(ctxt, message, item.id, responder, slot))
                 slot += 1
         return incoming
+
+    def _titled(self, item: jsonrpc.Call | dict[str, Any]) -> jsonrpc.Call | dict[str, Any]:
+        """Apply the title rule: an id that cannot be a NOTIFY title is never run, and answered under "null".
+
+        The flow waits on the id as the NOTIFY title (char[102] in the wire encoding); such a reply could
+        not be sent at all, so the caller gets -32600 with id null, under the title "null".
+        """
+        if isinstance(item, jsonrpc.Call):
+            if item.is_notification:
+                return item
+            title = jsonrpc.reply_title(item.id)
+            if (self._ascii_titles and len(title) <= codec.MAX_NOTIFY_TITLE and title.isascii()
+                    and "\0" not in title):
+                return item  # the common case, without encoding the title
+            problem = codec.notify_title_problem(title, self._config.encoding)
+            if problem is None:
+                return item
+            return jsonrpc.error_response(
+                None, jsonrpc.INVALID_REQUEST,
+                f"Invalid Request: id cannot be a SmartBus notify title ({problem}; "
+                f"at most {codec.MAX_NOTIFY_TITLE} bytes in {self._config.encoding}, no NUL)")
+        if item.get("id") is not None and codec.notify_title_problem(jsonrpc.reply_title(item["id"]),
+                                                                     self._config.encoding):
+            return {**item, "id": None}
+        return item
 
     def reject(self, packet: Packet, code: int, message: str) -> None:
         """Answer every call in ``packet`` with one error (used while shutting down or when full)."""

@@ -44,8 +44,7 @@ class Service:
         address = f"{identity.unit_id}:{identity.client_id}"
         target = oslo_messaging.Target(topic=conf.server.topic, server=address)
         # the threading executor is oslo.messaging's default (and soon its only one)
-        self.server = oslo_messaging.get_rpc_server(self.transport, target, self.registry.adapters,
-                                                    access_policy=dispatch.AccessPolicy)
+        self.server = dispatch.rpc_server(self.transport, target, self.registry.adapters)
         self.address = address
 
     def start(self) -> None:
