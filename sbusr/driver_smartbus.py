@@ -409,7 +409,7 @@ class SmartBusDriver(base.BaseDriver):
         answerable = [item for item in items
                       if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
         responder = None
-        title = jsonrpc.reply_title_for(parsed.items)
+        title = jsonrpc.reply_title_for(items)  # after the title rule: a bad id is answered under "null"
         if title is not None:
             responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
                                    self.debug)
