@@ -31,7 +31,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging._drivers import base
 
-from sbusr import jsonrpc, opts
+from sbusr import jsonrpc, metrics, opts
 from sbusr.connection import BusConnection, IpscUnavailable
 from sbusr.dispatch import POSITIONAL_KEY, oslo_message
 from sbusr.smartbus import codec
@@ -127,50 +127,72 @@ class _Responder:
 
     A single call is answered as soon as it replies; a batch once every member
     with an id has replied (invalid members are answered with their errors).
+    With ``metrics``, every reply sent is counted there, under the method it answers.
     """
 
-    __slots__ = ("_batch", "_conn", "_debug", "_lock", "_missing", "_slots", "_title", "_to")
+    __slots__ = ("_batch", "_conn", "_debug", "_lock", "_methods", "_metrics", "_missing", "_slots",
+                 "_started", "_title", "_to")
 
     def __init__(self, conn: BusConnection, to: Address, title: str, batch: bool, size: int,
-                 debug: bool) -> None:
+                 debug: bool, recorder: metrics.RequestMetrics | None = None) -> None:
         self._conn = conn
         self._to = to
         self._title = title
         self._batch = batch
         self._slots: list[dict[str, Any] | None] = [None] * size
+        self._methods = [metrics.UNKNOWN_METHOD] * size if batch else None
         self._missing = size
         self._lock = threading.Lock()
         self._debug = debug
+        self._metrics = recorder
+        self._started = recorder.request_received(size) if recorder is not None else 0.0
 
-    def fill(self, slot: int, response: dict[str, Any]) -> None:
+    def fill(self, slot: int, response: dict[str, Any], method: str = metrics.UNKNOWN_METHOD) -> None:
         if not self._batch:
-            self._send(response)
+            sent = self._send(response)
+            if self._metrics is not None:
+                self._record(method, sent)
             return
         with self._lock:
             self._slots[slot] = response
+            self._methods[slot] = method  # type: ignore[index]
             self._missing -= 1
             done = self._missing == 0
         if done:
             answers = [r for r in self._slots if r is not None]
             if answers:
-                self._send(answers)
+                sent = self._send(answers)
+                if self._metrics is not None:
+                    for name, answer in zip(self._methods, sent, strict=True):  # type: ignore[arg-type]
+                        self._record(name, answer)
 
     def fill_failure(self, slot: int, request_id: Any, exc: BaseException, method: str) -> None:
         code, message, data = jsonrpc.error_from_exception(exc, self._debug)
         if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
             message = f"Method not found: {method}"
-        self.fill(slot, jsonrpc.error_response(request_id, code, message, data))
+        self.fill(slot, jsonrpc.error_response(request_id, code, message, data), method)
 
-    def _send(self, response: dict[str, Any] | list[dict[str, Any]]) -> None:
+    def _record(self, method: str, response: dict[str, Any]) -> None:
+        error = response.get("error")
+        if error is None:
+            self._metrics.request_done(method, None, self._started)  # type: ignore[union-attr]
+        else:
+            self._metrics.request_done(method, error.get("code"), self._started,  # type: ignore[union-attr]
+                                       f"{self._to.unit}:{self._to.client}", error.get("message"))
+
+    def _send(self, response: Any) -> Any:
+        """Send ``response`` (or, when too large, the error that replaces it); returns what was sent."""
         body = jsonrpc.dumps(response)
         if len(body) > codec.MAX_NOTIFY_PARAM:
             LOG.error("reply %r to %s is %d bytes; a NOTIFY carries at most %d", self._title, self._to,
                       len(body), codec.MAX_NOTIFY_PARAM)
-            body = jsonrpc.dumps(_too_large(response, len(body)))
+            response = _too_large(response, len(body))
+            body = jsonrpc.dumps(response)
         try:
             self._conn.send_reply(self._to, self._title, body)
         except (BusError, codec.CodecError) as exc:
             LOG.error("could not send reply %r to %s: %s", self._title, self._to, exc)
+        return response
 
 
 def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> Any:
@@ -230,7 +252,8 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
         if error is not None:
             self._responder.fill_failure(self._slot, self._request_id, error, self.full_method)
         else:
-            self._responder.fill(self._slot, jsonrpc.result_response(self._request_id, result))
+            self._responder.fill(self._slot, jsonrpc.result_response(self._request_id, result),
+                                 self.full_method)
         return True
 
     def acknowledge(self) -> None:
@@ -353,6 +376,8 @@ class SmartBusDriver(base.BaseDriver):
         self.max_request_size = conf.smartbus.max_request_size
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
+        #: where answered calls are counted: this process's request metrics once it listens
+        self.metrics: metrics.RequestMetrics | None = None
 
     @property
     def connection(self) -> BusConnection:
@@ -370,6 +395,7 @@ class SmartBusDriver(base.BaseDriver):
 
     def listen(self, target: oslo_messaging.Target, batch_size: int,
                batch_timeout: float | None) -> SmartBusListener:
+        self.metrics = metrics.requests()
         return SmartBusListener(self)
 
     def listen_for_notifications(self, targets_and_priorities: Any, pool: Any, batch_size: int,
@@ -399,7 +425,7 @@ class SmartBusDriver(base.BaseDriver):
             first = answerable[0]
             title = _title(first.id if isinstance(first, jsonrpc.Call) else first.get("id"))
             responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
-                                   self.debug)
+                                   self.debug, self.metrics)
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0
