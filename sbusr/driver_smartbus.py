@@ -8,7 +8,8 @@ goes back to the requesting process as a NOTIFY whose title is the request id.
 Sender side: ``RPCClient`` on this transport addresses three topics:
 
 * ``ipsc``  -- ``call(ctxt, "start_flow", project=, flow=, params=[], server=None,
-  process=None, wait=False, ack_timeout=, result_timeout=)`` starts an IPSC flow;
+  process=None, wait=False, ack_timeout=, result_timeout=)`` starts an IPSC flow (the answer
+  carries ``ack_seconds``, the time the IPSC took to acknowledge);
 * ``bus``   -- ``call(ctxt, "peers")`` / ``call(ctxt, "status")`` answer locally;
 * anything else with ``server="unit:client"`` -- a JSON-RPC call to another
   sbusr-server over the bus (used by the HTTP API's /sys/reset).
@@ -23,6 +24,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -485,6 +487,7 @@ class SmartBusDriver(base.BaseDriver):
         wait = bool(args.get("wait"))
         ack_timeout = float(args.get("ack_timeout") or timeout or 15.0)
         result_timeout = float(args.get("result_timeout") or ack_timeout)
+        sent = time.monotonic()
         invocation = conn.client.invoke_flow(peer.unit, peer.client, str(args["project"]), str(args["flow"]),
                                              params, want_result=wait, ack_timeout=ack_timeout,
                                              result_timeout=result_timeout if wait else None)
@@ -496,7 +499,8 @@ class SmartBusDriver(base.BaseDriver):
             raise oslo_messaging.MessagingTimeout(f"IPSC {peer.unit}/{peer.client} did not acknowledge "
                                                   f"the flow within {ack_timeout:g} s") from None
         answer: dict[str, Any] = {"server": peer.unit, "process": peer.client,
-                                  "invoke_id": invocation.invoke_id, "ack": ack.ack, "message": ack.message}
+                                  "invoke_id": invocation.invoke_id, "ack": ack.ack, "message": ack.message,
+                                  "ack_seconds": round(time.monotonic() - sent, 6)}
         if ack.ack != codec.FLOW_ACK_OK:
             raise FlowRejected(ack.ack, ack.message, ack.source)
         if wait and invocation.result is not None:
