@@ -560,13 +560,13 @@ class StatusLoginHandler(StatusAuthMixin, BodyHandler):
         form = urllib.parse.parse_qs(self.body().decode("utf-8", errors="replace"))
         supplied = (form.get("token") or [""])[0]
         if not self.api.conf.api.auth_token:
-            self.redirect("../status", status=303)
+            self.redirect("/status", status=303)
             return
         if not self.token_matches(supplied):
             self.html("login.html", 401, "That token is not valid.")
             return
         self.remember_login()
-        self.redirect("../status", status=303)
+        self.redirect("/status", status=303)
 
 
 class StatusLogoutHandler(StatusAuthMixin):
@@ -574,7 +574,7 @@ class StatusLogoutHandler(StatusAuthMixin):
 
     def get(self) -> None:
         self.clear_cookie(STATUS_COOKIE, path="/status")
-        self.redirect("../status", status=303)
+        self.redirect("/status", status=303)
 
 
 class StatusDataHandler(StatusAuthMixin):
