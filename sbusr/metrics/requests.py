@@ -50,6 +50,9 @@ class RequestMetrics:
         self._sample_lock = threading.Lock()
         self._restarts_seen: dict[str, int] = {}
         self._reload_count = 0
+        # registered before the gauges and counters below, which a registry collects in that order:
+        # collect() samples the execution stats into them first, so a scrape never shows stale ones
+        registry.register(self)
         self._queued = Gauge("sbusr_requests_queued", "Requests received and waiting for a worker.",
                              registry=registry)
         self._workers = Gauge("sbusr_workers", "Workers (threads or processes) by state.", ["state"],
@@ -62,7 +65,6 @@ class RequestMetrics:
             self._workers.labels(state)
         for reason in RESTART_REASONS:
             self._restarts.labels(reason)
-        registry.register(self)
 
     # ------------------------------------------------------------------ the request path
 
