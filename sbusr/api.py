@@ -476,9 +476,9 @@ def flow_outcome(exc: BaseException) -> str:
 class MetricsHandler(BaseHandler):
     """GET /metrics: this process's Prometheus metrics; a token only with ``[api] metrics_need_token``."""
 
-    @property
-    def requires_auth(self) -> bool:  # type: ignore[override]
-        return bool(self.api.conf.api.metrics_need_token)
+    def prepare(self) -> None:
+        if self.api.conf.api.metrics_need_token:
+            super().prepare()
 
     def get(self) -> None:
         body, content_type = metrics.render()
@@ -498,8 +498,8 @@ def status_cookie_value(token: str) -> str:
     return hmac.new(token.encode(), b"sbusr status page", hashlib.sha256).hexdigest()
 
 
-class StatusAuthMixin(BaseHandler):
-    """The status routes accept the bearer header like every route, or the cookie the login sets."""
+class StatusHandler(BaseHandler):
+    """Base of the status routes: they accept the bearer header like every route, or the login's cookie."""
 
     requires_auth = False  # checked by :meth:`authorised` instead
 
@@ -534,7 +534,7 @@ class StatusAuthMixin(BaseHandler):
         self.finish(page.replace("__NONCE__", nonce).replace("__ERROR__", tornado.escape.xhtml_escape(error)))
 
 
-class StatusPageHandler(StatusAuthMixin):
+class StatusPageHandler(StatusHandler):
     """GET /status: the page (or the login form); ``?token=`` logs in once and is dropped from the URL."""
 
     def get(self) -> None:
@@ -553,7 +553,7 @@ class StatusPageHandler(StatusAuthMixin):
 
 
 @tornado.web.stream_request_body
-class StatusLoginHandler(StatusAuthMixin, BodyHandler):
+class StatusLoginHandler(StatusHandler, BodyHandler):
     """POST /status/login: the login form's token, checked and kept in a cookie."""
 
     def post(self) -> None:
@@ -569,7 +569,7 @@ class StatusLoginHandler(StatusAuthMixin, BodyHandler):
         self.redirect("/status", status=303)
 
 
-class StatusLogoutHandler(StatusAuthMixin):
+class StatusLogoutHandler(StatusHandler):
     """GET /status/logout: forget the cookie."""
 
     def get(self) -> None:
@@ -577,7 +577,7 @@ class StatusLogoutHandler(StatusAuthMixin):
         self.redirect("/status", status=303)
 
 
-class StatusDataHandler(StatusAuthMixin):
+class StatusDataHandler(StatusHandler):
     """GET /status/data: what the page shows, as JSON: the bus link, the IPSCs, sbusr-server's sys.stats."""
 
     def prepare(self) -> None:

@@ -129,10 +129,10 @@ class _Responder:
 
     A single call is answered as soon as it replies; a batch once every member
     with an id has replied (invalid members are answered with their errors).
-    With ``metrics``, every reply sent is counted there, under the method it answers.
+    With a ``recorder``, every reply sent is counted there, under the method it answers.
     """
 
-    __slots__ = ("_batch", "_conn", "_debug", "_lock", "_methods", "_metrics", "_missing", "_slots",
+    __slots__ = ("_batch", "_conn", "_debug", "_lock", "_methods", "_missing", "_recorder", "_slots",
                  "_started", "_title", "_to")
 
     def __init__(self, conn: BusConnection, to: Address, title: str, batch: bool, size: int,
@@ -142,31 +142,32 @@ class _Responder:
         self._title = title
         self._batch = batch
         self._slots: list[dict[str, Any] | None] = [None] * size
-        self._methods = [metrics.UNKNOWN_METHOD] * size if batch else None
+        self._methods = [metrics.UNKNOWN_METHOD] * size if batch else []  # per slot, for the metrics
         self._missing = size
         self._lock = threading.Lock()
         self._debug = debug
-        self._metrics = recorder
+        self._recorder = recorder
         self._started = recorder.request_received(size) if recorder is not None else 0.0
 
     def fill(self, slot: int, response: dict[str, Any], method: str = metrics.UNKNOWN_METHOD) -> None:
+        recorder = self._recorder
         if not self._batch:
             sent = self._send(response)
-            if self._metrics is not None:
-                self._record(method, sent)
+            if recorder is not None:
+                self._record(recorder, method, sent)
             return
         with self._lock:
             self._slots[slot] = response
-            self._methods[slot] = method  # type: ignore[index]
+            self._methods[slot] = method
             self._missing -= 1
             done = self._missing == 0
         if done:
             answers = [r for r in self._slots if r is not None]
             if answers:
                 sent = self._send(answers)
-                if self._metrics is not None:
-                    for name, answer in zip(self._methods, sent, strict=True):  # type: ignore[arg-type]
-                        self._record(name, answer)
+                if recorder is not None:
+                    for name, answer in zip(self._methods, sent, strict=True):
+                        self._record(recorder, name, answer)
 
     def fill_failure(self, slot: int, request_id: Any, exc: BaseException, method: str) -> None:
         code, message, data = jsonrpc.error_from_exception(exc, self._debug)
@@ -174,13 +175,13 @@ class _Responder:
             message = f"Method not found: {method}"
         self.fill(slot, jsonrpc.error_response(request_id, code, message, data), method)
 
-    def _record(self, method: str, response: dict[str, Any]) -> None:
+    def _record(self, recorder: metrics.RequestMetrics, method: str, response: dict[str, Any]) -> None:
         error = response.get("error")
         if error is None:
-            self._metrics.request_done(method, None, self._started)  # type: ignore[union-attr]
+            recorder.request_done(method, None, self._started)
         else:
-            self._metrics.request_done(method, error.get("code"), self._started,  # type: ignore[union-attr]
-                                       f"{self._to.unit}:{self._to.client}", error.get("message"))
+            caller = f"{self._to.unit}:{self._to.client}"
+            recorder.request_done(method, error.get("code"), self._started, caller, error.get("message"))
 
     def _send(self, response: Any) -> Any:
         """Send ``response`` (or, when too large, the error that replaces it); returns what was sent."""

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prometheus_client import REGISTRY, disable_created_metrics
+from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
 from sbusr.metrics.api import ApiMetrics
 from sbusr.metrics.bus import BusMetrics
@@ -31,15 +31,15 @@ disable_created_metrics()
 
 T = TypeVar("T")
 _lock = threading.Lock()
-_shared: dict[type, Any] = {}
+_shared: dict[object, Any] = {}
 
 
-def _one(kind: Callable[[Any], T]) -> T:
+def _one(kind: Callable[[CollectorRegistry], T]) -> T:
+    """The process's instance of ``kind`` on the default registry (a second one could not register)."""
     with _lock:
-        instance = _shared.get(kind)  # type: ignore[call-overload]
-        if instance is None:
-            instance = _shared[kind] = kind(REGISTRY)  # type: ignore[index]
-        return instance
+        if kind not in _shared:
+            _shared[kind] = kind(REGISTRY)
+        return _shared[kind]
 
 
 def requests() -> RequestMetrics:
