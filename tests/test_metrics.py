@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -70,14 +71,39 @@ def test_history_has_ten_second_points_for_ten_minutes():
         for _call in range(4):
             w.record("echo", None, 0.003, clock.now)
         clock.now += 1.0
-    points = w.snapshot()["history"]["points"]
-    assert len(points) == window.HISTORY_POINTS
-    assert [p["t"] for p in points] == sorted(p["t"] for p in points)
-    busy = [p for p in points if p["rate"]]
-    calls = sum(p["rate"] * window.HISTORY_STEP for p in busy[:-1]) + busy[-1]["rate"] * 5
+    history = w.snapshot()["history"]
+    assert len(history["rate"]) == len(history["p99_ms"]) == len(history["errors"]) == window.HISTORY_POINTS
+    busy = [k for k, rate in enumerate(history["rate"]) if rate]
+    calls = sum(history["rate"][k] * window.HISTORY_STEP for k in busy[:-1]) + history["rate"][busy[-1]] * 5
     assert calls == pytest.approx(100)
-    assert all(p["p99_ms"] == pytest.approx(3.0, rel=0.1) for p in busy)
-    assert points[-1]["t"] == pytest.approx(clock.now + 5000.0 - 5.0)  # wall time of the current step
+    assert all(history["p99_ms"][k] == pytest.approx(3.0, rel=0.1) for k in busy)
+    assert all(history["p99_ms"][k] is None for k in range(window.HISTORY_POINTS) if k not in busy)
+    last_start = history["start"] + (window.HISTORY_POINTS - 1) * window.HISTORY_STEP
+    assert last_start == pytest.approx(clock.now + 5000.0 - 5.0)  # wall time of the current step
+
+
+def test_history_starts_with_the_process():
+    clock = Clock(2003.0)
+    w = RollingWindow(clock=clock, wall_clock=lambda: clock.now)
+    clock.now += 25.0
+    history = w.snapshot()["history"]
+    assert len(history["rate"]) == 3 and history["start"] == 2000.0  # the steps at 2000, 2010, 2020
+
+
+def test_a_snapshot_is_cut_to_fit_one_notify():
+    clock = Clock()
+    w = RollingWindow(clock=clock, wall_clock=lambda: 0.0)
+    for n in range(200):
+        w.record(f"namespace.method_{n:03d}", -32000, 0.001 * (n + 1), clock.now, "0:1", "x" * 1000)
+    for _ in range(3):
+        w.record("namespace.method_000", None, 0.001, clock.now)
+    snap = w.snapshot()
+    assert len(json.dumps(snap)) > 15000
+    fitted = window.fit(snap, 12000)
+    assert len(json.dumps(fitted)) <= 12000 and fitted["truncated"] is True
+    assert fitted["methods"][0]["method"] == "namespace.method_000"  # the busiest stays
+    small = window.fit(w.snapshot(), 100_000)
+    assert len(small["recent_errors"]) == window.RECENT_ERRORS and "truncated" not in small
 
 
 def test_recent_errors_keep_the_last_twenty_newest_first():

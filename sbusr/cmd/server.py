@@ -17,8 +17,11 @@ from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
+from sbusr.smartbus import codec
 
 LOG = logging.getLogger("sbusr.server")
+#: sys.stats must fit one NOTIFY with its JSON-RPC envelope and sys.* fields around it
+STATS_MAX_BYTES = codec.MAX_NOTIFY_PARAM - 1024
 
 
 class Service:
@@ -95,8 +98,9 @@ class Service:
     def stats(self) -> dict[str, Any]:
         """``sys.stats``: what the status page shows about this server."""
         executor = getattr(self.executor, "stats", None)
-        return {"server": self.address, "mode": self.executor.mode,
-                "executor": executor() if executor else {}, **self.metrics.snapshot()}
+        stats = {"server": self.address, "mode": self.executor.mode,
+                 "executor": executor() if executor else {}, **self.metrics.snapshot()}
+        return metrics.fit(stats, STATS_MAX_BYTES)
 
     def stop(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""

@@ -22,9 +22,10 @@ from sbusr.metrics.api import ApiMetrics
 from sbusr.metrics.bus import BusMetrics
 from sbusr.metrics.exposition import MetricsListener, render, serve
 from sbusr.metrics.requests import RESULT, UNKNOWN_METHOD, RequestMetrics
+from sbusr.metrics.window import fit
 
 __all__ = ["RESULT", "UNKNOWN_METHOD", "ApiMetrics", "BusMetrics", "MetricsListener", "RequestMetrics", "api",
-           "bus", "render", "requests", "serve"]
+           "bus", "fit", "render", "requests", "serve"]
 
 # the *_created series double every counter's lines and tell an operator nothing here
 disable_created_metrics()

@@ -9,6 +9,7 @@ bins, so a call is counted once for both (the fine bounds include every Promethe
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import threading
 import time
@@ -290,17 +291,21 @@ class RollingWindow:
         this_step = int(now) - int(now) % HISTORY_STEP
         if current:
             points.setdefault(this_step, Cell()).merge(_sum(current.values()))
-        out = []
-        for k in range(HISTORY_POINTS - 1, -1, -1):
-            step = this_step - k * HISTORY_STEP
+        first = max(this_step - (HISTORY_POINTS - 1) * HISTORY_STEP,
+                    int(self.started) - int(self.started) % HISTORY_STEP)  # nothing before this process
+        rates: list[float] = []
+        p99: list[float | None] = []
+        errors: list[int] = []
+        for step in range(first, this_step + 1, HISTORY_STEP):
             cell = points.get(step) or Cell()
             # the current step is still filling up: divide by the seconds it has had so far
             length = max(1.0, min(HISTORY_STEP, now - step)) if step == this_step else HISTORY_STEP
-            if step < int(self.started) - HISTORY_STEP:
-                continue  # before this process existed
-            out.append({"t": round(wall_now - (now - step), 1), "rate": round(cell.count / length, 2),
-                        "p99_ms": _ms(cell.quantile(0.99)), "errors": cell.errors})
-        return {"step_s": HISTORY_STEP, "points": out}
+            rates.append(round(cell.count / length, 2))
+            p99.append(_ms(cell.quantile(0.99)))
+            errors.append(cell.errors)
+        # parallel arrays, point k starting at start + k * step_s: a third of the bytes of objects
+        return {"step_s": HISTORY_STEP, "start": round(wall_now - (now - first), 1), "rate": rates,
+                "p99_ms": p99, "errors": errors}
 
 
 def _copy(cell: Cell) -> Cell:
@@ -325,3 +330,27 @@ def _merged(groups: list[dict[str, Cell]]) -> dict[str, Cell]:
                 target = out[name] = Cell()
             target.merge(cell)
     return out
+
+
+def fit(snapshot: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """Shrink a snapshot (in place) until its JSON takes at most ``max_bytes``.
+
+    A reply travels in one SmartBus NOTIFY (at most 15,999 bytes): long error messages are cut
+    first, then the oldest errors go, then the methods with the fewest calls (``truncated`` says so).
+    """
+    errors: list[dict[str, Any]] = snapshot.get("recent_errors", [])
+    methods: list[dict[str, Any]] = snapshot.get("methods", [])
+    cut = MESSAGE_MAX
+    while len(json.dumps(snapshot)) > max_bytes:
+        if cut > 60 and any(len(e["message"]) > 60 for e in errors):
+            cut //= 2
+            for error in errors:
+                error["message"] = error["message"][:cut]
+        elif errors:
+            errors.pop()  # newest first: the oldest goes
+        elif len(methods) > 1:
+            methods.remove(min(methods, key=lambda m: m["calls"]))
+            snapshot["truncated"] = True
+        else:
+            break
+    return snapshot
