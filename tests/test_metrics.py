@@ -255,7 +255,7 @@ def test_recording_from_many_threads_loses_nothing():
         t.start()
     for t in workers:
         t.join()
-    assert len(rec.window._pending) < window.FOLD_AT  # the callers sorted them in as they went
+    assert len(rec.window.pending) < window.FOLD_AT  # the callers sorted them in as they went
     snap = rec.snapshot()
     assert snap["calls"] == per_thread * threads and snap["errors"] == per_thread * threads // 10
     assert snap["in_flight"] == 0

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from sbusr.metrics.window import RollingWindow
+from sbusr.metrics.window import FOLD_AT, RollingWindow
 
 LOG = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class RequestMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.window = RollingWindow()
+        self._pending = self.window.pending
+        self._count_received = self.window.count_received
         self._known: frozenset[str] = frozenset()
         self._sampler: ExecutorStats | None = None
         self._sample_lock = threading.Lock()
@@ -74,8 +76,11 @@ class RequestMetrics:
 
     def request_received(self, calls: int = 1) -> float:
         """A request packet carrying ``calls`` calls that will be answered arrived: the start time."""
-        self.window.receive(calls)
-        return time.perf_counter()
+        if calls == 1:
+            self._count_received()
+        else:
+            self.window.receive(calls)
+        return perf_counter()
 
     def request_done(self, method: str, code: int | None, started: float, caller: Any = None,
                      message: Any = None) -> None:
@@ -84,9 +89,12 @@ class RequestMetrics:
         ``caller`` (the requesting address) and ``message`` (the error text) are kept for the last
         errors only; they are turned into text only for errors.
         """
-        now = time.perf_counter()
-        self.window.record(method if method in self._known else UNKNOWN_METHOD, code, now - started, now,
-                           caller, message)
+        now = perf_counter()
+        pending = self._pending  # window.record without its call: this runs once per call
+        pending.append((method if method in self._known else UNKNOWN_METHOD, code, now - started, now, caller,
+                        message))
+        if len(pending) >= FOLD_AT:
+            self.window.fold(blocking=False)
 
     # ------------------------------------------------------------------ workers and reloads
 

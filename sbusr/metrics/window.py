@@ -132,8 +132,12 @@ class RollingWindow:
         self._lock = threading.Lock()
         self.started = clock()
         self._second = int(self.started)
-        self._pending: deque[tuple[str, int | None, float, float, Any, Any]] = deque()
+        #: answered calls waiting to be sorted in, as ``record`` appends them (the request path may
+        #: append ``(method, code, seconds, now, caller, message)`` itself: deque.append is atomic)
+        self.pending: deque[tuple[str, int | None, float, float, Any, Any]] = deque()
         self._received = itertools.count()  # next() is atomic: no lock on the request path
+        #: call once per call received (for the in-flight count)
+        self.count_received = self._received.__next__
         self._reads = 0  # next() calls made to read the count, not for requests
         self._current: dict[str, Cell] = {}
         self._seconds: deque[tuple[int, dict[str, Cell]]] = deque()  # the last minute, current excluded
@@ -146,16 +150,13 @@ class RollingWindow:
 
     def receive(self, calls: int = 1) -> None:
         """``calls`` calls arrived that will be answered (for the in-flight count)."""
-        if calls == 1:
-            next(self._received)
-            return
         for _ in range(calls):
-            next(self._received)
+            self.count_received()
 
     def record(self, method: str, code: int | None, seconds: float, now: float,
                caller: Any = None, message: Any = None) -> None:
         """Count one answered call; ``caller`` and ``message`` are only looked at for errors."""
-        pending = self._pending
+        pending = self.pending
         pending.append((method, code, seconds, now, caller, message))
         if len(pending) >= FOLD_AT:
             self.fold(blocking=False)
@@ -170,15 +171,17 @@ class RollingWindow:
             self._lock.release()
 
     def _fold(self) -> None:
-        popleft = self._pending.popleft
+        popleft = self.pending.popleft
         current = self._current
         offset = None
+        bounds = BOUNDS
+        folded = 0
         while True:
             try:
                 method, code, seconds, now, caller, message = popleft()
             except IndexError:
                 break
-            self._answered += 1
+            folded += 1
             second = int(now)
             if second > self._second:
                 self._roll(second)
@@ -188,13 +191,14 @@ class RollingWindow:
                 cell = current[method] = Cell()
             outcomes = cell.outcomes
             outcomes[code] = outcomes.get(code, 0) + 1
-            cell.bins[bisect_left(BOUNDS, seconds)] += 1
+            cell.bins[bisect_left(bounds, seconds)] += 1
             cell.seconds += seconds
             if code is not None:
                 if offset is None:
                     offset = self._wall() - self._clock()
                 self._errors.append((now + offset, method, code, "" if caller is None else str(caller),
                                      "" if message is None else str(message)[:MESSAGE_MAX]))
+        self._answered += folded
 
     def _count_received(self) -> int:
         """Calls received so far (caller holds the lock)."""
