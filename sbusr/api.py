@@ -28,6 +28,7 @@ import hmac
 import importlib.resources
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -41,9 +42,9 @@ import tornado.web
 from oslo_config import cfg
 
 import sbusr
-from sbusr import jsonrpc, metrics
-from sbusr.cmd import common
-from sbusr.driver_smartbus import FlowRejected, IpscUnavailable, RemoteError, client_config_from_url
+from sbusr import jsonrpc, metrics, opts
+from sbusr.connection import FlowRejected, IpscUnavailable
+from sbusr.driver_smartbus import RemoteError, client_config_from_url
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
 
@@ -55,6 +56,8 @@ HEALTH_PING_TIMEOUT = 2.0
 #: project and flow are char[32] on the wire, NUL-terminated
 NAME_MAX_BYTES = 31
 FLOW_FIELDS = frozenset({"server", "process", "project", "flow", "params", "wait"})
+#: arrays/objects nested deeper than this in a request body are refused (400), never a RecursionError
+MAX_JSON_DEPTH = 32
 _TRUE = frozenset({"1", "true", "yes", "on", ""})  # a bare ?wait means on
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -69,7 +72,7 @@ def api_transport_url(conf: cfg.ConfigOpts) -> oslo_messaging.TransportURL:
     ``unit_id`` becomes ``[api] unit_id`` when set, so that the API and sbusr-server can
     share one configuration file without colliding on the bus.
     """
-    url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+    url = oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf))
     base = client_config_from_url(conf, url)
     client_id = conf.api.client_id if conf.api.client_id is not None else base.client_id + 1
     if client_id > 127:
@@ -82,7 +85,7 @@ def api_transport_url(conf: cfg.ConfigOpts) -> oslo_messaging.TransportURL:
 
 def server_address(conf: cfg.ConfigOpts) -> str:
     """``unit:client`` of the sbusr-server that /sys/reset and /health address."""
-    base = client_config_from_url(conf, oslo_messaging.TransportURL.parse(conf, common.transport_url(conf)))
+    base = client_config_from_url(conf, oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf)))
     unit = conf.api.server_unit_id if conf.api.server_unit_id is not None else base.unit_id
     client = conf.api.server_client_id if conf.api.server_client_id is not None else base.client_id
     return f"{unit}:{client}"
@@ -148,17 +151,19 @@ class BusApi:
                 self._in_flight -= 1
 
     async def start_flow(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Start a flow; request and answer in the HTTP API's words (an IPSC ``server``, its ``process``)."""
         try:
-            answer = await self._run(self._flows.call, {}, "start_flow", project=request["project"],
-                                     flow=request["flow"], params=request["params"], server=request["server"],
-                                     process=request["process"], wait=request["wait"],
-                                     ack_timeout=self.conf.api.flow_ack_timeout,
-                                     result_timeout=self.conf.api.flow_result_timeout)
+            started = await self._run(self._flows.call, {}, "start_flow", project=request["project"],
+                                      flow=request["flow"], params=request["params"], unit=request["server"],
+                                      client=request["process"], wait=request["wait"],
+                                      ack_timeout=self.conf.api.flow_ack_timeout,
+                                      result_timeout=self.conf.api.flow_result_timeout)
         except Exception as exc:
             self.metrics.flow_done(flow_outcome(exc))
             raise
-        self.metrics.flow_done("started", answer.pop("ack_seconds", None))
-        return answer
+        self.metrics.flow_done("started", started.pop("ack_seconds", None))
+        unit, client = started.pop("unit"), started.pop("client")
+        return {"server": unit, "process": client, **started}
 
     async def peers(self) -> list[dict[str, Any]]:
         return await self._run(self._bus.call, {}, "peers")
@@ -233,9 +238,13 @@ def parse_flow_request(raw: bytes, encoding: str, wait_flag: bool = False) -> di
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the C scanner's own depth limit; never a 500
+        raise ApiError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise ApiError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
     unknown = sorted(set(body) - FLOW_FIELDS)
@@ -264,6 +273,31 @@ def parse_flow_request(raw: bytes, encoding: str, wait_flag: bool = False) -> di
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    """JSON numbers beyond a double (``1e999``) would reach the IPSC as null: refuse them."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True if arrays/objects nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 # ---------------------------------------------------------------------------- handlers

@@ -137,7 +137,7 @@ def problems(conf: cfg.ConfigOpts) -> list[str]:
 def transport_problems(conf: cfg.ConfigOpts) -> list[str]:
     from sbusr.driver_smartbus import client_config_from_url  # the driver's own URL rules
 
-    text = conf.transport_url or opts.DEFAULT_TRANSPORT_URL
+    text = opts.transport_url(conf)
     scheme = text.split(":", 1)[0] if "://" in text else text
     try:
         url = oslo_messaging.TransportURL.parse(conf, text)

@@ -3,7 +3,12 @@
 The oslo.messaging driver is thin glue; this module owns the SmartBus side:
 which backend to use, the optional embedded development bus, the table of
 peers learnt from global-connect events, routing incoming packets (JSON-RPC
-requests to the listener, NOTIFY replies to waiting callers) and sending.
+requests to the listener, NOTIFY replies to waiting callers) and sending:
+replies, flow starts on an IPSC (:meth:`BusConnection.start_flow`) and
+requests to another sbusr-server (:meth:`BusConnection.call`).
+
+Vocabulary: every bus peer, an IPSC process included, is addressed by its
+``unit`` and ``client`` id; "server" only ever means an sbusr-server.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import metrics, opts
+from sbusr import jsonrpc, metrics, opts
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
-from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, resolve
+from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: malformed packets from a peer: one WARNING per sender and kind every 10 s, with a count of the rest
+BAD_PACKET_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 RequestSink = Callable[[Packet], None]
 
@@ -34,6 +43,32 @@ class IpscUnavailable(BusError):
         super().__init__(message)
         #: True when a matching IPSC was seen but has since left the bus
         self.known = known
+
+
+class FlowRejected(BusError):
+    """The IPSC answered a flow start with an error ack."""
+
+    def __init__(self, ack: int, message: str, source: Address | None) -> None:
+        super().__init__(f"IPSC {source} refused the flow: ack {ack} {message}".strip(), code=ack)
+        self.ack = ack
+        self.ack_message = message
+        self.source = source
+
+
+class ReplyTimeout(BusError):
+    """No reply NOTIFY arrived in time."""
+
+
+@dataclass(slots=True)
+class FlowStarted:
+    """A flow an IPSC acknowledged (``ack`` 1) and, when it was awaited, the flow's result."""
+
+    unit: int
+    client: int
+    invoke_id: int
+    ack: int
+    message: str
+    result: Any = None  # the parsed result (its text when not JSON); only set with start_flow(wait=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +91,7 @@ class Peer:
 def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHandlers) -> BusClient:
     """The configured backend: the native client or the vendor library."""
     if conf.smartbus.backend == "vendor":
-        from sbusr.smartbus.vendor import VendorClient
+        from sbusr.smartbus.vendor.client import VendorClient
 
         library_path = opts.config_relative(conf, conf.smartbus.library_path, "library_path", "smartbus")
         return VendorClient(config, handlers, library_path=library_path or None)
@@ -207,7 +242,7 @@ class BusConnection:
         try:
             notify = codec.decode_notify(packet.body, self.encoding)
         except codec.CodecError as exc:
-            LOG.warning("bad NOTIFY from %s: %s", packet.src, exc)
+            BAD_PACKET_LOG.log((packet.src, "notify"), "bad NOTIFY from %s: %s", packet.src, exc)
             return
         if not self._deliver_reply(notify.title, notify.param):
             LOG.debug("NOTIFY %r from %s matches no pending call", notify.title, packet.src)
@@ -241,6 +276,62 @@ class BusConnection:
                                 expires_ms=self._notify_ttl, client_type=to.type)
 
     # ------------------------------------------------------------------ sender side
+
+    def start_flow(self, project: str, flow: str, params: list[Any], *, unit: int | None = None,
+                   client: int | None = None, wait: bool = False, ack_timeout: float,
+                   result_timeout: float) -> FlowStarted:
+        """Start ``project``/``flow`` on an IPSC (a random one unless ``unit``/``client`` say which).
+
+        Returns once the IPSC acknowledged the flow or, with ``wait``, once the flow returned its
+        result. Raises IpscUnavailable, FlowRejected (error ack), FlowTimeout, BusError.
+        """
+        peer = self.choose_ipsc(unit, client)
+        invocation = self.client.invoke_flow(peer.unit, peer.client, project, flow,
+                                             jsonrpc.dumps(list(params)), want_result=wait,
+                                             ack_timeout=ack_timeout,
+                                             result_timeout=result_timeout if wait else None)
+        try:
+            ack = invocation.ack.result(timeout=ack_timeout + 1.0)
+        except (FlowTimeout, concurrent.futures.TimeoutError):
+            if invocation.result is not None:
+                invocation.result.cancel()
+            raise FlowTimeout(f"IPSC {peer.unit}/{peer.client} did not acknowledge the flow within "
+                              f"{ack_timeout:g} s", codec.ERR_TIMEOUT) from None
+        if ack.ack != codec.FLOW_ACK_OK:
+            raise FlowRejected(ack.ack, ack.message, ack.source)
+        started = FlowStarted(peer.unit, peer.client, invocation.invoke_id, ack.ack, ack.message)
+        if wait and invocation.result is not None:
+            try:
+                raw = invocation.result.result(timeout=result_timeout + 1.0)
+            except (FlowTimeout, concurrent.futures.TimeoutError):
+                raise FlowTimeout(f"flow {project}/{flow} returned no result within {result_timeout:g} s",
+                                  codec.ERR_TIMEOUT) from None
+            started.result = jsonrpc.loads_or_text(raw)
+        return started
+
+    def send_request(self, unit: int, client: int, body: bytes) -> None:
+        """Send a JSON-RPC request packet (cmdtype 211) to the sbusr-server at ``unit``/``client``."""
+        self.client.send_data(Address(unit, client, -1), 1, codec.CMDTYPE_RPC, body)
+
+    def call(self, unit: int, client: int, request_id: str, body: bytes, timeout: float | None) -> bytes:
+        """Send a JSON-RPC request and return the reply NOTIFY's body (titled ``request_id``)."""
+        reply = self.expect_reply(request_id)
+        try:
+            self.send_request(unit, client, body)
+            try:
+                return reply.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                raise ReplyTimeout(f"no reply from {unit}:{client} to {request_id!r} within {timeout} s",
+                                   codec.ERR_TIMEOUT) from None
+        finally:
+            self.forget_reply(request_id)
+
+    def status(self) -> dict[str, Any]:
+        """The link, this process's bus identity and how many IPSCs are on the bus (JSON-friendly)."""
+        config = self.config
+        return {"connected": self.connected, "access_point": self.client.access_point,
+                "address": {"unit": config.unit_id, "client": config.client_id, "type": config.client_type},
+                "ipsc": sum(1 for p in self.peers() if p.is_ipsc)}
 
     def expect_reply(self, title: str) -> concurrent.futures.Future[bytes]:
         fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()

@@ -5,11 +5,14 @@ requests from IPSC flows.  Each call becomes an incoming message for the
 standard ``RPCServer`` (``a.b.c`` -> namespace ``a.b``, method ``c``); the reply
 goes back to the requesting process as a NOTIFY whose title is the request id.
 
-Sender side: ``RPCClient`` on this transport addresses three topics:
+Sender side: ``RPCClient`` on this transport addresses three topics, each a call of
+:class:`~sbusr.connection.BusConnection` (see ``_SENDERS``):
 
-* ``ipsc``  -- ``call(ctxt, "start_flow", project=, flow=, params=[], server=None,
-  process=None, wait=False, ack_timeout=, result_timeout=)`` starts an IPSC flow (the answer
-  carries ``ack_seconds``, the time the IPSC took to acknowledge);
+* ``ipsc``  -- ``call(ctxt, "start_flow", project=, flow=, params=[], unit=None,
+  client=None, wait=False, ack_timeout=, result_timeout=)`` starts a flow on an IPSC
+  (a random one unless unit/client say which) and answers ``{"unit", "client",
+  "invoke_id", "ack", "message"}`` plus ``"result"`` when waiting;
+  the answer carries ``ack_seconds`` when not waiting for the result (the IPSC's ack time);
 * ``bus``   -- ``call(ctxt, "peers")`` / ``call(ctxt, "status")`` answer locally;
 * anything else with ``server="unit:client"`` -- a JSON-RPC call to another
   sbusr-server over the bus (used by the HTTP API's /sys/reset).
@@ -19,40 +22,31 @@ URL: ``smartbus://[user:password@]host:port[,slave_host:slave_port]/?unit_id=N&c
 
 from __future__ import annotations
 
-import concurrent.futures
+import dataclasses
 import itertools
-import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging._drivers import base
 
 from sbusr import jsonrpc, metrics, opts
-from sbusr.connection import BusConnection, IpscUnavailable
-from sbusr.dispatch import POSITIONAL_KEY, oslo_message
+from sbusr.connection import BusConnection, ReplyTimeout
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: requests answered by the driver itself (malformed, busy): one line per caller and code every 10 s
+_OUTCOME_LOG = RateLimitedLog(LOG, logging.INFO, 10.0)
 
-__all__ = ["FlowRejected", "IpscUnavailable", "RemoteError", "SmartBusDriver", "client_config_from_url"]
-
-
-class FlowRejected(BusError):
-    """The IPSC answered a flow start with an error ack."""
-
-    def __init__(self, ack: int, message: str, source: Address | None) -> None:
-        super().__init__(f"IPSC {source} refused the flow: ack {ack} {message}".strip(), code=ack)
-        self.ack = ack
-        self.ack_message = message
-        self.source = source
+__all__ = ["RemoteError", "SmartBusDriver", "client_config_from_url"]
 
 
 class RemoteError(BusError):
@@ -172,7 +166,7 @@ class _Responder:
     def fill_failure(self, slot: int, request_id: Any, exc: BaseException, method: str) -> None:
         code, message, data = jsonrpc.error_from_exception(exc, self._debug)
         if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
-            message = f"Method not found: {method}"
+            message = f"Method not found: {jsonrpc.cut(method, jsonrpc.MAX_QUOTED_NAME)}"
         self.fill(slot, jsonrpc.error_response(request_id, code, message, data), method)
 
     def _record(self, recorder: metrics.RequestMetrics, method: str, response: dict[str, Any]) -> None:
@@ -187,10 +181,12 @@ class _Responder:
         """Send ``response`` (or, when too large, the error that replaces it); returns what was sent."""
         body = jsonrpc.dumps(response)
         if len(body) > codec.MAX_NOTIFY_PARAM:
-            LOG.error("reply %r to %s is %d bytes; a NOTIFY carries at most %d", self._title, self._to,
-                      len(body), codec.MAX_NOTIFY_PARAM)
-            response = _too_large(response, len(body))
-            body = jsonrpc.dumps(response)
+            LOG.warning("reply %r to %s is %d bytes; a NOTIFY carries at most %d: answering -32603",
+                        self._title, self._to, len(body), codec.MAX_NOTIFY_PARAM)
+            body = _too_large(response, len(body))
+            too_large = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "response too large")
+            response = ([{**too_large, "id": r.get("id")} for r in response] if isinstance(response, list)
+                        else {**too_large, "id": response.get("id")})  # what the metrics count
         try:
             self._conn.send_reply(self._to, self._title, body)
         except (BusError, codec.CodecError) as exc:
@@ -198,11 +194,28 @@ class _Responder:
         return response
 
 
-def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> Any:
+def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> bytes:
+    """The -32603 sent instead of a reply over the NOTIFY limit; always fits.
+
+    A batch gets one error per call while that array fits, else a single error object (id = the
+    first reply's, the id the flow waits on): a fallback that is itself too big would leave the
+    flow waiting for nothing. Ids always fit: they were checked to be valid titles (<= 101 bytes).
+    """
     message = f"response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM}"
-    if isinstance(response, list):
-        return [jsonrpc.error_response(r.get("id"), jsonrpc.INTERNAL_ERROR, message) for r in response]
-    return jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message)
+    if not isinstance(response, list):
+        return jsonrpc.dumps(jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message))
+    body = jsonrpc.dumps([jsonrpc.error_response(r.get("id"), jsonrpc.INTERNAL_ERROR, message)
+                          for r in response])
+    if len(body) <= codec.MAX_NOTIFY_PARAM:
+        return body
+    first = response[0].get("id") if response else None
+    body = jsonrpc.dumps(jsonrpc.error_response(
+        first, jsonrpc.INTERNAL_ERROR,
+        f"batch response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM} and "
+        f"even one error per call ({len(response)} calls) does not fit: send fewer calls per batch"))
+    if len(body) <= codec.MAX_NOTIFY_PARAM:
+        return body
+    return jsonrpc.dumps(jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, message))  # cannot happen
 
 
 _serving = threading.local()
@@ -225,8 +238,7 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
                  responder: _Responder | None, slot: int) -> None:
         # a counter, not oslo's default uuid4: the id is only used in log lines
         super().__init__(ctxt, message, msg_id=str(next(_message_ids)))
-        self.full_method = (f"{message['namespace']}.{message['method']}" if message.get("namespace")
-                            else message["method"])
+        self.full_method = jsonrpc.full_method(message.get("namespace"), message["method"])
         self._request_id = request_id
         self._responder = responder
         self._slot = slot
@@ -336,8 +348,9 @@ class SmartBusListener(base.Listener):
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
             return
         if not self._admission.try_enter():
-            LOG.warning("request from %s refused: %d requests already waiting or running", packet.src,
-                        self._limit)
+            _OUTCOME_LOG.log(("busy", packet.src), "request from %s refused with %d: %d requests already "
+                             "waiting or running", packet.src, jsonrpc.SERVER_BUSY, self._limit,
+                             level=logging.WARNING)
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later")
             return
         for message in self._admit(self._driver.incoming_from_packet(packet)):
@@ -377,6 +390,8 @@ class SmartBusDriver(base.BaseDriver):
         # read per request: look them up once (oslo.config lookups are not free)
         self.debug = bool(getattr(conf, "debug", False) or conf.server.expose_tracebacks)
         self.max_request_size = conf.smartbus.max_request_size
+        # ASCII text keeps its length in the wire encoding (GBK, UTF-8 ...): titles can be checked cheaply
+        self._ascii_titles = "Az09-_".encode(self._config.encoding, errors="replace") == b"Az09-_"
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
         #: where answered calls are counted: this process's request metrics once it listens
@@ -421,24 +436,27 @@ class SmartBusDriver(base.BaseDriver):
         parsed = self._decode(packet)
         if not parsed.items:
             return []
-        answerable = [item for item in parsed.items
+        items = [self._titled(item) for item in parsed.items]
+        answerable = [item for item in items
                       if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
         responder = None
-        if answerable:
-            first = answerable[0]
-            title = _title(first.id if isinstance(first, jsonrpc.Call) else first.get("id"))
+        title = jsonrpc.reply_title_for(parsed.items)
+        if title is not None:
             responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
                                    self.debug, self.metrics)
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0
-        for item in parsed.items:
+        for item in items:
             if not isinstance(item, jsonrpc.Call):
                 assert responder is not None
+                error = item["error"]
+                _OUTCOME_LOG.log((packet.src, error["code"]), "request from %s answered %d: %s", packet.src,
+                                 error["code"], jsonrpc.cut(error["message"], jsonrpc.MAX_QUOTED_NAME))
                 responder.fill(slot, item)
                 slot += 1
                 continue
-            message = oslo_message(item)
+            message = jsonrpc.oslo_message(item)
             ctxt = {"request_id": item.id, "source": source}
             if item.is_notification:
                 incoming.append(SmartBusIncomingMessage(ctxt, message, None, None, 0))
@@ -446,6 +464,31 @@ class SmartBusDriver(base.BaseDriver):
                 incoming.append(SmartBusIncomingMessage(ctxt, message, item.id, responder, slot))
                 slot += 1
         return incoming
+
+    def _titled(self, item: jsonrpc.Call | dict[str, Any]) -> jsonrpc.Call | dict[str, Any]:
+        """Apply the title rule: an id that cannot be a NOTIFY title is never run, and answered under "null".
+
+        The flow waits on the id as the NOTIFY title (char[102] in the wire encoding); such a reply could
+        not be sent at all, so the caller gets -32600 with id null, under the title "null".
+        """
+        if isinstance(item, jsonrpc.Call):
+            if item.is_notification:
+                return item
+            title = jsonrpc.reply_title(item.id)
+            if (self._ascii_titles and len(title) <= codec.MAX_NOTIFY_TITLE and title.isascii()
+                    and "\0" not in title):
+                return item  # the common case, without encoding the title
+            problem = codec.notify_title_problem(title, self._config.encoding)
+            if problem is None:
+                return item
+            return jsonrpc.error_response(
+                None, jsonrpc.INVALID_REQUEST,
+                f"Invalid Request: id cannot be a SmartBus notify title ({problem}; "
+                f"at most {codec.MAX_NOTIFY_TITLE} bytes in {self._config.encoding}, no NUL)")
+        if item.get("id") is not None and codec.notify_title_problem(jsonrpc.reply_title(item["id"]),
+                                                                     self._config.encoding):
+            return {**item, "id": None}
+        return item
 
     def reject(self, packet: Packet, code: int, message: str) -> None:
         """Answer every call in ``packet`` with one error (used while shutting down or when full)."""
@@ -458,86 +501,58 @@ class SmartBusDriver(base.BaseDriver):
              wait_for_reply: bool | None = None, timeout: float | None = None,
              call_monitor_timeout: float | None = None, retry: int | None = None,
              transport_options: Any = None) -> Any:
-        topic = target.topic
-        if topic == "bus":
-            return self._local_query(message)
-        if topic == "ipsc":
-            return self._start_flow(message.get("args", {}), timeout)
-        return self._call_sbusr(target, message, bool(wait_for_reply), timeout)
+        sender = self._SENDERS.get(target.topic, SmartBusDriver._call_sbusr)
+        try:
+            return sender(self, target, message, bool(wait_for_reply), timeout)
+        except FlowTimeout as exc:
+            raise oslo_messaging.MessagingTimeout(str(exc)) from None
 
     def send_notification(self, target: oslo_messaging.Target, ctxt: dict[str, Any],
                           message: dict[str, Any], version: str, retry: int | None = None) -> None:
         raise NotImplementedError("the smartbus transport carries no oslo notifications")
 
-    def _local_query(self, message: dict[str, Any]) -> Any:
-        conn = self.connection
+    def _bus_query(self, target: oslo_messaging.Target, message: dict[str, Any], wait: bool,
+                   timeout: float | None) -> Any:
         method = message.get("method")
         if method == "peers":
-            return [peer.as_dict() for peer in conn.peers()]
+            return [peer.as_dict() for peer in self.connection.peers()]
         if method == "status":
-            return {"connected": conn.connected, "access_point": conn.client.access_point,
-                    "address": {"unit": self._config.unit_id, "client": self._config.client_id,
-                                "type": self._config.client_type},
-                    "ipsc": sum(1 for p in conn.peers() if p.is_ipsc)}
+            return self.connection.status()
         raise BusError(f"unknown bus query {method!r}")
 
-    def _start_flow(self, args: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-        conn = self.connection
-        peer = conn.choose_ipsc(args.get("server"), args.get("process"))
-        params = jsonrpc.dumps(list(args.get("params") or []))
-        wait = bool(args.get("wait"))
+    def _start_flow(self, target: oslo_messaging.Target, message: dict[str, Any], wait: bool,
+                    timeout: float | None) -> dict[str, Any]:
+        args = message.get("args") or {}
+        wait_result = bool(args.get("wait"))
         ack_timeout = float(args.get("ack_timeout") or timeout or 15.0)
-        result_timeout = float(args.get("result_timeout") or ack_timeout)
         sent = time.monotonic()
-        invocation = conn.client.invoke_flow(peer.unit, peer.client, str(args["project"]), str(args["flow"]),
-                                             params, want_result=wait, ack_timeout=ack_timeout,
-                                             result_timeout=result_timeout if wait else None)
-        try:
-            ack = invocation.ack.result(timeout=ack_timeout + 1.0)
-        except (FlowTimeout, concurrent.futures.TimeoutError):
-            if invocation.result is not None:
-                invocation.result.cancel()
-            raise oslo_messaging.MessagingTimeout(f"IPSC {peer.unit}/{peer.client} did not acknowledge "
-                                                  f"the flow within {ack_timeout:g} s") from None
-        answer: dict[str, Any] = {"server": peer.unit, "process": peer.client,
-                                  "invoke_id": invocation.invoke_id, "ack": ack.ack, "message": ack.message,
-                                  "ack_seconds": round(time.monotonic() - sent, 6)}
-        if ack.ack != codec.FLOW_ACK_OK:
-            raise FlowRejected(ack.ack, ack.message, ack.source)
-        if wait and invocation.result is not None:
-            try:
-                raw = invocation.result.result(timeout=result_timeout + 1.0)
-            except (FlowTimeout, concurrent.futures.TimeoutError):
-                raise oslo_messaging.MessagingTimeout(
-                    f"flow {args['project']}/{args['flow']} returned no result within {result_timeout:g} s"
-                ) from None
-            answer["result"] = _loads(raw)
+        started = self.connection.start_flow(
+            str(args["project"]), str(args["flow"]), list(args.get("params") or []), unit=args.get("unit"),
+            client=args.get("client"), wait=wait_result, ack_timeout=ack_timeout,
+            result_timeout=float(args.get("result_timeout") or ack_timeout))
+        answer = dataclasses.asdict(started)
+        if not wait_result:
+            answer["ack_seconds"] = round(time.monotonic() - sent, 6)
+        if not wait_result:
+            del answer["result"]
         return answer
 
     def _call_sbusr(self, target: oslo_messaging.Target, message: dict[str, Any], wait: bool,
                     timeout: float | None) -> Any:
-        conn = self.connection
         unit, client = parse_address(target.server)
-        name = message["method"] if not target.namespace else f"{target.namespace}.{message['method']}"
-        args = message.get("args") or {}
-        params: Any = args[POSITIONAL_KEY] if POSITIONAL_KEY in args else args
+        name = jsonrpc.full_method(target.namespace, message["method"])
+        params = jsonrpc.params_from_args(message.get("args") or {})
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": name, "params": params}
-        if wait:
-            request["id"] = uuid.uuid4().hex
-            reply = conn.expect_reply(request["id"])
+        if not wait:
+            self.connection.send_request(unit, client, jsonrpc.dumps(request))
+            return None
+        request["id"] = uuid.uuid4().hex
         try:
-            conn.client.send_data(Address(unit, client, -1), 1, codec.CMDTYPE_RPC, jsonrpc.dumps(request))
-            if not wait:
-                return None
-            try:
-                raw = reply.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
-                raise oslo_messaging.MessagingTimeout(
-                    f"no reply from sbusr {unit}:{client} to {name} within {timeout} s") from None
-        finally:
-            if wait:
-                conn.forget_reply(request["id"])
-        response = _loads(raw)
+            raw = self.connection.call(unit, client, request["id"], jsonrpc.dumps(request), timeout)
+        except ReplyTimeout:
+            raise oslo_messaging.MessagingTimeout(
+                f"no reply from sbusr {unit}:{client} to {name} within {timeout} s") from None
+        response = jsonrpc.loads_or_text(raw)
         if isinstance(response, dict) and "error" in response:
             error = response["error"] or {}
             raise RemoteError(error.get("code", jsonrpc.INTERNAL_ERROR), str(error.get("message", "")),
@@ -546,30 +561,12 @@ class SmartBusDriver(base.BaseDriver):
             raise RemoteError(jsonrpc.INTERNAL_ERROR, f"malformed reply: {raw[:200]!r}")
         return response["result"]
 
+    #: topic -> its sender; any other topic is a JSON-RPC call to the sbusr-server ``target.server``
+    _SENDERS: ClassVar[dict[str | None, Callable[..., Any]]] = {"bus": _bus_query, "ipsc": _start_flow}
+
     def cleanup(self) -> None:
         with self._connection_lock:
             if self._connection is not None:
                 self._connection.release()
                 self._connection = None
 
-
-def _loads(raw: bytes | str) -> Any:
-    """Parse a JSON payload from the bus, falling back to its text when it is not JSON."""
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw  # flow results are str
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _title(request_id: Any) -> str:
-    """The NOTIFY title a flow waits on: the request id as text, "null" when there is none.
-
-    Never empty: the vendor library refuses a NOTIFY with an empty title (so an id of "" is
-    answered under "null" too).
-    """
-    if request_id is None or request_id == "":
-        return "null"
-    if isinstance(request_id, bool):
-        return "true" if request_id else "false"
-    return str(request_id)

@@ -312,11 +312,14 @@ class ThreadExecutor(Executor):
         if message is not None:
             message.answer_early(error)
         if call.freed:
-            LOG.warning("call %s exceeded its %g s limit; answered with a timeout, its thread is abandoned "
-                        "(threads cannot be stopped; process mode can)", _fn_label(fn), timeout)
+            LOG.warning("call %s from %s exceeded its %g s limit: answered %d, its thread is abandoned "
+                        "(threads cannot be stopped; process mode can)", _fn_label(fn),
+                        dispatch.caller_of(getattr(message, "ctxt", None)), timeout, jsonrpc.CALL_TIMEOUT)
         else:
-            LOG.error("call %s exceeded its %g s limit; %d calls are stuck: capacity is reduced until they "
-                      "return (use [execution] mode = process)", _fn_label(fn), timeout, stuck)
+            LOG.error("call %s from %s exceeded its %g s limit: answered %d; %d calls are stuck: capacity is "
+                      "reduced until they return (use [execution] mode = process)", _fn_label(fn),
+                      dispatch.caller_of(getattr(message, "ctxt", None)), timeout, jsonrpc.CALL_TIMEOUT,
+                      stuck)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -470,8 +473,9 @@ class ProcessPool:
         try:
             if timeout > 0 and not worker.conn.poll(timeout):
                 self._kill_and_replace(worker, "timeout")
-                LOG.warning("call %s exceeded its %g s limit; worker pid %d killed and replaced",
-                            label, timeout, worker.pid)
+                LOG.warning("call %s from %s exceeded its %g s limit: answered %d; worker pid %d killed and "
+                            "replaced", label, dispatch.caller_of(ctxt), timeout, jsonrpc.CALL_TIMEOUT,
+                            worker.pid)
                 raise jsonrpc.CallTimeout(f"{label} did not finish within {timeout:g} s",
                                           {"timeout": timeout})
             reply = worker.conn.recv()
@@ -491,7 +495,7 @@ class ProcessPool:
         data: dict[str, Any] = {"type": type_name}
         if self.debug:
             data["traceback"] = tb
-        raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, message, data)
+        raise jsonrpc.MethodRaised(message, data)  # logged above: the dispatcher does not log it again
 
     def _lost(self, worker: _Worker, label: str) -> jsonrpc.RpcError:
         """The worker's pipe broke mid-call: it died (or we are shutting down and killed it)."""

@@ -1,7 +1,8 @@
 """JSON-RPC 2.0 framing for sbusr: parsing requests, building responses, mapping exceptions.
 
-The SmartBus driver turns each parsed :class:`Call` into an oslo.messaging message and answers with
-:func:`result_response` / :func:`error_from_exception`; nothing here touches the bus.
+The SmartBus driver turns each parsed :class:`Call` into an oslo.messaging message with
+:func:`oslo_message` and answers under :func:`reply_title` with :func:`result_response` /
+:func:`error_from_exception`; nothing here touches the bus or knows the endpoint adapters.
 
 Compatibility with the original sbusr: a request without a ``"jsonrpc"`` member is accepted (its docs
 show ``{"method": "add", "params": [1, 2]}``); a present but wrong one is rejected.
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LOG = logging.getLogger(__name__)
+_dropped_log: Any = None
 
 VERSION = "2.0"
 
@@ -44,9 +46,18 @@ CALL_TIMEOUT = -32001
 SERVER_BUSY = -32002
 WORKER_CRASHED = -32003
 
-#: Attribute names of sbusr.dispatch.EndpointAdapter that oslo's dispatcher would find before any
-#: endpoint method; a method whose last dotted part is one of these is never dispatched.
-RESERVED_METHOD_NAMES = frozenset({"target", "endpoint", "origin", "invoker"})
+#: characters of a caller-supplied name (a method) quoted in an error message
+MAX_QUOTED_NAME = 200
+#: characters of an error text (an exception's message) sent in a reply; with ASCII escapes even
+#: CJK text (6 bytes a character) stays well inside the 15,999-byte SmartBus NOTIFY
+MAX_ERROR_TEXT = 2000
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------- exceptions
@@ -124,6 +135,13 @@ class WorkerCrashed(_FixedCodeError):
     default_message = "Worker process crashed"
 
 
+class MethodRaised(_FixedCodeError):
+    """-32000 for an unexpected exception raised elsewhere (a worker process) and logged there."""
+
+    code = SERVER_ERROR
+    default_message = "Server error"
+
+
 # --------------------------------------------------------------------------- decoding / parsing
 
 def decode_payload(data: bytes, fallback_encoding: str = "gbk") -> str:
@@ -175,12 +193,9 @@ def split_method(method: str) -> tuple[str | None, str]:
 
 
 def is_dispatchable_name(method: str) -> bool:
-    """True if every dotted part is a public Python identifier and the last is not reserved."""
-    parts = method.split(".")
-    for part in parts:
-        if not part.isidentifier() or part.startswith("_"):
-            return False
-    return parts[-1] not in RESERVED_METHOD_NAMES
+    """True if every dotted part is a public Python identifier (names the endpoint layer reserves
+    for itself are refused there, by ``dispatch.AccessPolicy``)."""
+    return all(part.isidentifier() and not part.startswith("_") for part in method.split("."))
 
 
 def _valid_id(value: Any) -> bool:
@@ -206,10 +221,21 @@ def _parse_one(obj: Any) -> Call | dict | None:
         return error_response(req_id, INVALID_REQUEST, "Invalid Request: params must be an array or object")
     if not is_dispatchable_name(method):
         if not has_id:
-            LOG.warning("Dropping notification for undispatchable method %r", method[:200])
+            _log_dropped(method)
             return None
-        return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+        return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {cut(method, MAX_QUOTED_NAME)}")
     return Call(id=req_id, is_notification=not has_id, method=method, params=params)
+
+
+def _log_dropped(method: str) -> None:
+    """Notifications get no reply, so a flood of bad ones could only flood the log: one line per 10 s."""
+    global _dropped_log
+    if _dropped_log is None:
+        # imported here: sbusr.decorators imports this module and must not pull in the bus package
+        from sbusr.smartbus.ratelog import RateLimitedLog
+        _dropped_log = RateLimitedLog(LOG, logging.WARNING, 10.0)
+    _dropped_log.log("undispatchable", "Dropping notification for undispatchable method %r",
+                     cut(method, MAX_QUOTED_NAME))
 
 
 def parse(text: str) -> Parsed:
@@ -225,6 +251,58 @@ def parse(text: str) -> Parsed:
         return Parsed(True, items)
     item = _parse_one(obj)
     return Parsed(False, [] if item is None else [item])
+
+
+# --------------------------------------------------------------------------- the oslo.messaging mapping
+
+#: Key of an oslo message's ``args`` under which positional JSON-RPC params travel (oslo passes
+#: ``args`` to the endpoint as keyword arguments, so a list needs a name).
+POSITIONAL_KEY = "*args"
+
+
+def oslo_message(call: Call) -> dict[str, Any]:
+    """The oslo.messaging message for ``call``: ``a.b.c`` -> namespace ``a.b``, method ``c``."""
+    namespace, method = split_method(call.method)
+    return {"method": method, "namespace": namespace, "args": oslo_args(call.params)}
+
+
+def oslo_args(params: list | dict) -> dict[str, Any]:
+    """JSON-RPC params as oslo ``args``: named params as they are, positional ones under POSITIONAL_KEY."""
+    return dict(params) if isinstance(params, dict) else {POSITIONAL_KEY: list(params)}
+
+
+def params_from_args(args: dict[str, Any]) -> list | dict:
+    """The JSON-RPC params of oslo ``args`` (the inverse of :func:`oslo_args`)."""
+    return args[POSITIONAL_KEY] if POSITIONAL_KEY in args else args
+
+
+def full_method(namespace: str | None, method: str) -> str:
+    """The JSON-RPC method name of an oslo namespace and method (the inverse of :func:`split_method`)."""
+    return f"{namespace}.{method}" if namespace else method
+
+
+def reply_title(request_id: Any) -> str:
+    """The NOTIFY title a flow waits on: the request id as text, "null" when there is none.
+
+    Never empty: the vendor library refuses a NOTIFY with an empty title (so an id of "" is
+    answered under "null" too).
+    """
+    if request_id is None or request_id == "":
+        return "null"
+    if isinstance(request_id, bool):
+        return "true" if request_id else "false"
+    return str(request_id)
+
+
+def reply_title_for(items: list[Call | dict]) -> str | None:
+    """The title of the one NOTIFY answering a request's parsed ``items`` (the first answered item's
+    id, see :func:`reply_title`); None when nothing is answered (notifications only)."""
+    for item in items:
+        if not isinstance(item, Call):
+            return reply_title(item.get("id"))
+        if not item.is_notification:
+            return reply_title(item.id)
+    return None
 
 
 # --------------------------------------------------------------------------- responses
@@ -270,13 +348,13 @@ def error_from_exception(exc: Any, debug: bool = False) -> tuple[int, str, Any]:
 
     exc = unwrap_exception(exc)
     if isinstance(exc, (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion)):
-        return METHOD_NOT_FOUND, f"Method not found: {exc.method}", None
+        return METHOD_NOT_FOUND, f"Method not found: {cut(str(exc.method), MAX_QUOTED_NAME)}", None
     if isinstance(exc, RpcError):
-        return exc.code, exc.message, exc.data
+        return exc.code, cut(exc.message, MAX_ERROR_TEXT), exc.data
     data: dict[str, Any] = {"type": _qualified_name(type(exc))}
     if debug:
         data["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return SERVER_ERROR, _safe_str(exc), data
+    return SERVER_ERROR, cut(_safe_str(exc), MAX_ERROR_TEXT), data
 
 
 # --------------------------------------------------------------------------- encoding
@@ -369,6 +447,15 @@ def _encode_or_fallback(obj: Any) -> bytes:
         LOG.error("Cannot encode reply for id %r as JSON: %s", req_id, _safe_str(exc))
         return _encode(error_response(req_id, INTERNAL_ERROR, "Internal error: result is not JSON-encodable",
                                       {"type": _qualified_name(type(exc)), "detail": _safe_str(exc)}))
+
+
+def loads_or_text(raw: bytes | str) -> Any:
+    """Parse a JSON payload from the bus, falling back to its text when it is not JSON."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw  # flow results are str
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def dumps(obj: Any) -> bytes:

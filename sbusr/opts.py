@@ -158,6 +158,11 @@ _MESSAGING_DEFAULTS = ("transport_url", "executor_thread_pool_size", "rpc_respon
 DEFAULT_TRANSPORT_URL = "smartbus://"
 
 
+def transport_url(conf: cfg.ConfigOpts) -> str:
+    """The configured ``transport_url``; an empty one means the smartbus defaults."""
+    return conf.transport_url or DEFAULT_TRANSPORT_URL
+
+
 def config_relative(conf: cfg.ConfigOpts, value: str, name: str, group: str | None = None) -> str:
     """``value`` of the path option ``[group] name``, a relative path taken from the folder of the
     config file that set it (as operators expect of /etc/sbusr/sbusr.conf), ``~`` expanded.

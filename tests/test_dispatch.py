@@ -17,8 +17,10 @@ from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 import sbusr
 from sbusr import dispatch, jsonrpc, opts
-from sbusr.dispatch import POSITIONAL_KEY
+from sbusr.dispatch import adapter as adapter_module
+from sbusr.dispatch import legacy as legacy_module
 from sbusr.endpoints import system
+from sbusr.jsonrpc import POSITIONAL_KEY
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENDPOINT_DIR = FIXTURES / "endpoints"
@@ -42,10 +44,8 @@ class Incoming:
     client_timeout = None
 
     def __init__(self, method: str, params):
-        namespace, name = jsonrpc.split_method(method)
-        args = {POSITIONAL_KEY: list(params)} if isinstance(params, list) else dict(params)
         self.ctxt = {"request_id": "r1", "source": {"unit": 0, "client": 1, "type": 2}}
-        self.message = {"method": name, "namespace": namespace, "args": args}
+        self.message = jsonrpc.oslo_message(jsonrpc.Call("r1", False, method, params))
 
 
 def rpc(registry: dispatch.Registry, method: str, params=(), policy=dispatch.AccessPolicy):
@@ -71,7 +71,7 @@ def dir_registry():
 def legacy_path(monkeypatch):
     monkeypatch.syspath_prepend(str(LEGACY_ROOT))
     yield
-    dispatch._purge_package("methods")
+    legacy_module.purge_package("methods")
 
 
 @pytest.fixture
@@ -325,7 +325,7 @@ def test_legacy_reload(tmp_path, monkeypatch):
         assert rpc(reloaded, "weather.sk", ["1"]) == ("result", "changed 1")
         assert rpc(reloaded, "weather.extra") == ("result", "added")
     finally:
-        dispatch._purge_package(name)
+        legacy_module.purge_package(name)
 
 
 def test_broken_legacy_submodule_is_skipped(tmp_path, monkeypatch):
@@ -338,7 +338,7 @@ def test_broken_legacy_submodule_is_skipped(tmp_path, monkeypatch):
         assert rpc(registry, "add", [2, 3]) == ("result", 5)
         assert sorted(e.source for e in registry.errors) == [f"{name}.broken", "sbusr_no_such_legacy"]
     finally:
-        dispatch._purge_package(name)
+        legacy_module.purge_package(name)
 
 
 # --------------------------------------------------------------------------- built-in endpoints
@@ -358,6 +358,12 @@ def test_builtin_methods(builtin_registry):
     assert rpc(builtin_registry, "plus", [1, 2, 3.5]) == ("result", 6.5)
     assert rpc(builtin_registry, "sleep", [0]) == ("result", None)
     assert rpc(builtin_registry, "sleep", {"seconds": 0.01}) == ("result", None)
+
+
+def test_the_system_endpoint_is_only_the_builtin_sys(builtin_registry, dir_registry):
+    system_endpoints = [a for a in builtin_registry.adapters if dispatch.is_system_endpoint(a)]
+    assert [a.target.namespace for a in system_endpoints] == ["sys"]
+    assert not any(dispatch.is_system_endpoint(a) for a in dir_registry.adapters)
 
 
 @pytest.mark.parametrize("seconds", [-1, "1", True, None, 1e9, float("nan")])
@@ -478,7 +484,7 @@ def test_end_to_end_through_rpc_server(legacy_path):
 def _sig(src: str):
     namespace: dict = {}
     exec(src, namespace)  # a real function object with exactly this signature
-    return dispatch._params_signature(namespace["m"])
+    return adapter_module._params_signature(namespace["m"])
 
 
 @pytest.mark.parametrize("src", [
@@ -489,7 +495,7 @@ def _sig(src: str):
 ])
 def test_arity_shortcut_agrees_with_signature_binding(src):
     sig = _sig(src)
-    fits = dispatch._arity_check(sig)
+    fits = adapter_module._arity_check(sig)
     assert fits is not None
     for n in range(6):
         try:
@@ -506,4 +512,4 @@ def test_arity_shortcut_agrees_with_signature_binding(src):
     "def m(ctxt, **kw): pass",
 ])
 def test_arity_shortcut_leaves_other_shapes_to_signature_binding(src):
-    assert dispatch._arity_check(_sig(src)) is None
+    assert adapter_module._arity_check(_sig(src)) is None

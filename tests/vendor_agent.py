@@ -33,9 +33,10 @@ from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sbusr.smartbus import vendor
 from sbusr.smartbus.codec import Address, GlobalConnect, Header, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers, FlowInvocation
+from sbusr.smartbus.vendor import binding
+from sbusr.smartbus.vendor.client import VendorClient
 
 ENC = "gbk"
 
@@ -50,7 +51,7 @@ def _head(header: Header | None) -> dict[str, Any]:
 
 
 def _text(raw: bytes) -> str:
-    return vendor.c_text(raw, ENC)
+    return binding.c_text(raw, ENC)
 
 
 def _data(cmd: dict[str, Any]) -> bytes:
@@ -73,21 +74,21 @@ class Output:
             self._stream.flush()
 
 
-def raw_event(event: vendor.VendorEvent) -> dict[str, Any]:
+def raw_event(event: binding.VendorEvent) -> dict[str, Any]:
     """A library callback as a JSON record."""
-    if isinstance(event, vendor.ConnectionEvent):
+    if isinstance(event, binding.ConnectionEvent):
         return {"event": "connection", "client": event.local_client, "ap": event.access_point,
                 "ack": event.ack}
-    if isinstance(event, vendor.DisconnectEvent):
+    if isinstance(event, binding.DisconnectEvent):
         return {"event": "disconnect", "client": event.local_client}
-    if isinstance(event, vendor.DataEvent):
+    if isinstance(event, binding.DataEvent):
         pkt = event.packet
         return {"event": "recvdata", "client": event.local_client, **_head(pkt.header),
                 "size": len(pkt.body), "data": pkt.body.hex()}
-    if isinstance(event, vendor.GlobalConnectEvent):
+    if isinstance(event, binding.GlobalConnectEvent):
         return {"event": "global_connect", "unit": event.unit, "client": event.client, "type": event.type,
                 "ap": event.access_point, "status": event.status, "add_info": _text(event.add_info)}
-    assert isinstance(event, vendor.FlowReplyEvent)
+    assert isinstance(event, binding.FlowReplyEvent)
     code_name = "ack" if event.kind == "ack" else "ret"
     text_name = "msg" if event.kind == "ack" else "param"
     return {"event": f"flow_{event.kind}", "client": event.local_client, "project": _text(event.project),
@@ -101,8 +102,8 @@ class RawAgent:
     def __init__(self, args: argparse.Namespace, out: Output) -> None:
         self.args = args
         self.out = out
-        self.events: queue.SimpleQueue[vendor.VendorEvent | None] = queue.SimpleQueue()
-        self.lib = vendor.VendorLibrary.load()
+        self.events: queue.SimpleQueue[binding.VendorEvent | None] = queue.SimpleQueue()
+        self.lib = binding.VendorLibrary.load()
         self._writer = threading.Thread(target=self._drain, name="agent-writer", daemon=True)
 
     def _drain(self) -> None:
@@ -114,7 +115,7 @@ class RawAgent:
         self._writer.start()
         self.lib.init(a.unit)
         self.lib.subscribe(a.client, self.events.put)
-        return self.lib.create_connect(a.client, a.type, a.host.encode(), a.port, b"", vendor.NO_SLAVE_PORT,
+        return self.lib.create_connect(a.client, a.type, a.host.encode(), a.port, b"", binding.NO_SLAVE_PORT,
                                        a.user.encode(ENC), a.password.encode(ENC), a.add_info.encode(ENC))
 
     def run(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +159,7 @@ class BackendAgent:
         config = ClientConfig(host=args.host, port=args.port, unit_id=args.unit, client_id=args.client,
                               client_type=args.type, user=args.user, password=args.password,
                               add_info=args.add_info, encoding=ENC)
-        self.client = vendor.VendorClient(config, handlers)
+        self.client = VendorClient(config, handlers)
 
     def _on_packet(self, pkt: Packet) -> None:
         self.out.write({"event": "recvdata", "client": self.args.client, **_head(pkt.header),

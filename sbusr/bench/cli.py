@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured seconds per phase (default %(default)s)")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each phase "
                    "(default %(default)s)")
+    p.add_argument("--drain", type=_positive(float), default=5.0,
+                   help="seconds to wait for the replies still due when a phase ends; later ones count "
+                        "as lost (default %(default)s)")
     p.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 64],
                    help="requests kept in flight, comma-separated (default 1,8,64)")
     p.add_argument("--load-processes", type=_positive(int),
@@ -103,11 +106,11 @@ def payload_params(size: int) -> str:
 def vendor_problem() -> str | None:
     """Why ``--client vendor`` cannot run here, or None."""
     try:
-        from sbusr.smartbus import vendor
+        from sbusr.smartbus.vendor import binding
     except Exception as exc:  # an unfinished or broken binding must only fail this option
         return f"the vendor binding cannot be imported ({exc})"
     try:
-        vendor.find_library()
+        binding.find_library()
     except Exception as exc:
         return f"libbusnetcli.so not found ({exc})"
     return None
@@ -146,7 +149,9 @@ class Bench:
                     raise RuntimeError(f"load generator {load.unit} got no {kind} answer within 30 s")
 
     def stop(self) -> None:
-        for child in reversed(self.children):  # loads first, bus last
+        for child in reversed(self.children):  # all at once: on a busy machine one by one takes minutes
+            child.begin_stop()
+        for child in reversed(self.children):  # then wait, loads first, bus last
             try:
                 child.stop()
             except Exception as exc:  # keep stopping the others
@@ -168,8 +173,8 @@ class Bench:
             callers = concurrency // len(loads) + (1 if i < concurrency % len(loads) else 0)
             load.send({"op": "run", "kind": kind, "target": target, "body": body, "callers": callers,
                        "rate": rate / len(loads) if rate else 0.0, "start_at": start_at,
-                       "warmup": a.warmup, "duration": a.duration, "drain": 5.0})
-        answers = [load.receive(a.warmup + a.duration + 30.0) for load in loads]
+                       "warmup": a.warmup, "duration": a.duration, "drain": a.drain})
+        answers = [load.receive(a.warmup + a.duration + a.drain + 30.0) for load in loads]
         figures = stats.summarize(answers, a.duration)
         figures["load_processes"] = len(loads)
         assert self.server is not None
@@ -204,8 +209,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ratio = figures["calls_per_s"] / raw_rate if raw_rate else None
                 result["phases"].append({"name": name, "kind": kind, "concurrency": conc, **figures,
                                          "ratio": round(ratio, 3) if ratio is not None else None})
+                why = stats.explain_errors(figures)
                 print(f"  {name:<8} c={conc:<4} {figures['calls_per_s']:>9.1f}/s  p99 "
-                      f"{figures['p99_ms']} ms  errors {figures['errors']}", file=sys.stderr, flush=True)
+                      f"{figures['p99_ms']} ms  errors {figures['errors']}" + (f" ({why})" if why else ""),
+                      file=sys.stderr, flush=True)
         nulls = [p for p in result["phases"] if p["name"] == "null"]
         if args.open_loop_fraction > 0 and nulls:
             top = max(nulls, key=lambda p: p["concurrency"])

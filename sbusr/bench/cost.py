@@ -145,8 +145,8 @@ def measure(calls: int = 20000, workers: int | None = None) -> dict[str, Any]:
     executor = execution.create_executor(conf)
     executor.bind(registry)
     executor.start()
-    server = oslo_messaging.get_rpc_server(transport, oslo_messaging.Target(topic="cost", server="19:1"),
-                                           registry.adapters, access_policy=dispatch.AccessPolicy)
+    server = dispatch.rpc_server(transport, oslo_messaging.Target(topic="cost", server="19:1"),
+                                 registry.adapters)
     server.start()
     try:
         assert conn.sink is not None

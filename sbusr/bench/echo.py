@@ -23,7 +23,7 @@ LOG = logging.getLogger("sbusr.bench.echo")
 
 def make_client(kind: str, config: ClientConfig, handlers: ClientHandlers) -> BusClient:
     if kind == "vendor":
-        from sbusr.smartbus.vendor import VendorClient
+        from sbusr.smartbus.vendor.client import VendorClient
 
         return VendorClient(config, handlers)
     from sbusr.smartbus.threaded import ThreadedClient

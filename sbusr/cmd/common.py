@@ -1,4 +1,4 @@
-"""Start-up shared by the console scripts: configuration, logging, transport URL."""
+"""Start-up shared by the console scripts: configuration and logging."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from oslo_config import cfg
 from oslo_log import log
 
-from sbusr import config, opts
+from sbusr import config
 
 LOG = logging.getLogger("sbusr.config")
 
@@ -37,10 +37,6 @@ def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None =
     for warning in config.unknown_options(conf):
         LOG.warning("%s", warning)
     return conf
-
-
-def transport_url(conf: cfg.ConfigOpts) -> str:
-    return conf.transport_url or opts.DEFAULT_TRANSPORT_URL
 
 
 def finish(conf: cfg.ConfigOpts, code: int) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import config, dispatch, execution, jsonrpc, metrics
+from sbusr import config, dispatch, execution, jsonrpc, metrics, opts
 from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
@@ -31,7 +31,7 @@ class Service:
                  config_reloader: config.Reloader | None = None) -> None:
         self.conf = conf
         self.config_reloader = config_reloader
-        url = oslo_messaging.TransportURL.parse(conf, common.transport_url(conf))
+        url = oslo_messaging.TransportURL.parse(conf, opts.transport_url(conf))
         identity = client_config_from_url(conf, url)
         self.transport = oslo_messaging.get_rpc_transport(conf, url=url)
         self._reload_lock = threading.Lock()
@@ -52,8 +52,7 @@ class Service:
         address = f"{identity.unit_id}:{identity.client_id}"
         target = oslo_messaging.Target(topic=conf.server.topic, server=address)
         # the threading executor is oslo.messaging's default (and soon its only one)
-        self.server = oslo_messaging.get_rpc_server(self.transport, target, self.registry.adapters,
-                                                    access_policy=dispatch.AccessPolicy)
+        self.server = dispatch.rpc_server(self.transport, target, self.registry.adapters)
         self.address = address
 
     def start(self) -> None:

@@ -32,24 +32,25 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
+from sbusr.smartbus.flows import FlowTable
 from sbusr.smartbus.interface import (
     BusError,
     ClientConfig,
     ClientHandlers,
     FlowAckEvent,
     FlowInvocation,
-    FlowTimeout,
     NotConnected,
     fail,
-    resolve,
 )
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: malformed or impossible packets from the bus: one WARNING per sender and kind every 10 s
+BAD_PACKET_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 #: result wait used when invoke_flow(want_result=True) gets no result_timeout
 DEFAULT_RESULT_TIMEOUT = 60.0
@@ -83,13 +84,6 @@ def _call(handler: Callable[..., None] | None, *args: Any) -> None:
         handler(*args)
     except Exception:
         LOG.exception("SmartBus handler %r failed", handler)
-
-
-@dataclass(slots=True)
-class _PendingFlow:
-    invocation: FlowInvocation
-    ack_timer: asyncio.TimerHandle | None = None
-    result_timer: asyncio.TimerHandle | None = None
 
 
 class _Link(asyncio.Protocol):
@@ -203,7 +197,7 @@ class SmartBusClient:
         self._connected_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._pending: dict[int, _PendingFlow] = {}
+        self._flows = FlowTable()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_reject: tuple[int, float] = (0, 0.0)  # (code, loop time) of the last WARNING
 
@@ -218,7 +212,7 @@ class SmartBusClient:
 
     @property
     def pending_flows(self) -> int:
-        return len(self._pending)
+        return len(self._flows)
 
     async def start(self) -> None:
         """Begin connecting (and reconnecting forever) in the background."""
@@ -246,13 +240,7 @@ class SmartBusClient:
             except asyncio.CancelledError:
                 pass
         self._set_link(None)
-        pending, self._pending = self._pending, {}
-        for entry in pending.values():
-            self._cancel_timers(entry)
-            inv = entry.invocation
-            fail(inv.ack, BusError("SmartBus client stopped", codec.ERR_NOT_CONNECTED))
-            if inv.result is not None:
-                fail(inv.result, BusError("SmartBus client stopped", codec.ERR_NOT_CONNECTED))
+        self._flows.fail_all(BusError("SmartBus client stopped", codec.ERR_NOT_CONNECTED))
         await asyncio.sleep(0)  # let the aborted transport's connection_lost run
 
     async def wait_connected(self, timeout: float) -> bool:
@@ -408,7 +396,14 @@ class SmartBusClient:
         try:
             event = codec.decode_global_connect(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed global-connect packet from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "global connect"), "SmartBus: malformed global-connect packet from "
+                               "%s: %s", pkt.src, exc)
+            return
+        problem = codec.global_connect_problem(event)
+        if problem is not None:
+            # keyed by kind only: a notice's src names its subject, and all of them come over the bus link
+            BAD_PACKET_LOG.log("notice", "SmartBus: ignored a global-connect notice about %d/%d type %d: %s",
+                               event.unit, event.client, event.type, problem)
             return
         me = self.address
         if event.unit == me.unit and event.client == me.client:
@@ -429,69 +424,20 @@ class SmartBusClient:
         try:
             msg = codec.decode_flow_ack(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed flow ack from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "flow ack"), "SmartBus: malformed flow ack from %s: %s", pkt.src,
+                               exc)
             return
-        entry = self._pending.get(msg.invoke_id)
-        if entry is None or entry.ack_timer is None:
-            LOG.debug("SmartBus: late or duplicate flow ack %d ignored", msg.invoke_id)
-            return
-        entry.ack_timer.cancel()
-        entry.ack_timer = None
-        inv = entry.invocation
-        resolve(inv.ack, FlowAckEvent(msg.invoke_id, msg.ack, msg.msg.decode(self._enc, errors="replace"),
-                                      pkt.src))
-        if msg.ack != codec.FLOW_ACK_OK and inv.result is not None:
-            text = msg.msg.decode(self._enc, errors="replace")
-            fail(inv.result, BusError(f"flow {msg.invoke_id} failed to start: {msg.ack} {text}".rstrip(),
-                                      msg.ack))
-            if entry.result_timer is not None:
-                entry.result_timer.cancel()
-                entry.result_timer = None
-        self._maybe_forget(msg.invoke_id, entry)
+        self._flows.acked(FlowAckEvent(msg.invoke_id, msg.ack, msg.msg.decode(self._enc, errors="replace"),
+                                       pkt.src))
 
     def _on_flow_ret(self, pkt: Packet) -> None:
         try:
             msg = codec.decode_flow_result(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed flow result from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "flow result"), "SmartBus: malformed flow result from %s: %s",
+                               pkt.src, exc)
             return
-        entry = self._pending.get(msg.invoke_id)
-        if entry is None or entry.result_timer is None or entry.invocation.result is None:
-            LOG.debug("SmartBus: late or unexpected flow result %d ignored", msg.invoke_id)
-            return
-        entry.result_timer.cancel()
-        entry.result_timer = None
-        resolve(entry.invocation.result, msg.param.decode(self._enc, errors="replace"))
-        self._maybe_forget(msg.invoke_id, entry)
-
-    def _maybe_forget(self, invoke_id: int, entry: _PendingFlow) -> None:
-        if entry.ack_timer is None and entry.result_timer is None:
-            self._pending.pop(invoke_id, None)
-
-    @staticmethod
-    def _cancel_timers(entry: _PendingFlow) -> None:
-        for timer in (entry.ack_timer, entry.result_timer):
-            if timer is not None:
-                timer.cancel()
-        entry.ack_timer = entry.result_timer = None
-
-    def _ack_timeout(self, invoke_id: int) -> None:
-        entry = self._pending.get(invoke_id)
-        if entry is None or entry.ack_timer is None:
-            return
-        entry.ack_timer = None
-        fail(entry.invocation.ack, FlowTimeout(f"no ack for flow invocation {invoke_id}", codec.ERR_TIMEOUT))
-        self._maybe_forget(invoke_id, entry)
-
-    def _result_timeout(self, invoke_id: int) -> None:
-        entry = self._pending.get(invoke_id)
-        if entry is None or entry.result_timer is None:
-            return
-        entry.result_timer = None
-        if entry.invocation.result is not None:
-            fail(entry.invocation.result,
-                 FlowTimeout(f"no result for flow invocation {invoke_id}", codec.ERR_TIMEOUT))
-        self._maybe_forget(invoke_id, entry)
+        self._flows.returned(msg.invoke_id, msg.param.decode(self._enc, errors="replace"))
 
     # ------------------------------------------------------------------ packet builders (any thread)
     def build_register(self, index: int) -> bytes:
@@ -552,9 +498,9 @@ class SmartBusClient:
             return
         link.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
-    def start_flow(self, inv: FlowInvocation, raw: bytes, ack_timeout: float,
-                   result_timeout: float | None) -> None:
-        """Register the invocation, send it and arm its timers (loop thread)."""
+    def send_flow(self, inv: FlowInvocation, raw: bytes, ack_timeout: float,
+                  result_timeout: float | None) -> None:
+        """Send a built CALL_FLOW and track it in the flow table with its timers (loop thread)."""
         try:
             self.write(raw)
         except NotConnected as exc:
@@ -563,12 +509,12 @@ class SmartBusClient:
                 fail(inv.result, exc)
             return
         loop = self._loop or asyncio.get_running_loop()
-        entry = _PendingFlow(inv)
-        entry.ack_timer = loop.call_later(ack_timeout, self._ack_timeout, inv.invoke_id)
+        flows = self._flows
+        result_timer = None
         if inv.result is not None:
             wait = DEFAULT_RESULT_TIMEOUT if result_timeout is None else result_timeout
-            entry.result_timer = loop.call_later(wait, self._result_timeout, inv.invoke_id)
-        self._pending[inv.invoke_id] = entry
+            result_timer = loop.call_later(wait, flows.result_timed_out, inv.invoke_id)
+        flows.add(inv, loop.call_later(ack_timeout, flows.ack_timed_out, inv.invoke_id), result_timer)
 
     # ------------------------------------------------------------------ async API
     async def send_data(self, dst: Address, cmd: int, cmdtype: int, data: bytes) -> None:
@@ -605,7 +551,7 @@ class SmartBusClient:
         """
         self._require_link()
         inv, raw = self.build_flow(unit, client, project, flow, params, want_result)
-        self.start_flow(inv, raw, ack_timeout, result_timeout)
+        self.send_flow(inv, raw, ack_timeout, result_timeout)
         return inv
 
     def _require_link(self) -> None:

@@ -4,6 +4,12 @@ The driver, the CLIs and the tests talk to a :class:`BusClient`; the native
 asyncio client (through its thread facade) and the vendor ``libbusnetcli.so``
 binding both implement it.  Handlers are called on a backend thread and must
 return quickly (queue the work): they never run user code themselves.
+
+Vocabulary: to *invoke* a flow is the bus operation (one CALL_FLOW, the vendor's
+``RemoteInvokeFlow``; :meth:`BusClient.invoke_flow` returns a :class:`FlowInvocation`).
+To *start* a flow is sbusr's operation on top of it (``BusConnection.start_flow``, the
+driver's ``start_flow`` call, ``POST /api/flow``): pick an IPSC, invoke, wait for the ack
+and, if asked, the result.
 """
 
 from __future__ import annotations

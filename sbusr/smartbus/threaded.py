@@ -205,11 +205,11 @@ class ThreadedClient:
         loop = self._check()
         inv, raw = self._client.build_flow(unit, client, project, flow, params, want_result)
         if threading.get_ident() == self._loop_tid:
-            self._client.start_flow(inv, raw, ack_timeout, result_timeout)
+            self._client.send_flow(inv, raw, ack_timeout, result_timeout)
             return inv
         # queued packets of this thread are flushed first: the flush was scheduled earlier
         try:
-            loop.call_soon_threadsafe(self._client.start_flow, inv, raw, ack_timeout, result_timeout)
+            loop.call_soon_threadsafe(self._client.send_flow, inv, raw, ack_timeout, result_timeout)
         except RuntimeError:
             raise NotConnected("SmartBus client stopped", codec.ERR_NOT_CONNECTED) from None
         return inv

@@ -101,7 +101,7 @@ class Methods:
             return _raise(item["error"])
         ctxt = {"request_id": request_id, "source": dict(source or DEFAULT_SOURCE)}
         try:
-            result = self._dispatcher.dispatch(_Incoming(ctxt, dispatch.oslo_message(item)))
+            result = self._dispatcher.dispatch(_Incoming(ctxt, jsonrpc.oslo_message(item)))
         except Exception as exc:
             code, message, data = jsonrpc.error_from_exception(exc, debug=True)
             if code == jsonrpc.METHOD_NOT_FOUND:

@@ -15,13 +15,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sbusr.driver_smartbus import _title as notify_title  # the driver's rule, not a copy
+from sbusr import jsonrpc
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
 from sbusr.smartbus.threaded import ThreadedClient
 
-START_TIMEOUT = 10.0
+START_TIMEOUT = 60.0  # returns as soon as ready; generous for a busy machine
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +49,13 @@ DEFAULT_BEHAVIOUR = Behaviour(result='["ok"]')
 
 
 def _reply_title(request: dict[str, Any] | list[Any] | bytes) -> str | None:
-    """Title of the reply to expect, or None for a notification (no reply comes)."""
-    if isinstance(request, bytes):
-        try:
-            request = json.loads(request.decode("utf-8"))
-        except ValueError:
-            return notify_title(None)  # a parse error is answered with id null
-    if isinstance(request, dict):
-        return notify_title(request["id"]) if "id" in request else None
-    if isinstance(request, list):
-        for item in request:
-            if isinstance(item, dict) and "id" in item:
-                return notify_title(item["id"])
-        return notify_title(None) if request and not all(isinstance(i, dict) for i in request) else None
-    return notify_title(None)
+    """Title of the reply to expect, or None for a notification (no reply comes): the driver's rule."""
+    try:
+        text = (jsonrpc.decode_payload(request) if isinstance(request, bytes)
+                else json.dumps(request, ensure_ascii=False))
+    except jsonrpc.RpcError:
+        return jsonrpc.reply_title(None)  # undecodable: answered as a parse error, id null
+    return jsonrpc.reply_title_for(jsonrpc.parse(text).items)
 
 
 class FakeIpsc:
@@ -198,14 +191,15 @@ class FakeIpsc:
         return self.call_rpc(self.server[0], self.server[1], request, timeout=timeout)
 
     def call_rpc(self, server_unit: int, server_client: int, request: dict[str, Any] | list[Any] | bytes,
-                 timeout: float = 10.0) -> Any:
+                 timeout: float = 10.0, reply_title: str | None = None) -> Any:
         """Send a JSON-RPC request as a flow does and return the parsed JSON of the reply NOTIFY.
 
-        The reply is the NOTIFY titled with the request id (the first id of a batch); a
-        notification (no id) gets no reply and returns None.  Raises TimeoutError.
+        The reply is the NOTIFY titled with the request id (the first id of a batch), or
+        ``reply_title`` when given; a notification (no id) gets no reply and returns None.
+        Raises TimeoutError.
         """
         body = request if isinstance(request, bytes) else json.dumps(request).encode("utf-8")
-        title = _reply_title(request)
+        title = reply_title if reply_title is not None else _reply_title(request)
         fut: concurrent.futures.Future[codec.Notify] | None = None
         if title is not None:
             fut = concurrent.futures.Future()

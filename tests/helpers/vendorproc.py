@@ -165,10 +165,10 @@ def vendor_unavailable() -> str | None:
 
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         return f"libbusnetcli.so is built for Linux x86_64 only, not {platform.system()} {platform.machine()}"
-    from sbusr.smartbus import vendor
+    from sbusr.smartbus.vendor import binding
 
     try:
-        vendor.find_library()
+        binding.find_library()
     except FileNotFoundError as exc:
         return str(exc)
     return None

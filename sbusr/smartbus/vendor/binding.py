@@ -1,4 +1,4 @@
-"""ctypes binding of the vendor's ``libbusnetcli.so`` and a :class:`BusClient` backend on top of it.
+"""ctypes binding of the vendor's ``libbusnetcli.so`` (the backend on top of it is :mod:`.client`).
 
 Why our own binding: the wheel's Python wrapper wires the flow-result callback to
 the disconnect handler and imports ``pkg_resources``; we only borrow its ``.so``.
@@ -22,14 +22,11 @@ Library facts this module relies on (``shared/smartbus-protocol.md``):
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import importlib.util
-import itertools
 import logging
 import os
 import platform
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,22 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from sbusr.smartbus import codec
-from sbusr.smartbus.codec import Address, GlobalConnect, Header, Packet
-from sbusr.smartbus.interface import (
-    BusError,
-    ClientConfig,
-    ClientHandlers,
-    FlowAckEvent,
-    FlowInvocation,
-    FlowOutcomeUnknown,
-    FlowTimeout,
-    NotConnected,
-    fail,
-    resolve,
-)
+from sbusr.smartbus.codec import Address, Header, Packet
+from sbusr.smartbus.interface import BusError
 
-LOG = logging.getLogger(__name__)
-TRACE_LOG = logging.getLogger(__name__ + ".lib")
+LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators, as before the split
+TRACE_LOG = logging.getLogger("sbusr.smartbus.vendor.lib")  # the library's own trace lines
 
 PACKAGE = "hesong.ipsc.busnetcli"
 LIBRARY_NAME = "libbusnetcli.so"
@@ -414,280 +400,3 @@ class VendorLibrary:
     def _on_flow_ret(self, _arg: Any, local_client: int, head: Any, project: bytes | None, invoke_id: int,
                      ret: int, param: bytes | None) -> None:
         self._flow("ret", local_client, head, project, invoke_id, ret, param)
-
-
-# --------------------------------------------------------------------------- BusClient backend
-
-
-#: RemoteInvokeFlow's "all pending slots in use" code
-ERR_RET_BUFF_FULL = -7
-
-
-def check_rc(rc: int, what: str) -> int:
-    """Turn a negative library return code into BusError (-2 -> NotConnected)."""
-    if rc == codec.ERR_NOT_CONNECTED:
-        raise NotConnected(f"{what}: not connected to a bus", rc)
-    if rc < 0:
-        raise BusError(f"{what} failed with code {rc}", rc)
-    return rc
-
-
-def _flow_timeout_ms(want_result: bool, ack_timeout: float, result_timeout: float | None) -> int:
-    """The library's single timeout: the result wait when a result is wanted, else the ack wait.
-
-    The ack wait itself is always clamp(timeout, 1 s, 5 s) inside the library.  0 would
-    disable every callback for the call, so at least 1 ms is passed.
-    """
-    seconds = (result_timeout if result_timeout is not None else ack_timeout) if want_result else ack_timeout
-    return max(1, min(int(seconds * 1000), 2**31 - 1))
-
-
-class VendorClient:
-    """interface.BusClient on libbusnetcli.so (``[smartbus] backend = vendor``).
-
-    Limits inherited from the library: one unit id per process; each local client id
-    can connect once per process (stop() detaches this object, but the library keeps
-    that link open until the process exits, because it offers no per-link close);
-    the flow ack wait is 1..5 s whatever ``ack_timeout`` says; notifies go to client
-    type 2 on units 0..15 only.
-    """
-
-    def __init__(self, config: ClientConfig, handlers: ClientHandlers | None = None,
-                 library_path: str | os.PathLike[str] | None = None) -> None:
-        self.config = config
-        self.handlers = handlers if handlers is not None else ClientHandlers()
-        self._library_path = library_path
-        self._lib: VendorLibrary | None = None
-        self._events: queue.SimpleQueue[VendorEvent | None] = queue.SimpleQueue()
-        self._dispatcher: threading.Thread | None = None
-        self._connected = threading.Event()
-        self._access_point: int | None = None
-        self._flows: dict[int, FlowInvocation] = {}
-        self._flow_lock = threading.Lock()
-        self._state_lock = threading.Lock()
-        self._started = False
-        # ids of notifies we encode ourselves; a range apart from the library's own counter
-        self._notify_ids = itertools.count(1 << 20)
-
-    # ----------------------------------------------------------------- state
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    @property
-    def access_point(self) -> int | None:
-        return self._access_point
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
-
-    def _encode(self, text: str, field: str) -> bytes:
-        try:
-            raw = text.encode(self.config.encoding)
-        except UnicodeEncodeError as exc:
-            raise BusError(f"{field} cannot be encoded as {self.config.encoding}: {exc}") from None
-        if b"\0" in raw:
-            raise BusError(f"{field} contains a NUL character")
-        return raw
-
-    def _library(self) -> VendorLibrary:
-        if self._lib is None or not self._started:
-            raise NotConnected("vendor client is not started", codec.ERR_NOT_CONNECTED)
-        return self._lib
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def start(self) -> None:
-        with self._state_lock:
-            if self._started:
-                return
-            cfg = self.config
-            lib = VendorLibrary.load(self._library_path)
-            lib.init(cfg.unit_id)
-            if lib.has_connection(cfg.client_id):
-                raise BusError(f"client id {cfg.client_id} already connected once in this process; "
-                               "libbusnetcli cannot reconnect it (use a new process or another id)")
-            lib.subscribe(cfg.client_id, self._events.put)
-            self._dispatcher = threading.Thread(target=self._dispatch, name=f"vendor-bus-{cfg.client_id}",
-                                                daemon=True)
-            self._dispatcher.start()
-            self._lib = lib
-            self._started = True
-            try:
-                rc = lib.create_connect(
-                    cfg.client_id, cfg.client_type, self._encode(cfg.host, "host"), cfg.port,
-                    self._encode(cfg.slave_host or "", "slave_host"),
-                    cfg.slave_port if cfg.slave_host and cfg.slave_port else NO_SLAVE_PORT,
-                    self._encode(cfg.user, "user"), self._encode(cfg.password, "password"),
-                    self._encode(cfg.add_info, "add_info"))
-                check_rc(rc, "SmartBusNetCli_CreateConnect")
-            except BaseException:
-                self._shutdown_locked()
-                raise
-
-    def stop(self) -> None:
-        with self._state_lock:
-            self._shutdown_locked()
-
-    def _shutdown_locked(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        assert self._lib is not None
-        self._lib.unsubscribe(self.config.client_id)
-        self._events.put(None)
-        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-            self._dispatcher.join(timeout=5)
-        self._dispatcher = None
-        self._connected.clear()
-        with self._flow_lock:
-            pending, self._flows = self._flows, {}
-        for inv in pending.values():
-            fail(inv.ack, BusError("vendor client stopped"))
-            if inv.result is not None:
-                fail(inv.result, BusError("vendor client stopped"))
-
-    # ----------------------------------------------------------------- dispatcher thread
-
-    def _dispatch(self) -> None:
-        while True:
-            event = self._events.get()
-            if event is None:
-                return
-            try:
-                self._handle(event)
-            except Exception:
-                LOG.exception("vendor client handler failed on %r", event)
-
-    def _handle(self, event: VendorEvent) -> None:
-        h = self.handlers
-        enc = self.config.encoding
-        if isinstance(event, DataEvent):
-            if h.on_packet:
-                h.on_packet(event.packet)
-        elif isinstance(event, FlowReplyEvent):
-            self._flow_event(event)
-        elif isinstance(event, ConnectionEvent):
-            if event.ack == 0:
-                self._access_point = event.access_point
-                self._connected.set()
-                LOG.info("vendor client %s registered through unit %d", self.config.address,
-                         event.access_point)
-                if h.on_connect:
-                    h.on_connect(event.access_point)
-            else:
-                LOG.warning("vendor client %s: connection failed with code %d", self.config.address,
-                            event.ack)
-                if h.on_connect_failed:
-                    h.on_connect_failed(event.ack)
-        elif isinstance(event, DisconnectEvent):
-            self._connected.clear()
-            LOG.info("vendor client %s disconnected", self.config.address)
-            if h.on_disconnect:
-                h.on_disconnect()
-        elif isinstance(event, GlobalConnectEvent):
-            if h.on_global_connect:
-                h.on_global_connect(GlobalConnect(event.unit, event.client, event.type, event.access_point,
-                                                  event.status,
-                                                  c_text(event.add_info, enc)))
-
-    def _flow_event(self, event: FlowReplyEvent) -> None:
-        enc = self.config.encoding
-        with self._flow_lock:
-            inv = self._flows.get(event.invoke_id)
-            if inv is None:
-                LOG.debug("flow %s for unknown invoke id %d ignored", event.kind, event.invoke_id)
-                return
-            if event.kind == "ack":
-                if event.code == codec.ERR_TIMEOUT and event.header is None:
-                    fail(inv.ack, FlowTimeout(f"flow {event.invoke_id}: no ack in time", event.code))
-                else:
-                    src = event.header.src if event.header else None
-                    resolve(inv.ack, FlowAckEvent(event.invoke_id, event.code,
-                                                   c_text(event.text, enc), src))
-                    if event.code != codec.FLOW_ACK_OK and inv.result is not None:
-                        # The library would keep waiting for a result that cannot come.
-                        fail(inv.result, BusError(f"flow {event.invoke_id} not started: ack {event.code}",
-                                                   event.code))
-            else:
-                if inv.result is not None:
-                    if event.code == codec.ERR_TIMEOUT and event.header is None:
-                        fail(inv.result, FlowTimeout(f"flow {event.invoke_id}: no result in time",
-                                                      event.code))
-                    else:
-                        resolve(inv.result, c_text(event.text, enc))
-            if inv.ack.done() and (inv.result is None or inv.result.done()):
-                self._flows.pop(event.invoke_id, None)
-
-    # ----------------------------------------------------------------- calls
-
-    def send_data(self, dst: Address, cmd: int, cmdtype: int, data: bytes) -> None:
-        if not 0 <= cmd <= 255 or not 1 <= cmdtype <= 255:
-            raise BusError(f"bad cmd/cmdtype {cmd}/{cmdtype} (cmdtype 0 is reserved for link packets)")
-        check_rc(self._library().send_data(self.config.client_id, cmd, cmdtype, dst, bytes(data)),
-                 "SmartBusNetCli_SendData")
-
-    def ping(self, dst: Address, data: bytes) -> None:
-        rc = self._library().send_ping(self.config.client_id, dst, bytes(data))
-        check_rc(rc, "SmartBusNetCli_SendPing")
-
-    def send_notify(self, unit: int, client: int, project: str, title: str, param: bytes,
-                    expires_ms: int = 0, mode: int = 0, client_type: int = 2) -> int:
-        """SendNotify to an IPSC; to anyone else the same NOTIFY bytes through SendData.
-
-        The library only addresses notifies to IPSCs (type 2, units 0..15), but sbusr also
-        answers net clients (sbusr-api, tools). A NOTIFY is an ordinary cmd 15/cmdtype 1
-        packet that receivers deliver like data, so for those targets we encode it ourselves.
-        """
-        raw = _c_payload(param, codec.MAX_NOTIFY_PARAM, "notify param")
-        if client_type == codec.CLIENT_TYPE_IPSC and unit in codec.IPSC_UNITS:
-            rc = self._library().send_notify(self.config.client_id, unit, client,
-                                             self._encode(project, "project"), self._encode(title, "title"),
-                                             mode, expires_ms, raw)
-            return check_rc(rc, "SmartBusNetCli_SendNotify")
-        invoke_id = next(self._notify_ids)
-        dst = Address(unit, client, client_type)
-        try:
-            packet = codec.encode_notify(self.config.address, dst,
-                                         codec.Notify(project, title, raw, invoke_id, mode, expires_ms),
-                                         self.config.encoding)
-        except codec.CodecError as exc:
-            raise BusError(f"notify cannot be encoded: {exc}") from None
-        self.send_data(dst, codec.CMD_NOTIFY, codec.CMDTYPE_SYSTEM, packet[codec.HEADER_SIZE:])
-        return invoke_id
-
-    def invoke_flow(self, unit: int, client: int, project: str, flow: str, params: bytes, *,
-                    want_result: bool, ack_timeout: float,
-                    result_timeout: float | None = None) -> FlowInvocation:
-        """RemoteInvokeFlow.  One library timeout: see :func:`_flow_timeout_ms`."""
-        raw = _c_payload(params, codec.MAX_FLOW_PARAMS, "flow params")
-        lib = self._library()
-        project_b, flow_b = self._encode(project, "project"), self._encode(flow, "flow")
-        timeout_ms = _flow_timeout_ms(want_result, ack_timeout, result_timeout)
-        # Always mode 0 ("result expected"): after a mode-1 call the library refuses the next
-        # mode-0 call with -7 ("ret buff is full") although it sends the request, so the flow
-        # would run while the caller is told it failed.  A result nobody asked for is ignored.
-        # Hold the lock across the call so the dispatcher cannot see the reply first.
-        with self._flow_lock:
-            rc = lib.invoke_flow(self.config.client_id, unit, client, project_b, flow_b, 0, timeout_ms, raw)
-            if rc == ERR_RET_BUFF_FULL:
-                raise FlowOutcomeUnknown(
-                    "libbusnetcli refused to track the flow call (-7, 'ret buff is full') but may have "
-                    "sent it: the flow may be running; do not retry blindly", rc)
-            check_rc(rc, "SmartBusNetCli_RemoteInvokeFlow")
-            inv = FlowInvocation(rc)
-            if want_result:
-                inv.result = concurrent.futures.Future()
-            self._flows[rc] = inv
-        return inv
-
-
-def _c_payload(data: bytes, limit: int, what: str) -> bytes:
-    """A payload the library passes as a C string: no NUL inside, within its length limit."""
-    raw = bytes(data)
-    if b"\0" in raw:
-        raise BusError(f"{what}: a NUL byte cannot be sent")
-    if len(raw) > limit:
-        raise BusError(f"{what}: {len(raw)} bytes; at most {limit} fit", codec.ERR_DATA_TOO_LARGE)
-    return raw
