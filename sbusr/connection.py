@@ -23,7 +23,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import jsonrpc, opts
+from sbusr import jsonrpc, metrics, opts
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
@@ -142,6 +142,7 @@ class BusConnection:
         self._replies: dict[str, concurrent.futures.Future[bytes]] = {}
         self._replies_lock = threading.Lock()
         self._request_sink: RequestSink | None = None
+        self._metrics = metrics.bus()
         self.client = make_client(conf, config, ClientHandlers(
             on_connect=self._on_connect,
             on_connect_failed=self._on_connect_failed,
@@ -184,6 +185,7 @@ class BusConnection:
                 if conn is self:
                     del self._instances[key]
         self.client.stop()
+        self._metrics.bus_connected(False)
         with self._replies_lock:
             pending, self._replies = self._replies, {}
         for fut in pending.values():
@@ -194,6 +196,7 @@ class BusConnection:
     def _on_connect(self, access_point: int) -> None:
         LOG.info("registered on SmartBus %s:%s as %s, access point unit %s", self.config.host,
                  self.config.port, self.config.address, access_point)
+        self._metrics.bus_connected(True)
 
     def _on_connect_failed(self, code: int) -> None:
         LOG.warning("SmartBus registration at %s:%s failed with code %s", self.config.host,
@@ -203,6 +206,8 @@ class BusConnection:
         LOG.warning("SmartBus link to %s:%s lost; reconnecting", self.config.host, self.config.port)
         with self._peers_lock:
             self._peers.clear()
+        self._metrics.bus_connected(False)
+        self._metrics.set_ipsc_peers(0)
 
     def _on_global_connect(self, event: GlobalConnect) -> None:
         key = (event.unit, event.client)
@@ -214,6 +219,8 @@ class BusConnection:
                 self._peers[key] = peer
                 if peer.is_ipsc:
                     self._seen_ipsc.add(key)
+            ipsc = sum(1 for p in self._peers.values() if p.is_ipsc)
+        self._metrics.set_ipsc_peers(ipsc)
         LOG.info("peer %s/%s type %s %s (%s)", event.unit, event.client, event.type,
                  {0: "left", 1: "joined", 2: "present"}.get(event.status, event.status), event.add_info)
 

@@ -12,6 +12,7 @@ Sender side: ``RPCClient`` on this transport addresses three topics, each a call
   client=None, wait=False, ack_timeout=, result_timeout=)`` starts a flow on an IPSC
   (a random one unless unit/client say which) and answers ``{"unit", "client",
   "invoke_id", "ack", "message"}`` plus ``"result"`` when waiting;
+  the answer carries ``ack_seconds`` when not waiting for the result (the IPSC's ack time);
 * ``bus``   -- ``call(ctxt, "peers")`` / ``call(ctxt, "status")`` answer locally;
 * anything else with ``server="unit:client"`` -- a JSON-RPC call to another
   sbusr-server over the bus (used by the HTTP API's /sys/reset).
@@ -25,6 +26,7 @@ import dataclasses
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -33,7 +35,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging._drivers import base
 
-from sbusr import jsonrpc, opts
+from sbusr import jsonrpc, metrics, opts
 from sbusr.connection import BusConnection, ReplyTimeout
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
@@ -121,50 +123,75 @@ class _Responder:
 
     A single call is answered as soon as it replies; a batch once every member
     with an id has replied (invalid members are answered with their errors).
+    With a ``recorder``, every reply sent is counted there, under the method it answers.
     """
 
-    __slots__ = ("_batch", "_conn", "_debug", "_lock", "_missing", "_slots", "_title", "_to")
+    __slots__ = ("_batch", "_conn", "_debug", "_lock", "_methods", "_missing", "_recorder", "_slots",
+                 "_started", "_title", "_to")
 
     def __init__(self, conn: BusConnection, to: Address, title: str, batch: bool, size: int,
-                 debug: bool) -> None:
+                 debug: bool, recorder: metrics.RequestMetrics | None = None) -> None:
         self._conn = conn
         self._to = to
         self._title = title
         self._batch = batch
         self._slots: list[dict[str, Any] | None] = [None] * size
+        self._methods = [metrics.UNKNOWN_METHOD] * size if batch else []  # per slot, for the metrics
         self._missing = size
         self._lock = threading.Lock()
         self._debug = debug
+        self._recorder = recorder
+        self._started = recorder.request_received(size) if recorder is not None else 0.0
 
-    def fill(self, slot: int, response: dict[str, Any]) -> None:
+    def fill(self, slot: int, response: dict[str, Any], method: str = metrics.UNKNOWN_METHOD) -> None:
+        recorder = self._recorder
         if not self._batch:
-            self._send(response)
+            sent = self._send(response)
+            if recorder is not None:
+                self._record(recorder, method, sent)
             return
         with self._lock:
             self._slots[slot] = response
+            self._methods[slot] = method
             self._missing -= 1
             done = self._missing == 0
         if done:
             answers = [r for r in self._slots if r is not None]
             if answers:
-                self._send(answers)
+                sent = self._send(answers)
+                if recorder is not None:
+                    for name, answer in zip(self._methods, sent, strict=True):
+                        self._record(recorder, name, answer)
 
     def fill_failure(self, slot: int, request_id: Any, exc: BaseException, method: str) -> None:
         code, message, data = jsonrpc.error_from_exception(exc, self._debug)
         if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
             message = f"Method not found: {jsonrpc.cut(method, jsonrpc.MAX_QUOTED_NAME)}"
-        self.fill(slot, jsonrpc.error_response(request_id, code, message, data))
+        self.fill(slot, jsonrpc.error_response(request_id, code, message, data), method)
 
-    def _send(self, response: dict[str, Any] | list[dict[str, Any]]) -> None:
+    def _record(self, recorder: metrics.RequestMetrics, method: str, response: dict[str, Any]) -> None:
+        error = response.get("error")
+        if error is None:
+            recorder.request_done(method, None, self._started)
+        else:
+            caller = f"{self._to.unit}:{self._to.client}"
+            recorder.request_done(method, error.get("code"), self._started, caller, error.get("message"))
+
+    def _send(self, response: Any) -> Any:
+        """Send ``response`` (or, when too large, the error that replaces it); returns what was sent."""
         body = jsonrpc.dumps(response)
         if len(body) > codec.MAX_NOTIFY_PARAM:
             LOG.warning("reply %r to %s is %d bytes; a NOTIFY carries at most %d: answering -32603",
                         self._title, self._to, len(body), codec.MAX_NOTIFY_PARAM)
             body = _too_large(response, len(body))
+            too_large = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "response too large")
+            response = ([{**too_large, "id": r.get("id")} for r in response] if isinstance(response, list)
+                        else {**too_large, "id": response.get("id")})  # what the metrics count
         try:
             self._conn.send_reply(self._to, self._title, body)
         except (BusError, codec.CodecError) as exc:
             LOG.error("could not send reply %r to %s: %s", self._title, self._to, exc)
+        return response
 
 
 def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> bytes:
@@ -240,7 +267,8 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
         if error is not None:
             self._responder.fill_failure(self._slot, self._request_id, error, self.full_method)
         else:
-            self._responder.fill(self._slot, jsonrpc.result_response(self._request_id, result))
+            self._responder.fill(self._slot, jsonrpc.result_response(self._request_id, result),
+                                 self.full_method)
         return True
 
     def acknowledge(self) -> None:
@@ -366,6 +394,8 @@ class SmartBusDriver(base.BaseDriver):
         self._ascii_titles = "Az09-_".encode(self._config.encoding, errors="replace") == b"Az09-_"
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
+        #: where answered calls are counted: this process's request metrics once it listens
+        self.metrics: metrics.RequestMetrics | None = None
 
     @property
     def connection(self) -> BusConnection:
@@ -383,6 +413,7 @@ class SmartBusDriver(base.BaseDriver):
 
     def listen(self, target: oslo_messaging.Target, batch_size: int,
                batch_timeout: float | None) -> SmartBusListener:
+        self.metrics = metrics.requests()
         return SmartBusListener(self)
 
     def listen_for_notifications(self, targets_and_priorities: Any, pool: Any, batch_size: int,
@@ -412,7 +443,7 @@ class SmartBusDriver(base.BaseDriver):
         title = jsonrpc.reply_title_for(items)  # after the title rule: a bad id is answered under "null"
         if title is not None:
             responder = _Responder(self.connection, packet.src, title, parsed.is_batch, len(answerable),
-                                   self.debug)
+                                   self.debug, self.metrics)
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0
@@ -494,11 +525,14 @@ class SmartBusDriver(base.BaseDriver):
         args = message.get("args") or {}
         wait_result = bool(args.get("wait"))
         ack_timeout = float(args.get("ack_timeout") or timeout or 15.0)
+        sent = time.monotonic()
         started = self.connection.start_flow(
             str(args["project"]), str(args["flow"]), list(args.get("params") or []), unit=args.get("unit"),
             client=args.get("client"), wait=wait_result, ack_timeout=ack_timeout,
             result_timeout=float(args.get("result_timeout") or ack_timeout))
         answer = dataclasses.asdict(started)
+        if not wait_result:
+            answer["ack_seconds"] = round(time.monotonic() - sent, 6)
         if not wait_result:
             del answer["result"]
         return answer

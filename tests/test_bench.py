@@ -61,7 +61,8 @@ def test_short_run_reports_every_phase_with_answered_calls():
     assert "calls/s" in done.stderr  # the table goes to stderr when JSON goes to stdout
     cost = result["cost"]
     assert cost["calls"] == 400 and cost["executor_pool_size"] >= 1
-    for step in ("parse_us", "rpcserver_us", "executor_hop_us", "total_us", "total_calls_per_s"):
+    steps = ("parse_us", "rpcserver_us", "executor_hop_us", "metrics_us", "total_us", "total_calls_per_s")
+    for step in steps:
         assert cost[step] > 0, (step, cost)
     assert "executor hop" in done.stderr
 

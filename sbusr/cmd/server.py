@@ -12,13 +12,16 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import config, dispatch, execution, jsonrpc, opts
+from sbusr import config, dispatch, execution, jsonrpc, metrics, opts
 from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
+from sbusr.smartbus import codec
 
 LOG = logging.getLogger("sbusr.server")
+#: sys.stats must fit one NOTIFY with its JSON-RPC envelope and sys.* fields around it
+STATS_MAX_BYTES = codec.MAX_NOTIFY_PARAM - 1024
 
 
 class Service:
@@ -41,6 +44,11 @@ class Service:
         self.executor.bind(self.registry)
         system.bind_registry(self.registry)
         system.set_reload_handler(self.reload)
+        system.set_report("stats", self.stats)
+        self.metrics = metrics.requests()
+        self.metrics.set_methods(self.registry.methods())
+        self.metrics.sample_executor(getattr(self.executor, "stats", None))
+        self._metrics_listener: metrics.MetricsListener | None = None
         address = f"{identity.unit_id}:{identity.client_id}"
         target = oslo_messaging.Target(topic=conf.server.topic, server=address)
         # the threading executor is oslo.messaging's default (and soon its only one)
@@ -49,6 +57,7 @@ class Service:
 
     def start(self) -> None:
         self.executor.start()  # prestarted workers: the first calls pay no start-up latency
+        self._metrics_listener = metrics.serve(self.conf.metrics.host, self.conf.metrics.port)
         self.server.start()
         self.background.start(self.registry)
         LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
@@ -66,6 +75,10 @@ class Service:
             self.registry = registry
             system.bind_registry(registry)
             self.background.reloaded(registry)
+            self.metrics.set_methods(registry.methods())
+            self.metrics.reload_done()
+            if self.executor.mode == "process":  # a reload replaces every worker process
+                self.metrics.worker_restarted("reload", self.executor.workers)
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
         return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers,
@@ -81,6 +94,13 @@ class Service:
         LOG.error("%s", error)  # outside the except block: oslo.log would append the exception again
         raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, error)
 
+    def stats(self) -> dict[str, Any]:
+        """``sys.stats``: what the status page shows about this server."""
+        executor = getattr(self.executor, "stats", None)
+        stats = {"server": self.address, "mode": self.executor.mode,
+                 "executor": executor() if executor else {}, **self.metrics.snapshot()}
+        return metrics.fit(stats, STATS_MAX_BYTES)
+
     def stop(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
         self.background.halt()
@@ -95,6 +115,8 @@ class Service:
         waiter.join(1.0)  # let those replies go out before the transport closes
         self.background.stop(timeout)
         self.transport.cleanup()
+        if self._metrics_listener is not None:
+            self._metrics_listener.stop()
         return finished
 
 
