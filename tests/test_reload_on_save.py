@@ -10,7 +10,6 @@ from sbusr.reload_on_save import ReloadOnSave
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
 
-
 VERSION = textwrap.dedent('''
     import oslo_messaging
 

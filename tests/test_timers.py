@@ -18,7 +18,6 @@ from sbusr import schedule
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
 
-
 TIMERS = textwrap.dedent('''
     import os
     import time
