@@ -6,7 +6,9 @@ Every bus operation goes through the standard oslo.messaging ``RPCClient`` on th
 address with namespace ``sys`` reloads or pings the server.  Those calls block, so
 they run on a bounded thread pool, never on the IOLoop thread.
 
-Routes: ``POST /api/flow``, ``GET /api/ipsc``, ``GET|POST /sys/reset``, ``GET /health``.
+Routes: ``POST /api/flow``, ``GET /api/ipsc``, ``GET|POST /sys/reset``, ``GET /health``, ``GET /metrics``
+(Prometheus) and the status page ``GET /status`` (HTML from ``sbusr/static``, refreshed from
+``GET /status/data``, which asks sbusr-server's ``sys.stats`` over the bus).
 Every error is JSON ``{"error": {"code": <http status>, "message": ...}}``; status codes:
 
 * 400 malformed body or parameters, 401 missing/wrong bearer token, 404 unknown route
@@ -21,18 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import hmac
+import importlib.resources
 import json
 import logging
+import math
+import secrets
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import oslo_messaging
+import tornado.escape
 import tornado.web
 from oslo_config import cfg
 
-from sbusr import jsonrpc, opts
+import sbusr
+from sbusr import jsonrpc, metrics, opts
 from sbusr.connection import FlowRejected, IpscUnavailable
 from sbusr.driver_smartbus import RemoteError, client_config_from_url
 from sbusr.smartbus import codec
@@ -46,6 +56,8 @@ HEALTH_PING_TIMEOUT = 2.0
 #: project and flow are char[32] on the wire, NUL-terminated
 NAME_MAX_BYTES = 31
 FLOW_FIELDS = frozenset({"server", "process", "project", "flow", "params", "wait"})
+#: arrays/objects nested deeper than this in a request body are refused (400), never a RecursionError
+MAX_JSON_DEPTH = 32
 _TRUE = frozenset({"1", "true", "yes", "on", ""})  # a bare ?wait means on
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -117,6 +129,7 @@ class BusApi:
         self._in_flight = 0
         self._lock = threading.Lock()
         self._closed = False
+        self.metrics = metrics.api()
 
     @property
     def in_flight(self) -> int:
@@ -139,11 +152,16 @@ class BusApi:
 
     async def start_flow(self, request: dict[str, Any]) -> dict[str, Any]:
         """Start a flow; request and answer in the HTTP API's words (an IPSC ``server``, its ``process``)."""
-        started = await self._run(self._flows.call, {}, "start_flow", project=request["project"],
-                                  flow=request["flow"], params=request["params"], unit=request["server"],
-                                  client=request["process"], wait=request["wait"],
-                                  ack_timeout=self.conf.api.flow_ack_timeout,
-                                  result_timeout=self.conf.api.flow_result_timeout)
+        try:
+            started = await self._run(self._flows.call, {}, "start_flow", project=request["project"],
+                                      flow=request["flow"], params=request["params"], unit=request["server"],
+                                      client=request["process"], wait=request["wait"],
+                                      ack_timeout=self.conf.api.flow_ack_timeout,
+                                      result_timeout=self.conf.api.flow_result_timeout)
+        except Exception as exc:
+            self.metrics.flow_done(flow_outcome(exc))
+            raise
+        self.metrics.flow_done("started", started.pop("ack_seconds", None))
         unit, client = started.pop("unit"), started.pop("client")
         return {"server": unit, "process": client, **started}
 
@@ -158,6 +176,10 @@ class BusApi:
 
     async def ping_server(self) -> Any:
         return await self._run(self._ping.call, {}, "ping")
+
+    async def server_stats(self) -> Any:
+        """sbusr-server's ``sys.stats``, with the short timeout of the health ping."""
+        return await self._run(self._ping.call, {}, "stats")
 
     def connect(self) -> dict[str, Any]:
         """Blocking: open the bus connection now (it is lazy) and report the link status."""
@@ -216,9 +238,13 @@ def parse_flow_request(raw: bytes, encoding: str, wait_flag: bool = False) -> di
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the C scanner's own depth limit; never a 500
+        raise ApiError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise ApiError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
     unknown = sorted(set(body) - FLOW_FIELDS)
@@ -247,6 +273,31 @@ def parse_flow_request(raw: bytes, encoding: str, wait_flag: bool = False) -> di
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    """JSON numbers beyond a double (``1e999``) would reach the IPSC as null: refuse them."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True if arrays/objects nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -436,12 +487,164 @@ class HealthHandler(BaseHandler):
         self.reply(body, 200 if status.get("connected") else 503)
 
 
+# ---------------------------------------------------------------------------- metrics and status page
+
+
+def flow_outcome(exc: BaseException) -> str:
+    """The ``sbusr_api_flows_total`` outcome of a flow start that raised ``exc``."""
+    if isinstance(exc, IpscUnavailable):
+        return "no_ipsc"
+    if isinstance(exc, FlowRejected):
+        return "refused"
+    if isinstance(exc, oslo_messaging.MessagingTimeout):
+        return "timeout"
+    if isinstance(exc, NotConnected):
+        return "not_connected"
+    if isinstance(exc, FlowOutcomeUnknown):
+        return "unknown"
+    if isinstance(exc, ApiError) and exc.status_code == 503:
+        return "busy"
+    return "error"
+
+
+class MetricsHandler(BaseHandler):
+    """GET /metrics: this process's Prometheus metrics; a token only with ``[api] metrics_need_token``."""
+
+    def prepare(self) -> None:
+        if self.api.conf.api.metrics_need_token:
+            super().prepare()
+
+    def get(self) -> None:
+        body, content_type = metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+#: the status page's cookie; its value is derived from the token, never the token itself
+STATUS_COOKIE = "sbusr_status"
+
+
+def _page(name: str) -> str:
+    return importlib.resources.files("sbusr").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def status_cookie_value(token: str) -> str:
+    return hmac.new(token.encode(), b"sbusr status page", hashlib.sha256).hexdigest()
+
+
+class StatusHandler(BaseHandler):
+    """Base of the status routes: they accept the bearer header like every route, or the login's cookie."""
+
+    requires_auth = False  # checked by :meth:`authorised` instead
+
+    def authorised(self) -> bool:
+        token = self.api.conf.api.auth_token
+        if not token:
+            return True
+        scheme, _, supplied = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode()):
+            return True
+        cookie = self.get_cookie(STATUS_COOKIE, "")
+        return hmac.compare_digest(cookie.encode(), status_cookie_value(token).encode())
+
+    def token_matches(self, supplied: str) -> bool:
+        return hmac.compare_digest(supplied.encode(), self.api.conf.api.auth_token.encode())
+
+    def remember_login(self) -> None:
+        self.set_cookie(STATUS_COOKIE, status_cookie_value(self.api.conf.api.auth_token), path="/status",
+                        httponly=True, samesite="Strict")
+
+    def html(self, name: str, status: int = 200, error: str = "") -> None:
+        """One of the pages in ``sbusr/static``, under a policy that runs only its own inline code."""
+        nonce = secrets.token_urlsafe(16)
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Content-Security-Policy", f"default-src 'none'; script-src 'nonce-{nonce}'; "
+                        f"style-src 'nonce-{nonce}'; connect-src 'self'; img-src 'self'; form-action 'self'; "
+                        "frame-ancestors 'none'; base-uri 'none'")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        page = self.settings["sbusr_pages"][name]
+        self.finish(page.replace("__NONCE__", nonce).replace("__ERROR__", tornado.escape.xhtml_escape(error)))
+
+
+class StatusPageHandler(StatusHandler):
+    """GET /status: the page (or the login form); ``?token=`` logs in once and is dropped from the URL."""
+
+    def get(self) -> None:
+        supplied = self.get_query_argument("token", None)
+        if supplied is not None and self.api.conf.api.auth_token:
+            if not self.token_matches(supplied):
+                self.html("login.html", 401, "That token is not valid.")
+                return
+            self.remember_login()
+            self.redirect("status", status=303)  # the same page without the token in its address
+            return
+        if not self.authorised():
+            self.html("login.html", 401)
+            return
+        self.html("status.html")
+
+
+@tornado.web.stream_request_body
+class StatusLoginHandler(StatusHandler, BodyHandler):
+    """POST /status/login: the login form's token, checked and kept in a cookie."""
+
+    def post(self) -> None:
+        form = urllib.parse.parse_qs(self.body().decode("utf-8", errors="replace"))
+        supplied = (form.get("token") or [""])[0]
+        if not self.api.conf.api.auth_token:
+            self.redirect("/status", status=303)
+            return
+        if not self.token_matches(supplied):
+            self.html("login.html", 401, "That token is not valid.")
+            return
+        self.remember_login()
+        self.redirect("/status", status=303)
+
+
+class StatusLogoutHandler(StatusHandler):
+    """GET /status/logout: forget the cookie."""
+
+    def get(self) -> None:
+        self.clear_cookie(STATUS_COOKIE, path="/status")
+        self.redirect("/status", status=303)
+
+
+class StatusDataHandler(StatusHandler):
+    """GET /status/data: what the page shows, as JSON: the bus link, the IPSCs, sbusr-server's sys.stats."""
+
+    def prepare(self) -> None:
+        if not self.authorised():
+            raise ApiError(401, "log in on /status first (or send Authorization: Bearer <token>)")
+
+    async def get(self) -> None:
+        bus, peers, stats = await asyncio.gather(self.api.status(), self.api.peers(), self.api.server_stats(),
+                                                 return_exceptions=True)
+        if isinstance(bus, BaseException):
+            bus = {"connected": False, "error": str(bus) or type(bus).__name__}
+        ipsc = [] if isinstance(peers, BaseException) else [
+            p for p in peers if p.get("type") == codec.CLIENT_TYPE_IPSC and p.get("unit") in codec.IPSC_UNITS]
+        server: dict[str, Any] = {"address": self.api.server, "reachable": False, "stats": None}
+        if isinstance(stats, RemoteError):  # it answered, but not with figures (an older server, say)
+            server.update(reachable=True, error=f"sys.stats failed: {stats}")
+        elif isinstance(stats, BaseException):
+            server["error"] = str(stats) or type(stats).__name__
+        else:
+            server.update(reachable=True, stats=stats)
+        self.reply({"time": round(time.time(), 3),
+                    "api": {"version": sbusr.__version__, "auth": bool(self.api.conf.api.auth_token)},
+                    "bus": bus, "ipsc": ipsc, "server": server})
+
+
 # ---------------------------------------------------------------------------- application
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log: method, path, status, duration (never the query string, which may carry secrets)."""
     status = handler.get_status()
+    routes = handler.settings.get("sbusr_routes", {})
+    metrics.api().http_request(routes.get(type(handler), "<other>"), status)
     level = logging.INFO if status < 500 else logging.WARNING
     ACCESS_LOG.log(level, "%s %s %d %.1fms %s", handler.request.method, handler.request.path, status,
                    1000.0 * handler.request.request_time(), handler.request.remote_ip)
@@ -450,16 +653,24 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 def make_app(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> tornado.web.Application:
     """The Tornado application; ``app.settings["sbusr_api"]`` is the :class:`BusApi` (close it when done)."""
     api = BusApi(conf, transport)
+    routes: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+        (r"/api/flow", FlowHandler),
+        (r"/api/ipsc", IpscHandler),
+        (r"/sys/reset", ResetHandler),
+        (r"/health", HealthHandler),
+        (r"/metrics", MetricsHandler),
+        (r"/status", StatusPageHandler),
+        (r"/status/data", StatusDataHandler),
+        (r"/status/login", StatusLoginHandler),
+        (r"/status/logout", StatusLogoutHandler),
+    ]
     return tornado.web.Application(
-        [
-            (r"/api/flow", FlowHandler),
-            (r"/api/ipsc", IpscHandler),
-            (r"/sys/reset", ResetHandler),
-            (r"/health", HealthHandler),
-        ],
+        routes,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         sbusr_api=api,
+        sbusr_routes={handler: pattern for pattern, handler in routes},  # the route label of the metrics
+        sbusr_pages={name: _page(name) for name in ("status.html", "login.html")},
         compress_response=False,
         serve_traceback=False,
     )

@@ -23,12 +23,15 @@ from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import jsonrpc, opts
+from sbusr import jsonrpc, metrics, opts
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: malformed packets from a peer: one WARNING per sender and kind every 10 s, with a count of the rest
+BAD_PACKET_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 RequestSink = Callable[[Packet], None]
 #: Seconds between registration attempts while the bus reports our identity taken: a hot standby
@@ -53,39 +56,6 @@ class Exchange:
         self._lock = threading.Lock()
         self._closers: list[Callable[[], None]] = []
 
-    def open_exchange(self, packet: Packet) -> Exchange:
-        """The :class:`Exchange` that answers ``packet`` (the client's own kind, if it has one)."""
-        opener = getattr(self.client, "open_exchange", None)
-        return opener(packet) if opener is not None else Exchange(self)
-
-    def forward(self, raw: bytes) -> None:
-        """Send a complete, already encoded packet (a worker's NOTIFY reply) to the bus unchanged.
-
-        A backend that cannot send raw bytes (the vendor library) gets the NOTIFY decoded and
-        sent through its own send_notify.
-        """
-        header = codec.decode_header(raw)
-        dst = header.dst
-        if dst.unit == self.config.unit_id and dst.client == self.config.client_id:
-            # a reply to this process's own request (request_self): a bus does not echo it back
-            notify = codec.decode_notify(raw[codec.HEADER_SIZE:codec.HEADER_SIZE + header.datalen],
-                                         self.encoding)
-            self._deliver_reply(notify.title, notify.param)
-            return
-        send_raw = getattr(self.client, "send_raw", None)
-        if send_raw is not None:
-            send_raw(raw)
-            return
-        if header.cmdtype != codec.CMDTYPE_SYSTEM or header.cmd != codec.CMD_NOTIFY:
-            raise BusError(f"cannot forward cmd {header.cmd}/{header.cmdtype} through this backend")
-        notify = codec.decode_notify(raw[codec.HEADER_SIZE:codec.HEADER_SIZE + header.datalen], self.encoding)
-        self.client.send_notify(dst.unit, dst.client, notify.project, notify.title, notify.param,
-                                expires_ms=notify.expires, mode=notify.mode, client_type=dst.type)
-
-    @property
-    def notify_ttl(self) -> int:
-        return self._notify_ttl
-
     def send_reply(self, to: Address, title: str, body: bytes) -> None:
         if self._conn is None:
             raise BusError("no SmartBus connection to reply on")
@@ -107,8 +77,9 @@ class Exchange:
     def call_started(self, request_id: object, method: str, timeout: float) -> None:
         """A call of this packet starts running with this limit (0 = none)."""
 
-    def call_done(self, method: str, code: int, message: str) -> None:
-        """One call ended (``code`` 0 = result, else its JSON-RPC error code)."""
+    def call_done(self, method: str, code: int, message: str, replied: bool = True) -> None:
+        """One call ended (``code`` 0 = result, else its JSON-RPC error code); ``replied`` False
+        for a notification (it ran, nobody is answered)."""
         with self._lock:
             self._pending -= 1
             last = self._pending == 0
@@ -247,6 +218,7 @@ class BusConnection:
         self._request_sink: RequestSink | None = None
         self._fallback_sink: RequestSink | None = None
         self._standing_by = False
+        self._metrics = metrics.bus()
         self.client = make_client(conf, config, ClientHandlers(
             on_connect=self._on_connect,
             on_connect_failed=self._on_connect_failed,
@@ -310,6 +282,7 @@ class BusConnection:
                 if conn is self:
                     del self._instances[key]
         self.client.stop()
+        self._metrics.bus_connected(False)
         with self._replies_lock:
             pending, self._replies = self._replies, {}
         for fut in pending.values():
@@ -321,6 +294,7 @@ class BusConnection:
         self._standing_by = False
         LOG.info("registered on SmartBus %s:%s as %s, access point unit %s", self.config.host,
                  self.config.port, self.config.address, access_point)
+        self._metrics.bus_connected(True)
 
     def _on_connect_failed(self, code: int) -> None:
         if code == codec.ERR_CONNECTED:  # retried every STANDBY_RETRY s: say it once
@@ -337,6 +311,8 @@ class BusConnection:
         LOG.warning("SmartBus link to %s:%s lost; reconnecting", self.config.host, self.config.port)
         with self._peers_lock:
             self._peers.clear()
+        self._metrics.bus_connected(False)
+        self._metrics.set_ipsc_peers(0)
 
     def _on_global_connect(self, event: GlobalConnect) -> None:
         key = (event.unit, event.client)
@@ -348,6 +324,8 @@ class BusConnection:
                 self._peers[key] = peer
                 if peer.is_ipsc:
                     self._seen_ipsc.add(key)
+            ipsc = sum(1 for p in self._peers.values() if p.is_ipsc)
+        self._metrics.set_ipsc_peers(ipsc)
         LOG.info("peer %s/%s type %s %s (%s)", event.unit, event.client, event.type,
                  {0: "left", 1: "joined", 2: "present"}.get(event.status, event.status), event.add_info)
 
@@ -369,7 +347,7 @@ class BusConnection:
         try:
             notify = codec.decode_notify(packet.body, self.encoding)
         except codec.CodecError as exc:
-            LOG.warning("bad NOTIFY from %s: %s", packet.src, exc)
+            BAD_PACKET_LOG.log((packet.src, "notify"), "bad NOTIFY from %s: %s", packet.src, exc)
             return
         if not self._deliver_reply(notify.title, notify.param):
             LOG.debug("NOTIFY %r from %s matches no pending call", notify.title, packet.src)

@@ -12,6 +12,7 @@ Sender side: ``RPCClient`` on this transport addresses three topics, each a call
   client=None, wait=False, ack_timeout=, result_timeout=)`` starts a flow on an IPSC
   (a random one unless unit/client say which) and answers ``{"unit", "client",
   "invoke_id", "ack", "message"}`` plus ``"result"`` when waiting;
+  the answer carries ``ack_seconds`` when not waiting for the result (the IPSC's ack time);
 * ``bus``   -- ``call(ctxt, "peers")`` / ``call(ctxt, "status")`` answer locally;
 * anything else with ``server="unit:client"`` -- a JSON-RPC call to another
   sbusr-server over the bus (used by the HTTP API's /sys/reset).
@@ -25,6 +26,7 @@ import dataclasses
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -33,13 +35,16 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging._drivers import base
 
-from sbusr import jsonrpc, opts
+from sbusr import jsonrpc, metrics, opts
 from sbusr.connection import BusConnection, Exchange, ReplyTimeout
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: requests answered by the driver itself (malformed, busy): one line per caller and code every 10 s
+_OUTCOME_LOG = RateLimitedLog(LOG, logging.INFO, 10.0)
 
 __all__ = ["RemoteError", "SmartBusDriver", "client_config_from_url"]
 
@@ -118,49 +123,92 @@ class _Responder:
 
     A single call is answered as soon as it replies; a batch once every member
     with an id has replied (invalid members are answered with their errors).
+    With a ``recorder``, every reply sent is counted there, under the method it answers.
     """
 
-    __slots__ = ("_batch", "_exchange", "_lock", "_missing", "_slots", "_title", "_to")
+    __slots__ = ("_batch", "_exchange", "_lock", "_methods", "_missing", "_recorder", "_slots",
+                 "_started", "_title", "_to")
 
-    def __init__(self, exchange: Exchange, to: Address, title: str, batch: bool, size: int) -> None:
+    def __init__(self, exchange: Exchange, to: Address, title: str, batch: bool, size: int,
+                 recorder: metrics.RequestMetrics | None = None) -> None:
         self._exchange = exchange
         self._to = to
         self._title = title
         self._batch = batch
         self._slots: list[dict[str, Any] | None] = [None] * size
+        self._methods = [metrics.UNKNOWN_METHOD] * size if batch else []  # per slot, for the metrics
         self._missing = size
         self._lock = threading.Lock()
+        self._recorder = recorder
+        self._started = recorder.request_received(size) if recorder is not None else 0.0
 
-    def fill(self, slot: int, response: dict[str, Any]) -> None:
+    def fill(self, slot: int, response: dict[str, Any], method: str = metrics.UNKNOWN_METHOD) -> None:
+        recorder = self._recorder
         if not self._batch:
-            self._send(response)
+            sent = self._send(response)
+            if recorder is not None:
+                self._record(recorder, method, sent)
             return
         with self._lock:
             self._slots[slot] = response
+            self._methods[slot] = method
             self._missing -= 1
             done = self._missing == 0
         if done:
             answers = [r for r in self._slots if r is not None]
             if answers:
-                self._send(answers)
+                sent = self._send(answers)
+                if recorder is not None:
+                    for name, answer in zip(self._methods, sent, strict=True):
+                        self._record(recorder, name, answer)
 
-    def _send(self, response: dict[str, Any] | list[dict[str, Any]]) -> None:
+    def _record(self, recorder: metrics.RequestMetrics, method: str, response: dict[str, Any]) -> None:
+        error = response.get("error")
+        if error is None:
+            recorder.request_done(method, None, self._started)
+        else:
+            caller = f"{self._to.unit}:{self._to.client}"
+            recorder.request_done(method, error.get("code"), self._started, caller, error.get("message"))
+
+    def _send(self, response: Any) -> Any:
+        """Send ``response`` (or, when too large, the error that replaces it); returns what was sent."""
         body = jsonrpc.dumps(response)
         if len(body) > codec.MAX_NOTIFY_PARAM:
-            LOG.error("reply %r to %s is %d bytes; a NOTIFY carries at most %d", self._title, self._to,
-                      len(body), codec.MAX_NOTIFY_PARAM)
-            body = jsonrpc.dumps(_too_large(response, len(body)))
+            LOG.warning("reply %r to %s is %d bytes; a NOTIFY carries at most %d: answering -32603",
+                        self._title, self._to, len(body), codec.MAX_NOTIFY_PARAM)
+            body = _too_large(response, len(body))
+            too_large = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "response too large")
+            response = ([{**too_large, "id": r.get("id")} for r in response] if isinstance(response, list)
+                        else {**too_large, "id": response.get("id")})  # what the metrics count
         try:
             self._exchange.send_reply(self._to, self._title, body)
         except (BusError, codec.CodecError) as exc:
             LOG.error("could not send reply %r to %s: %s", self._title, self._to, exc)
+        return response
 
 
-def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> Any:
+def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> bytes:
+    """The -32603 sent instead of a reply over the NOTIFY limit; always fits.
+
+    A batch gets one error per call while that array fits, else a single error object (id = the
+    first reply's, the id the flow waits on): a fallback that is itself too big would leave the
+    flow waiting for nothing. Ids always fit: they were checked to be valid titles (<= 101 bytes).
+    """
     message = f"response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM}"
-    if isinstance(response, list):
-        return [jsonrpc.error_response(r.get("id"), jsonrpc.INTERNAL_ERROR, message) for r in response]
-    return jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message)
+    if not isinstance(response, list):
+        return jsonrpc.dumps(jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message))
+    body = jsonrpc.dumps([jsonrpc.error_response(r.get("id"), jsonrpc.INTERNAL_ERROR, message)
+                          for r in response])
+    if len(body) <= codec.MAX_NOTIFY_PARAM:
+        return body
+    first = response[0].get("id") if response else None
+    body = jsonrpc.dumps(jsonrpc.error_response(
+        first, jsonrpc.INTERNAL_ERROR,
+        f"batch response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM} and "
+        f"even one error per call ({len(response)} calls) does not fit: send fewer calls per batch"))
+    if len(body) <= codec.MAX_NOTIFY_PARAM:
+        return body
+    return jsonrpc.dumps(jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, message))  # cannot happen
 
 
 _serving = threading.local()
@@ -209,12 +257,14 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
         if error is not None:
             code, text, data = jsonrpc.error_from_exception(error, self._debug)
             if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
-                text = f"Method not found: {self.full_method}"
+                text = f"Method not found: {jsonrpc.cut(self.full_method, jsonrpc.MAX_QUOTED_NAME)}"
             if self._responder is not None:
-                self._responder.fill(self._slot, jsonrpc.error_response(self.request_id, code, text, data))
+                self._responder.fill(self._slot, jsonrpc.error_response(self.request_id, code, text, data),
+                                     self.full_method)
         elif self._responder is not None:  # None: a notification, run and answer nothing
-            self._responder.fill(self._slot, jsonrpc.result_response(self.request_id, result))
-        self.exchange.call_done(self.full_method, code, text)
+            self._responder.fill(self._slot, jsonrpc.result_response(self.request_id, result),
+                                 self.full_method)
+        self.exchange.call_done(self.full_method, code, text, replied=self._responder is not None)
         return True
 
     def acknowledge(self) -> None:
@@ -281,8 +331,9 @@ class SmartBusListener(base.Listener):
             return
         exchange = self._conn.open_exchange(packet)
         if not self._admission.try_enter():
-            LOG.warning("request from %s refused: %d requests already waiting or running", packet.src,
-                        self._limit)
+            _OUTCOME_LOG.log(("busy", packet.src), "request from %s refused with %d: %d requests already "
+                             "waiting or running", packet.src, jsonrpc.SERVER_BUSY, self._limit,
+                             level=logging.WARNING)
             self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later", exchange)
             return
         exchange.on_close(self._admission.leave)
@@ -312,10 +363,15 @@ class SmartBusDriver(base.BaseDriver):
         # read per request: look them up once (oslo.config lookups are not free)
         self.debug = bool(getattr(conf, "debug", False) or conf.server.expose_tracebacks)
         self.max_request_size = conf.smartbus.max_request_size
+        # ASCII text keeps its length in the wire encoding (GBK, UTF-8 ...): titles can be checked cheaply
+        self._ascii_titles = "Az09-_".encode(self._config.encoding, errors="replace") == b"Az09-_"
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
         #: what request packets get while no listener takes them: "starting", later "stopping"
         self.phase = "starting"
+        #: where answered calls are counted: this process's request metrics once it listens (or
+        #: once a process-mode master answers for its workers)
+        self.metrics: metrics.RequestMetrics | None = None
 
     @property
     def connection(self) -> BusConnection:
@@ -344,6 +400,7 @@ class SmartBusDriver(base.BaseDriver):
 
     def listen(self, target: oslo_messaging.Target, batch_size: int,
                batch_timeout: float | None) -> SmartBusListener:
+        self.metrics = metrics.requests()
         return SmartBusListener(self)
 
     def listen_for_notifications(self, targets_and_priorities: Any, pool: Any, batch_size: int,
@@ -374,21 +431,24 @@ class SmartBusDriver(base.BaseDriver):
         if not parsed.items:
             exchange.expect(0)
             return []
-        answerable = [item for item in parsed.items
+        items = [self._titled(item) for item in parsed.items]
+        answerable = [item for item in items
                       if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
         responder = None
-        title = jsonrpc.reply_title_for(parsed.items)
+        title = jsonrpc.reply_title_for(items)  # after the title rule: a bad id is answered under "null"
         if title is not None:
-            responder = _Responder(exchange, packet.src, title, parsed.is_batch, len(answerable))
+            responder = _Responder(exchange, packet.src, title, parsed.is_batch, len(answerable),
+                                   self.metrics)
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0
-        for item in parsed.items:
+        for item in items:
             if not isinstance(item, jsonrpc.Call):
                 assert responder is not None
-                error = item.get("error") or {}
-                exchange.note("", int(error.get("code", jsonrpc.INVALID_REQUEST)),
-                              str(error.get("message", "")))
+                error = item["error"]
+                _OUTCOME_LOG.log((packet.src, error["code"]), "request from %s answered %d: %s", packet.src,
+                                 error["code"], jsonrpc.cut(error["message"], jsonrpc.MAX_QUOTED_NAME))
+                exchange.note("", error["code"], error["message"])
                 responder.fill(slot, item)
                 slot += 1
                 continue
@@ -404,6 +464,31 @@ class SmartBusDriver(base.BaseDriver):
         # before any call runs: the messages are only delivered once this returns
         exchange.expect(len(incoming))
         return incoming
+
+    def _titled(self, item: jsonrpc.Call | dict[str, Any]) -> jsonrpc.Call | dict[str, Any]:
+        """Apply the title rule: an id that cannot be a NOTIFY title is never run, and answered under "null".
+
+        The flow waits on the id as the NOTIFY title (char[102] in the wire encoding); such a reply could
+        not be sent at all, so the caller gets -32600 with id null, under the title "null".
+        """
+        if isinstance(item, jsonrpc.Call):
+            if item.is_notification:
+                return item
+            title = jsonrpc.reply_title(item.id)
+            if (self._ascii_titles and len(title) <= codec.MAX_NOTIFY_TITLE and title.isascii()
+                    and "\0" not in title):
+                return item  # the common case, without encoding the title
+            problem = codec.notify_title_problem(title, self._config.encoding)
+            if problem is None:
+                return item
+            return jsonrpc.error_response(
+                None, jsonrpc.INVALID_REQUEST,
+                f"Invalid Request: id cannot be a SmartBus notify title ({problem}; "
+                f"at most {codec.MAX_NOTIFY_TITLE} bytes in {self._config.encoding}, no NUL)")
+        if item.get("id") is not None and codec.notify_title_problem(jsonrpc.reply_title(item["id"]),
+                                                                     self._config.encoding):
+            return {**item, "id": None}
+        return item
 
     def reject(self, packet: Packet, code: int, message: str, exchange: Exchange | None = None) -> None:
         """Answer every call in ``packet`` with one error (used while shutting down or when full)."""
@@ -448,11 +533,14 @@ class SmartBusDriver(base.BaseDriver):
         args = message.get("args") or {}
         wait_result = bool(args.get("wait"))
         ack_timeout = float(args.get("ack_timeout") or timeout or 15.0)
+        sent = time.monotonic()
         started = self.connection.start_flow(
             str(args["project"]), str(args["flow"]), list(args.get("params") or []), unit=args.get("unit"),
             client=args.get("client"), wait=wait_result, ack_timeout=ack_timeout,
             result_timeout=float(args.get("result_timeout") or ack_timeout))
         answer = dataclasses.asdict(started)
+        if not wait_result:
+            answer["ack_seconds"] = round(time.monotonic() - sent, 6)
         if not wait_result:
             del answer["result"]
         return answer

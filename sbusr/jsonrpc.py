@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LOG = logging.getLogger(__name__)
+_dropped_log: Any = None
 
 VERSION = "2.0"
 
@@ -44,6 +45,19 @@ SERVER_ERROR = -32000  # the method raised
 CALL_TIMEOUT = -32001
 SERVER_BUSY = -32002
 WORKER_CRASHED = -32003
+
+#: characters of a caller-supplied name (a method) quoted in an error message
+MAX_QUOTED_NAME = 200
+#: characters of an error text (an exception's message) sent in a reply; with ASCII escapes even
+#: CJK text (6 bytes a character) stays well inside the 15,999-byte SmartBus NOTIFY
+MAX_ERROR_TEXT = 2000
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------- exceptions
@@ -119,6 +133,13 @@ class ServerBusy(_FixedCodeError):
 class WorkerCrashed(_FixedCodeError):
     code = WORKER_CRASHED
     default_message = "Worker process crashed"
+
+
+class MethodRaised(_FixedCodeError):
+    """-32000 for an unexpected exception raised elsewhere (a worker process) and logged there."""
+
+    code = SERVER_ERROR
+    default_message = "Server error"
 
 
 # --------------------------------------------------------------------------- decoding / parsing
@@ -200,10 +221,21 @@ def _parse_one(obj: Any) -> Call | dict | None:
         return error_response(req_id, INVALID_REQUEST, "Invalid Request: params must be an array or object")
     if not is_dispatchable_name(method):
         if not has_id:
-            LOG.warning("Dropping notification for undispatchable method %r", method[:200])
+            _log_dropped(method)
             return None
-        return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {method}")
+        return error_response(req_id, METHOD_NOT_FOUND, f"Method not found: {cut(method, MAX_QUOTED_NAME)}")
     return Call(id=req_id, is_notification=not has_id, method=method, params=params)
+
+
+def _log_dropped(method: str) -> None:
+    """Notifications get no reply, so a flood of bad ones could only flood the log: one line per 10 s."""
+    global _dropped_log
+    if _dropped_log is None:
+        # imported here: sbusr.decorators imports this module and must not pull in the bus package
+        from sbusr.smartbus.ratelog import RateLimitedLog
+        _dropped_log = RateLimitedLog(LOG, logging.WARNING, 10.0)
+    _dropped_log.log("undispatchable", "Dropping notification for undispatchable method %r",
+                     cut(method, MAX_QUOTED_NAME))
 
 
 def parse(text: str) -> Parsed:
@@ -316,13 +348,13 @@ def error_from_exception(exc: Any, debug: bool = False) -> tuple[int, str, Any]:
 
     exc = unwrap_exception(exc)
     if isinstance(exc, (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion)):
-        return METHOD_NOT_FOUND, f"Method not found: {exc.method}", None
+        return METHOD_NOT_FOUND, f"Method not found: {cut(str(exc.method), MAX_QUOTED_NAME)}", None
     if isinstance(exc, RpcError):
-        return exc.code, exc.message, exc.data
+        return exc.code, cut(exc.message, MAX_ERROR_TEXT), exc.data
     data: dict[str, Any] = {"type": _qualified_name(type(exc))}
     if debug:
         data["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return SERVER_ERROR, _safe_str(exc), data
+    return SERVER_ERROR, cut(_safe_str(exc), MAX_ERROR_TEXT), data
 
 
 # --------------------------------------------------------------------------- encoding

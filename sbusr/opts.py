@@ -129,6 +129,17 @@ api_opts = [
                     "URL's)."),
     cfg.FloatOpt("reset_timeout", default=60.0, min=0.1,
                  help="Seconds to wait for sbusr-server to finish a reload."),
+    cfg.BoolOpt("metrics_need_token", default=False,
+                help="Require the bearer token (auth_token) on GET /metrics too; by default metrics, "
+                     "like /health, need none."),
+]
+
+metrics_opts = [
+    cfg.HostAddressOpt("host", default="127.0.0.1",
+                       help="Address sbusr-server serves Prometheus metrics on (GET /metrics)."),
+    cfg.PortOpt("port", default=9465,
+                help="Port of sbusr-server's metrics listener; 0 = no listener. (sbusr-api serves "
+                     "/metrics on its own HTTP port.)"),
 ]
 
 GROUPS = {
@@ -138,6 +149,7 @@ GROUPS = {
     "server": server_opts,
     "spooler": spooler_opts,
     "api": api_opts,
+    "metrics": metrics_opts,
 }
 
 

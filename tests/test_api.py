@@ -312,12 +312,47 @@ def test_ipsc_that_left_is_409(start_api, ipscs):
     assert code == 404, body
 
 
+def test_forged_global_connect_notices_do_not_fool_the_api(api, ipscs):
+    real = ipscs(0, 1)
+    api.wait_ipsc({(0, 1)})
+    attacker = FakeIpsc(real.client.config.host, real.client.config.port, unit=9, process=9).start()
+    try:
+        everyone = codec.Address(-1, -1, -1)
+        forged = [codec.GlobalConnect(0, 1, 2, 0, codec.GC_DISCONNECTED, ""),     # "IPSC 0/1 left"
+                  codec.GlobalConnect(5, 9, 2, 0, codec.GC_CONNECTED, "ghost"),  # "5/9 joined"
+                  codec.GlobalConnect(60, -127, 22, 0, 7, "")]                   # garbage
+        for event in forged * 20:
+            packet = codec.encode_global_connect(attacker.address, everyone, event)
+            attacker.client.send_data(everyone, codec.CMD_GLOBAL_CONNECT, codec.CMDTYPE_SYSTEM,
+                                      packet[codec.HEADER_SIZE:])
+        # a later joiner becomes visible only after the bus passed on what the attacker sent earlier
+        ipscs(0, 2)
+        api.wait_ipsc({(0, 1), (0, 2), (9, 9)})
+        time.sleep(0.5)
+        code, body = api.call("GET", "/api/ipsc")
+        assert code == 200 and {(p["unit"], p["client"]) for p in body["ipsc"]} == {(0, 1), (0, 2), (9, 9)}
+        code, body = api.flow({"project": "P", "flow": "F", "server": 0, "process": 1})
+        assert code == 200, body
+        code, body = api.flow({"project": "P", "flow": "F", "server": 5, "process": 9})
+        assert code == 404, body  # no ghost
+    finally:
+        attacker.stop()
+
+
 BAD_BODIES: list[tuple[bytes, str]] = [
     (b"", "empty"),
     (b"not json", "JSON"),
     (b"[1, 2]", "object"),
     (b'"text"', "object"),
     (b'{"project": "P", "flow": "F", "params": [NaN]}', "JSON"),
+    (b'{"project": "P", "flow": "F", "params": [1e999]}', "not a finite number"),
+    (b'{"project": "P", "flow": "F", "params": [-1E400]}', "not a finite number"),
+    (b'{"project": "P", "flow": "F", "params": [Infinity]}', "JSON"),
+    # 7,000 levels (14 KB, within max_body_size): the C scanner's RecursionError must be a 400
+    (b'{"project": "P", "flow": "F", "params": ' + b"[" * 7000 + b"]" * 7000 + b"}", "nested more than 32"),
+    # 40 levels parse fine but are refused too: nothing that deep reaches the encoder or the IPSC
+    (b'{"project": "P", "flow": "F", "params": ' + b"[" * 40 + b"]" * 40 + b"}", "nested more than 32"),
+    (b'{"project": "P", "flow": "F", "params": [' + b'{"a":' * 2500 + b"1" + b"}" * 2500 + b"]}", "nested"),
     ('{"project": "\u4e2d", "flow": "F"}'.encode("gbk"), "UTF-8"),
     (b"\xff\xfe{}", "UTF-8"),
 ]
@@ -349,13 +384,14 @@ def test_malformed_bodies_are_4xx_and_the_api_keeps_serving(api, ipscs):
     api.wait_ipsc({(0, 0)})
     for raw, needle in BAD_BODIES:
         code, body = api.flow(None, raw=raw)
-        assert code == 400, (raw, body)
-        assert needle in body["error"]["message"], raw
+        assert code == 400, (raw[:80], body)
+        assert needle in body["error"]["message"], raw[:80]
     for request, needle in WRONG_REQUESTS:
         code, body = api.flow(request)
         assert code == 400, (request, body)
         assert needle in body["error"]["message"], request
     assert stand_in.calls == [], "an invalid request reached the IPSC"
+    assert "Traceback" not in api.proc.output() and "RecursionError" not in api.proc.output()
     # the longest names that fit, and JSON sent with another content type, are accepted
     code, body = api.flow({"project": "P" * 31, "flow": "中" * 15}, headers={"Content-Type": "text/plain"})
     assert code == 200, body

@@ -27,8 +27,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _assert_every_request_accounted_for(row: dict) -> None:
+    """Under load a server may refuse calls ("busy") or answer late, but never lose one or fail otherwise."""
+    assert row["lost"] == 0 and row["send_errors"] == 0, row
+    assert row["sent"] == row["calls"] + row["error_replies"] + row["early"] + row["late"], row
+    assert sum(row["error_codes"].values()) == row["error_replies"], row
+    assert set(row["error_codes"]) <= {"-32002"}, row  # busy is the only expected error of an echo
+
+
 def test_short_run_reports_every_phase_with_answered_calls():
-    cmd = [sys.executable, "-m", "sbusr.bench", "--duration", "1", "--warmup", "0.2",
+    # a generous drain: on a busy machine replies can trail the window by seconds, and a reply that
+    # comes is not an error; what must hold is that every request is answered or explained
+    cmd = [sys.executable, "-m", "sbusr.bench", "--duration", "1", "--warmup", "0.2", "--drain", "60",
            "--concurrency", "1,2", "--cost-calls", "400", "--json", "-"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stderr
@@ -52,35 +62,45 @@ def test_short_run_reports_every_phase_with_answered_calls():
     rows = {(p["name"], p["concurrency"]): p for p in result["phases"] if p["mode"] == "process"}
     for (name, conc), row in rows.items():
         assert row["calls"] > 0, (name, conc)
-        assert row["errors"] == 0, row
+        _assert_every_request_accounted_for(row)
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], row
         assert row["server_rss_kb"] > 0
         assert row["ratio"] > 0
     assert rows[("raw", 2)]["ratio"] == 1.0
     assert rows[("null", 2)]["load_processes"] == 2
     ol = result["open_loop"]
-    assert ol["of_concurrency"] == 2 and ol["calls"] > 0 and ol["errors"] == 0
+    assert ol["of_concurrency"] == 2 and ol["calls"] > 0
+    _assert_every_request_accounted_for(ol)
     assert "calls/s" in done.stderr  # the table goes to stderr when JSON goes to stdout
     cost = result["cost"]
     assert cost["calls"] == 400 and cost["executor_pool_size"] >= 1
-    for step in ("parse_us", "rpcserver_us", "executor_hop_us", "total_us", "total_calls_per_s"):
+    steps = ("parse_us", "rpcserver_us", "executor_hop_us", "metrics_us", "total_us", "total_calls_per_s")
+    for step in steps:
         assert cost[step] > 0, (step, cost)
     assert "executor hop" in done.stderr
 
 
+def _interruptible() -> None:
+    """preexec_fn: Ctrl-C as a terminal delivers it. A suite started in the background of a non-interactive
+    shell (CI scripts, ``make test &``) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: the bench would run to its end instead of stopping (the "timed out" failure)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_child():
     proc = subprocess.Popen([sys.executable, "-m", "sbusr.bench", "--duration", "30", "--concurrency", "2",
-                             "--phases", "null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--phases", "null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_interruptible)
     try:
         kids: list[int] = []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # generous: a busy 2-core machine starts Python slowly
         while time.monotonic() < deadline and len(kids) < 5:  # bus, server, echo, 2 load generators
             kids = procs.descendants(proc.pid)
             time.sleep(0.2)
         assert len(kids) >= 5, kids
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 130
+        assert proc.wait(120) == 130  # the children are stopped at once, not one after another
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_alive(k) for k in kids):
             time.sleep(0.1)

@@ -513,3 +513,92 @@ def test_cli_rejects_bad_unit():
     proc = BusProcess(extra_args=["--unit-id", "16"])
     with pytest.raises(RuntimeError, match="exited with 2"):
         proc.start()
+
+
+# --------------------------------------------------------------------------- a bus that cannot be lied to
+
+
+def _notice(src: A, dst: A, about: c.GlobalConnect, reply: bool = False) -> bytes:
+    return c.encode_global_connect(src, dst, about, reply=reply)
+
+
+def test_client_sent_global_connect_notices_are_dropped(bus, peers, caplog):
+    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.bus")
+    a, b = registered(peers, bus, A(20, 0, 19), A(0, 1, 2))
+    forged_leave = c.GlobalConnect(0, 1, 2, BUS_UNIT, c.GC_DISCONNECTED, "")   # "IPSC 0/1 left"
+    ghost = c.GlobalConnect(5, 9, 2, BUS_UNIT, c.GC_CONNECTED, "ghost")        # "5/9 joined"
+    garbage = c.GlobalConnect(60, -127, 22, BUS_UNIT, 7, "")
+    for _ in range(50):
+        for event in (forged_leave, ghost, garbage):
+            b.send(_notice(b.addr, a.addr, event))                 # addressed
+            b.send(_notice(b.addr, A(-1, -1, -1), event))          # to everyone
+    b.send(marker(b.addr, a.addr))
+    assert a.recv()[0].body == b"marker"  # none of the 300 forged notices arrived first
+    assert {i.address for i in bus.clients()} == {a.addr, b.addr}
+    refused = [r for r in caplog.records if "come only from the bus" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]  # rate-limited per peer and reason
+
+
+def test_global_connect_reply_only_about_its_sender_and_only_to_the_newcomer(bus, peers):
+    a, b = registered(peers, bus, A(20, 0, 19), A(21, 0, 19))
+    newcomer = peers(bus.port, A(22, 0, 19))
+    assert newcomer.register() == 0
+    for p in (a, b):
+        assert gc_event(p.recv()[0]).address == newcomer.addr
+    lie = c.GlobalConnect(5, 9, 2, BUS_UNIT, c.GC_EXISTING, "someone else")
+    wrong_status = c.GlobalConnect(20, 0, 19, BUS_UNIT, c.GC_DISCONNECTED, "A")
+    truth = c.GlobalConnect(20, 0, 19, BUS_UNIT, c.GC_EXISTING, "A")
+    a.send(_notice(a.addr, newcomer.addr, lie, reply=True))           # describes another client
+    a.send(_notice(a.addr, newcomer.addr, wrong_status, reply=True))  # a reply is status 2
+    honest = _notice(a.addr, newcomer.addr, truth, reply=True)
+    a.send(honest)
+    a.send(honest)                                                    # only one reply per announcement
+    a.send(marker(a.addr, newcomer.addr))
+    assert newcomer.recv()[1] == honest
+    assert newcomer.recv()[0].body == b"marker"
+    # b joined after a: b was never told about a, so it owes a nothing
+    b.send(_notice(b.addr, a.addr, c.GlobalConnect(21, 0, 19, BUS_UNIT, c.GC_EXISTING, "B"), reply=True))
+    b.send(marker(b.addr, a.addr))
+    assert a.recv()[0].body == b"marker"
+
+
+def test_packets_under_another_clients_address_are_dropped(bus, peers, caplog):
+    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.bus")
+    ipsc, server, attacker = registered(peers, bus, A(0, 1, 2), A(19, 1, 19), A(23, 0, 19))
+    for _ in range(100):  # requests "from the IPSC", so the server's replies would go to the real IPSC
+        attacker.send(c.encode_data(ipsc.addr, server.addr, 1, 211, b'{"id":"x","method":"echo"}'))
+        attacker.send(c.encode_data(A(0, 1, 5), server.addr, 1, 211, b"{}"))  # right ids, wrong type
+    attacker.send(marker(attacker.addr, server.addr))
+    pkt, _ = server.recv()
+    assert pkt.body == b"marker" and pkt.src == attacker.addr
+    spoofed = [r for r in caplog.records if "not its registered address" in r.getMessage()]
+    assert len(spoofed) == 1
+    data = c.encode_data(ipsc.addr, server.addr, 1, 211, b"real")  # the real owner is still served
+    ipsc.send(data)
+    assert server.recv()[1] == data
+
+
+def test_memory_budget_drops_the_biggest_offender_first(make_bus, peers, caplog):
+    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.bus")
+    bus = make_bus(max_packet_size=16 * 1024 * 1024, memory_budget=3 * 1024 * 1024)
+    watcher, small, big = registered(peers, bus, A(20, 0, 19), A(21, 0, 19), A(22, 0, 19))
+
+    def start_huge_packet(p: Peer, body: int) -> None:  # a 10 MiB packet of which only `body` bytes come
+        p.send(c.encode_header(1, 3, p.addr, watcher.addr, 10 * 1024 * 1024) + b"x" * body)
+
+    start_huge_packet(small, 1_200_000)
+    assert wait_for(lambda: sum(conn.decoder.buffered for conn in bus.bus._conns) >= 1_200_000)
+    start_huge_packet(big, 2_500_000)  # 3.7 MB in all: over the 3 MiB budget
+    assert big.closed_by_bus()
+    ev = gc_event(watcher.recv()[0])
+    assert (ev.address, ev.status) == (big.addr, c.GC_DISCONNECTED)
+    assert {i.address for i in bus.clients()} == {watcher.addr, small.addr}  # the smaller one stays
+    assert any("memory budget" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_memory_budget_option():
+    from sbusr.cmd import bus as bus_cmd
+    assert bus_cmd.build_parser().parse_args([]).memory_budget == 256
+    assert bus_cmd.build_parser().parse_args(["--memory-budget", "64"]).memory_budget == 64
+    with pytest.raises(SystemExit):
+        bus_cmd.build_parser().parse_args(["--memory-budget", "0"])

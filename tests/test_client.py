@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -526,3 +527,71 @@ def test_async_api_sends_and_refuses_when_not_connected():
                 await client.stop()
 
     asyncio.run(main())
+
+
+def test_impossible_global_connect_notices_are_ignored_with_one_log_line(caplog):
+    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.client")
+    bad = [codec.GlobalConnect(60, 1, 2, 4, codec.GC_CONNECTED, "unit 60"),
+           codec.GlobalConnect(-3, 1, 2, 4, codec.GC_CONNECTED, "unit -3"),
+           codec.GlobalConnect(5, -127, 22, 4, codec.GC_CONNECTED, "client -127"),
+           codec.GlobalConnect(5, 9, 2, 4, 7, "status 7")]
+    good = codec.GlobalConnect(5, 9, 2, 4, codec.GC_CONNECTED, "real")
+    replies: list[Packet] = []
+
+    async def main() -> None:
+        def script(n: int, pkt: Packet, writer: asyncio.StreamWriter) -> None:
+            if (pkt.cmd, pkt.cmdtype) == (codec.CMD_REGISTER, 0):
+                ack_register(pkt, writer, 4)
+                for _ in range(25):
+                    for event in bad:
+                        writer.write(codec.encode_global_connect(event.address, pkt.src, event))
+                writer.write(codec.encode_global_connect(good.address, pkt.src, good))
+            elif pkt.cmd == codec.CMD_GLOBAL_CONNECT_REPLY:
+                replies.append(pkt)
+
+        async with RawBus(script) as raw:
+            rec = Recorder()
+            client = SmartBusClient(ClientConfig("127.0.0.1", raw.port, 20), rec.handlers())
+            await client.start()
+            try:
+                await until(lambda: bool(rec.of("global")) and bool(replies))
+                await asyncio.sleep(0.2)  # anything wrongly passed on would have arrived by now
+            finally:
+                await client.stop()
+        assert [ev.add_info for ev in rec.of("global")] == ["real"]
+        assert [pkt.dst for pkt in replies] == [good.address]  # no cmd-10 reply to a ghost
+
+    asyncio.run(main())
+    ignored = [r for r in caplog.records if "ignored a global-connect notice" in r.getMessage()]
+    assert len(ignored) == 1, [r.getMessage() for r in ignored]
+
+
+def test_flood_of_malformed_flow_packets_is_one_warning_per_sender_and_kind(caplog):
+    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.client")
+    ipsc = Address(0, 1, codec.CLIENT_TYPE_IPSC)
+    done = threading.Event()
+
+    async def main() -> None:
+        def script(n: int, pkt: Packet, writer: asyncio.StreamWriter) -> None:
+            if (pkt.cmd, pkt.cmdtype) == (codec.CMD_REGISTER, 0):
+                ack_register(pkt, writer, 4)
+                for _ in range(200):  # too short to decode, from one hostile IPSC
+                    writer.write(codec.encode_packet(codec.CMD_CALL_FLOW_ACK, codec.CMDTYPE_SYSTEM, ipsc,
+                                                     pkt.src, b"\x0d\x00"))
+                    writer.write(codec.encode_packet(codec.CMD_CALL_FLOW_RET, codec.CMDTYPE_SYSTEM, ipsc,
+                                                     pkt.src, b"\x0c"))
+                writer.write(codec.encode_data(ipsc, pkt.src, 1, 3, b"after the flood"))
+
+        async with RawBus(script) as raw:
+            rec = Recorder()
+            rec.on_packet_hook = lambda p: done.set() if p.body == b"after the flood" else None
+            client = SmartBusClient(ClientConfig("127.0.0.1", raw.port, 20), rec.handlers())
+            await client.start()
+            try:
+                await until(done.is_set)
+            finally:
+                await client.stop()
+
+    asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "malformed flow" in r.getMessage()]
+    assert len(lines) == 2 and {"ack" in lines[0], "ack" in lines[1]} == {True, False}, lines

@@ -394,11 +394,19 @@ def test_sys_endpoint(builtin_registry):
     system.bind_registry(builtin_registry)
     assert rpc(builtin_registry, "sys.methods") == ("result", [
         "add", "echo", "exception", "plus", "sbusr.timer.run", "sleep", "sys.methods", "sys.ping",
-        "sys.reload", "sys.spool", "sys.timers", "sys.version", "warnlog"])
+        "sys.reload", "sys.spool", "sys.stats", "sys.timers", "sys.version", "warnlog"])
     assert rpc(builtin_registry, "sys.reload")[:3] == ("error", jsonrpc.SERVER_ERROR, "reload not available")
     system.set_reload_handler(lambda: builtin_registry.summary())
     outcome = rpc(builtin_registry, "sys.reload")
-    assert outcome[0] == "result" and outcome[1]["methods"] == 13 and outcome[1]["errors"] == []
+    assert outcome[0] == "result" and outcome[1]["methods"] == 14 and outcome[1]["errors"] == []
+    assert rpc(builtin_registry, "sys.stats")[:3] == ("error", jsonrpc.SERVER_ERROR,
+                                                      "sys.stats is not available in this process")
+    system.set_report("stats", lambda: {"mode": "test"})
+    try:
+        outcome = rpc(builtin_registry, "sys.stats")
+    finally:
+        system.set_report("stats", None)
+    assert outcome == ("result", {"version": sbusr.__version__, "pid": os.getpid(), "mode": "test"})
 
 
 # --------------------------------------------------------------------------- invoker hook

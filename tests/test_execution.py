@@ -564,3 +564,39 @@ def test_max_tasks_per_child_recycles_and_reimports(small_server, ipsc):
     after = small_server.call(ipsc, "ep.info")["result"]
     assert after[1] != fresh_pid
     assert after[0] == "recycled"
+
+
+# --------------------------------------------------------------------------- one log line per outcome
+
+def _records_since(served: Served, offset: int, needle: str) -> list[str]:
+    """Log records (not traceback continuation lines) written since ``offset`` that mention ``needle``."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        lines = served.proc.output()[offset:].splitlines()
+        found = [line for line in lines if needle in line and " [-] " in line]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("served", ["thread_server", "process_server"])
+def test_each_outcome_logs_one_line_with_caller_and_code(request, ipsc, served):
+    server: Served = request.getfixturevalue(served)
+    caller = f"0/{IPSC_PROCESS}"
+    offset = len(server.proc.output())
+    assert server.call(ipsc, "ep.nosuch_typo")["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
+    lines = _records_since(server, offset, "nosuch_typo")
+    assert len(lines) == 1 and " INFO " in lines[0] and caller in lines[0] and "-32601" in lines[0], lines
+    assert "UnsupportedVersion" not in server.proc.output()[offset:]
+
+    offset = len(server.proc.output())
+    assert server.call(ipsc, "ep.short", [20])["error"]["code"] == jsonrpc.CALL_TIMEOUT
+    lines = _records_since(server, offset, "exceeded its")
+    assert len(lines) == 1 and " WARNING " in lines[0] and caller in lines[0] and "-32001" in lines[0], lines
+
+    offset = len(server.proc.output())
+    assert server.call(ipsc, "ep.fail")["error"]["code"] == jsonrpc.SERVER_ERROR
+    time.sleep(0.5)  # nothing more may follow the reply
+    records = [line for line in server.proc.output()[offset:].splitlines() if " [-] " in line]
+    assert len(records) == 1 and " ERROR " in records[0], records  # one record, with its traceback
+    assert "Traceback (most recent call last)" in server.proc.output()[offset:]

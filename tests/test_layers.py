@@ -11,7 +11,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sbusr"
 #: one layer know nothing of each other. Every sbusr module belongs to the part with its longest prefix.
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"package": ("sbusr",)},  # the version, nothing else
-    {"bus": ("sbusr.smartbus",)},  # codec, development bus, bus clients, the vendor binding
+    {"bus": ("sbusr.smartbus",),  # codec, development bus, bus clients, the vendor binding
+     "metrics": ("sbusr.metrics",)},  # Prometheus metrics and the rolling window: transport-neutral
     {"options": ("sbusr.opts",), "json-rpc": ("sbusr.jsonrpc",)},  # JSON-RPC framing and its oslo mapping
     {"connection": ("sbusr.connection",),  # one SmartBus link per identity: replies, flow starts, calls
      # what endpoint code imports: @limits, @timer/@cron, @spool; no bus, no server
@@ -21,7 +22,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"endpoints": ("sbusr.endpoints",),  # the built-in endpoints (sys.timers finds timers via dispatch)
      # execution may use the transport (process mode's plumbing does), but not to learn which call it
      # runs: its import of the driver for current_message() is removed with the execution rewrite
-     "execution": ("sbusr.execution", "sbusr.worker"),
+     "execution": ("sbusr.execution",),
      "scheduler": ("sbusr.scheduler",),  # when timers are due
      "reload on save": ("sbusr.reload_on_save",),
      "configuration": ("sbusr.config",),  # config files, start-up checks (the driver's URL rules), reload

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,11 @@ from oslo_config import cfg
 from sbusr import config, execution, opts
 from sbusr.connection import BusConnection
 from sbusr.smartbus.interface import ClientConfig
+from sbusr.testing.waiting import wait_for
 from tests.helpers.api import ApiProcess
 from tests.helpers.busproc import BusProcess
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 
-WAIT = 60.0
 ENDPOINT = '''
 import time
 
@@ -38,15 +37,6 @@ class Weather:
         return "done"
 '''
 
-
-def wait_for(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

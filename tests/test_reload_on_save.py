@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import textwrap
-import time
 
 import pytest
 
 from sbusr.reload_on_save import ReloadOnSave
 from sbusr.testing import Stack
-
-WAIT = 90.0
+from sbusr.testing.waiting import wait_for
 
 VERSION = textwrap.dedent('''
     import oslo_messaging
@@ -23,15 +21,6 @@ VERSION = textwrap.dedent('''
             return {version!r}
 ''')
 
-
-def wait_for(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from sbusr.smartbus import codec
 from tests.helpers.busproc import BusProcess
 from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
@@ -339,3 +340,134 @@ def test_reply_too_large_for_a_notify_is_an_error_not_a_truncation(ipsc):
     assert reply["error"]["code"] == -32603
     assert "at most 15999" in reply["error"]["message"]
     assert call(ipsc, "echo", ["y" * 15000], "fits")["result"] == "y" * 15000
+
+
+# ---------------------------------------------------------------------------- odd input: always a reply
+
+
+def test_batch_reply_over_the_limit_gets_per_call_errors_while_they_fit(ipsc):
+    batch = [{"jsonrpc": "2.0", "id": f"bf-{i}", "method": "echo", "params": ["x" * 300]} for i in range(60)]
+    reply = ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, batch)
+    assert sorted(r["id"] for r in reply) == sorted(f"bf-{i}" for i in range(60))
+    assert {r["error"]["code"] for r in reply} == {-32603}
+    assert "at most 15999" in reply[0]["error"]["message"]
+
+
+@pytest.mark.parametrize("calls", [150, 3000])
+def test_batch_reply_too_big_even_as_errors_gets_one_error_object(ipsc, calls):
+    batch = [{"jsonrpc": "2.0", "id": f"bs-{i}", "method": "echo", "params": ["y" * 100]}
+             for i in range(calls)]
+    reply = ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, batch, timeout=60)
+    assert isinstance(reply, dict), "one error object, not an array that cannot be sent either"
+    assert reply["id"] == "bs-0" and reply["error"]["code"] == -32603
+    assert f"{calls} calls" in reply["error"]["message"]
+    assert call(ipsc, "echo", ["after"], "after-batch")["result"] == "after"  # still serving
+
+
+@pytest.mark.parametrize("request_id, why", [
+    ("i" * 102, "102 bytes"),
+    ("中" * 51, "102 bytes"),   # 51 characters, 102 bytes in GBK
+    ("a\u0000b", "NUL"),
+    ("smile \U0001F600", "cannot be encoded as gbk"),
+])
+def test_id_that_cannot_be_a_notify_title_gets_invalid_request_under_null(ipsc, tmp_path, request_id, why):
+    marker = tmp_path / "ran"
+    request = {"jsonrpc": "2.0", "id": request_id, "method": "mymodule.MyClass.mymethod",
+               "params": [str(marker)]}
+    reply = ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, request, reply_title="null")
+    assert reply["id"] is None
+    assert reply["error"]["code"] == -32600
+    assert "id cannot be a SmartBus notify title" in reply["error"]["message"]
+    assert why in reply["error"]["message"] and "at most 101 bytes" in reply["error"]["message"]
+    assert not marker.exists(), "a call whose reply cannot be sent is not run"
+
+
+def test_longest_title_that_fits_is_answered_under_it(ipsc):
+    assert call(ipsc, "echo", ["x"], "t" * 101)["result"] == "x"
+    assert call(ipsc, "echo", ["x"], "中" * 50)["result"] == "x"  # 100 bytes in GBK
+
+
+def test_batch_whose_first_id_cannot_be_a_title_is_answered_under_null(ipsc):
+    batch = [{"jsonrpc": "2.0", "id": "z" * 300, "method": "echo", "params": ["a"]},
+             {"jsonrpc": "2.0", "id": "bt-ok", "method": "echo", "params": ["b"]}]
+    reply = ipsc.call_rpc(SERVER_UNIT, SERVER_CLIENT, batch, reply_title="null")
+    by_id = {r["id"]: r for r in reply}
+    assert by_id[None]["error"]["code"] == -32600
+    assert by_id["bt-ok"]["result"] == "b"
+
+
+def test_huge_method_name_is_method_not_found_with_the_name_cut(ipsc):
+    name = "m" * 100_000
+    reply = call(ipsc, name, [], "huge-name")
+    assert reply["error"]["code"] == -32601
+    message = reply["error"]["message"]
+    assert message.startswith("Method not found: mmm") and "(100000 characters)" in message
+    assert len(message) < 300
+    reply = call(ipsc, "weather." + name, [], "huge-name-ns")
+    assert reply["error"]["code"] == -32601 and len(reply["error"]["message"]) < 300
+
+
+def test_huge_exception_text_is_cut_not_turned_into_an_internal_error(ipsc):
+    reply = call(ipsc, "exception", ["e" * 50_000], "huge-text")
+    assert reply["error"]["code"] == -32000
+    assert "(50000 characters)" in reply["error"]["message"]
+    assert reply["error"]["data"]["type"] == "builtins.Exception"
+
+
+# ---------------------------------------------------------------------------- logs an operator can read
+
+
+def _log_after(server, offset: int, needle: str, timeout: float = 10.0) -> list[str]:
+    """Lines written since ``offset`` once one contains ``needle`` (the log may trail the reply a little)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = server.output()[offset:].splitlines()
+        if any(needle in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def _lines_about(lines: list[str], needle: str) -> list[str]:
+    return [line for line in lines if needle in line]
+
+
+@pytest.mark.parametrize("method, params, code, level", [
+    ("nosuch_logged", [], -32601, "INFO"),
+    ("weather.nosuch_logged", [], -32601, "INFO"),
+    ("add", {"a": 1, "b": 2, "nosuch_logged": 3}, -32602, "INFO"),
+])
+def test_expected_outcome_is_one_line_with_method_caller_and_code(server, ipsc, method, params, code, level):
+    offset = len(server.output())
+    assert call(ipsc, method, params, "log-1")["error"]["code"] == code
+    lines = _log_after(server, offset, "nosuch_logged")
+    about = _lines_about(lines, "nosuch_logged")
+    assert len(about) == 1, lines
+    assert f" {level} " in about[0] and method in about[0] and "0/3" in about[0] and str(code) in about[0]
+    assert not [line for line in lines if "Traceback" in line or "UnsupportedVersion" in line
+                or " ERROR " in line], lines
+
+
+def test_unexpected_exception_is_one_error_with_its_traceback(server, ipsc):
+    offset = len(server.output())
+    assert call(ipsc, "exception", ["kaboom-logged"], "log-2")["error"]["code"] == -32000
+    lines = _log_after(server, offset, "kaboom-logged")
+    # oslo.log prefixes each traceback line with the record's "... ERROR <logger>"; records start with "[-]"
+    records = [line for line in lines if " ERROR " in line and " [-] " in line]
+    assert len(records) == 1 and "exception from 0/3" in records[0], lines
+    assert len([line for line in lines if "Traceback (most recent call last)" in line]) == 1, lines
+    assert not [line for line in lines if " ERROR " not in line and line.strip()], lines
+
+
+def test_flood_of_malformed_notifies_is_one_warning_with_a_count(server, ipsc):
+    offset = len(server.output())
+    for _ in range(300):  # a NOTIFY too short to decode, as a hostile client would send it
+        ipsc.client.send_data(_server(), codec.CMD_NOTIFY, codec.CMDTYPE_SYSTEM, b"\x0f" + b"\0" * 10)
+    assert call(ipsc, "echo", ["after"], "after-flood")["result"] == "after"
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while time.monotonic() < deadline:  # the server handles the flood before the echo: lines are there
+        lines = _lines_about(server.output()[offset:].splitlines(), "bad NOTIFY")
+        if lines:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 1, lines

@@ -17,19 +17,10 @@ import pytest
 
 from sbusr.spooler.jobs import JobStore, SpoolRetry, spool
 from sbusr.testing import Stack
+from sbusr.testing.waiting import wait_for
 
-WAIT = 90.0
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def wait_for(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def lines(path: Path) -> list[str]:

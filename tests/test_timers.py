@@ -16,8 +16,7 @@ import pytest
 
 from sbusr import schedule
 from sbusr.testing import Stack
-
-WAIT = 90.0  # generous bound on a busy 2-core machine
+from sbusr.testing.waiting import wait_for
 
 TIMERS = textwrap.dedent('''
     import os
@@ -64,15 +63,6 @@ TIMERS = textwrap.dedent('''
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
-
-def wait_for(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def timers_by_name(stack: Stack) -> dict[str, dict]:

@@ -403,3 +403,65 @@ def test_vendor_client_reports_refused_connect_then_connects_when_bus_appears() 
     finally:
         agent.stop()
         late_bus.stop()
+
+
+class _HostileBus:
+    """A scripted bus: acks one registration, then sends impossible GLOBAL_CONNECT notices and a real one."""
+
+    def __init__(self, notices: list[GlobalConnect]) -> None:
+        import socket
+        self.notices = notices
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(WAIT)
+        conn, _ = self.sock.accept()
+        decoder = codec.FrameDecoder()
+        conn.settimeout(0.2)
+        registered = False
+        while not self.stop.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            for pkt, _raw in decoder.feed(chunk):
+                if pkt.cmd == codec.CMD_REGISTER and pkt.cmdtype == 0 and not registered:
+                    registered = True
+                    conn.sendall(codec.encode_register_ack(Address(BUS_UNIT, 0, 1), pkt.src, 0))
+                    for event in self.notices:
+                        conn.sendall(codec.encode_global_connect(event.address, pkt.src, event))
+                elif pkt.cmd == codec.CMD_HEARTBEAT and pkt.cmdtype == 0:
+                    conn.sendall(codec.encode_heartbeat(Address(BUS_UNIT, 0, 1), pkt.src,
+                                                        codec.decode_heartbeat(pkt.body), ack=True))
+        conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(WAIT)
+        self.sock.close()
+
+
+def test_vendor_client_backend_ignores_impossible_notices() -> None:
+    bad = [GlobalConnect(60, 1, 2, BUS_UNIT, codec.GC_CONNECTED, "unit 60"),
+           GlobalConnect(5, -127, 22, BUS_UNIT, codec.GC_CONNECTED, "client -127"),
+           GlobalConnect(5, 9, 2, BUS_UNIT, 7, "status 7")]
+    good = GlobalConnect(5, 9, 2, BUS_UNIT, codec.GC_CONNECTED, "real")
+    hostile = _HostileBus(bad * 10 + [good])
+    agent = VendorAgent(hostile.port, 20, 0, 19, backend=True)
+    try:
+        agent.start()
+        agent.wait_connected()
+        real = agent.wait_for(_is("global_connect", add_info="real"))
+        assert (real["unit"], real["client"], real["status"]) == (5, 9, codec.GC_CONNECTED)
+        seen = [e for e in agent.events if e["event"] == "global_connect"]
+        assert [e["add_info"] for e in seen] == ["real"], seen  # the library passed all 31 on; we drop 30
+        assert agent.stderr_tail(200).count("ignored a global-connect notice") <= 1
+    finally:
+        agent.stop()
+        hostile.close()

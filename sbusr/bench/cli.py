@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured seconds per phase (default %(default)s)")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each phase "
                    "(default %(default)s)")
+    p.add_argument("--drain", type=_positive(float), default=5.0,
+                   help="seconds to wait for the replies still due when a phase ends; later ones count "
+                        "as lost (default %(default)s)")
     p.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 64],
                    help="requests kept in flight, comma-separated (default 1,8,64)")
     p.add_argument("--load-processes", type=_positive(int),
@@ -176,7 +179,9 @@ class Bench:
                 "load": cpu([load.pid for load in self.loads])}
 
     def stop(self) -> None:
-        for child in reversed(self.children):  # loads first, bus last
+        for child in reversed(self.children):  # all at once: on a busy machine one by one takes minutes
+            child.begin_stop()
+        for child in reversed(self.children):  # then wait, loads first, bus last
             try:
                 child.stop()
             except Exception as exc:  # keep stopping the others
@@ -207,8 +212,8 @@ class Bench:
             callers = concurrency // len(loads) + (1 if i < concurrency % len(loads) else 0)
             load.send({"op": "run", "kind": kind, "target": target, "body": body, "callers": callers,
                        "rate": rate / len(loads) if rate else 0.0, "start_at": start_at,
-                       "warmup": a.warmup, "duration": a.duration, "drain": 5.0})
-        answers = [load.receive(a.warmup + a.duration + 30.0) for load in loads]
+                       "warmup": a.warmup, "duration": a.duration, "drain": a.drain})
+        answers = [load.receive(a.warmup + a.duration + a.drain + 30.0) for load in loads]
         figures = stats.summarize(answers, a.duration)
         sampler.join(a.warmup + a.duration + 5.0)
         if len(samples) == 2 and figures["calls"]:
@@ -268,9 +273,10 @@ def _run_mode(bench: Bench, args: argparse.Namespace, names: list[str], bodies: 
             result["phases"].append({"name": name, "kind": kind, "mode": mode, "concurrency": conc, **figures,
                                      "ratio": round(ratio, 3) if ratio is not None else None})
             cpu = figures.get("cpu_us_per_call") or {}
+            why = stats.explain_errors(figures)
             print(f"  {mode:<7} {name:<8} c={conc:<4} {figures['calls_per_s']:>9.1f}/s  p99 "
-                  f"{figures['p99_ms']} ms  errors {figures['errors']}  server {cpu.get('server')} µs/call",
-                  file=sys.stderr, flush=True)
+                  f"{figures['p99_ms']} ms  errors {figures['errors']}" + (f" ({why})" if why else "")
+                  + f"  server {cpu.get('server')} µs/call", file=sys.stderr, flush=True)
     nulls = [p for p in result["phases"] if p["name"] == "null" and p["mode"] == mode]
     if args.open_loop_fraction > 0 and nulls:
         top = max(nulls, key=lambda p: p["concurrency"])

@@ -4,7 +4,9 @@ Wall-clock rates on a shared machine swing from run to run; CPU time per call, l
 swings much less, so this is the figure to compare before and after a change. Each step serves the
 ``echo`` method of the built-in endpoints in thread mode with the server's own executor pool
 size; times are ``time.process_time`` (all threads of this process) per call. The parsing and
-RPCServer steps run in rounds of 200 calls in one thread and report the cheapest round.
+RPCServer steps run in rounds of 200 calls in one thread and report the cheapest round; so does the
+metrics step, the recording each answered call costs (already inside the parsing and RPCServer
+figures; shown on its own because it is small and the machine's noise is not).
 ``python -m sbusr.bench.cost`` prints them; ``sbusr-bench`` includes them in its report.
 """
 
@@ -80,6 +82,24 @@ def _request_packet() -> Any:
     return codec.decode_packet(frame)
 
 
+def _metrics_us(calls: int) -> float:
+    """sbusr.metrics' recording of one answered call, sorting into the rolling window included."""
+    from prometheus_client import CollectorRegistry
+
+    from sbusr import metrics
+
+    recorder = metrics.RequestMetrics(CollectorRegistry())
+    recorder.set_methods(["echo"])
+    rounds: list[float] = []
+    for _ in range(max(1, calls // ROUND)):
+        start = time.process_time()
+        for _ in range(ROUND):
+            recorder.request_done("echo", None, recorder.request_received())
+        recorder.window.fold()
+        rounds.append(time.process_time() - start)
+    return _best(rounds)
+
+
 def _executor_hop_us(pool_size: int, calls: int) -> float:
     """futurist's ThreadPoolExecutor, as RPCServer uses it: no-op tasks, IN_FLIGHT at a time."""
     import futurist
@@ -110,7 +130,7 @@ def measure(calls: int = 20000, workers: int | None = None) -> dict[str, Any]:
     import oslo_messaging
     from oslo_config import cfg
 
-    from sbusr import dispatch, opts
+    from sbusr import dispatch, metrics, opts
     from sbusr.execution import threads
 
     conf = cfg.ConfigOpts()
@@ -127,11 +147,12 @@ def measure(calls: int = 20000, workers: int | None = None) -> dict[str, Any]:
     transport._driver._connection = conn  # never connects: requests are fed to the listener's sink
     packet = _request_packet()
     registry = dispatch.load_endpoints(conf)
+    metrics.requests().set_methods(registry.methods())  # as sbusr-server does: calls counted under "echo"
     executor = threads.ThreadExecutor(conf.execution.workers, conf.execution.call_timeout)
     executor.bind(registry)
     executor.start()
-    server = oslo_messaging.get_rpc_server(transport, oslo_messaging.Target(topic="cost", server="19:1"),
-                                           registry.adapters, access_policy=dispatch.AccessPolicy)
+    server = dispatch.rpc_server(transport, oslo_messaging.Target(topic="cost", server="19:1"),
+                                 registry.adapters)
     server.start()
     try:
         assert conn.sink is not None
@@ -181,6 +202,7 @@ def measure(calls: int = 20000, workers: int | None = None) -> dict[str, Any]:
             "parse_us": _best(parse_rounds),
             "rpcserver_us": _best(process_rounds),
             "executor_hop_us": round(_executor_hop_us(pool_size, calls), 1),
+            "metrics_us": _metrics_us(calls),
             "total_us": round(total_us, 1),
             "total_calls_per_s": round(calls / wall),
         }
@@ -198,6 +220,7 @@ def format_report(cost: dict[str, Any]) -> str:
         f"  request parsing (driver)                          {cost['parse_us']:7.1f} us",
         f"  executor hop (futurist ThreadPoolExecutor)        {cost['executor_hop_us']:7.1f} us",
         f"  RPCServer: oslo dispatch, method, reply encoding  {cost['rpcserver_us']:7.1f} us",
+        f"  metrics recording (sbusr.metrics; in both above) {cost['metrics_us']:7.1f} us",
         f"  whole path, threads contending                    {cost['total_us']:7.1f} us "
         f"({cost['total_calls_per_s']} calls/s)",
     ])

@@ -35,6 +35,17 @@ _NOTIFY_TITLE = slice(42, 144)  # char title[102] inside the NOTIFY body (see co
 _NOTIFY_PARAM = 148
 
 
+def _error_code(body: bytes) -> str:
+    """The JSON-RPC error code of an error reply, as text ("-32002"); "?" when it cannot be read."""
+    at = body.find(b'"code":')
+    if at < 0:
+        return "?"
+    end = at + 7
+    while end < len(body) and body[end:end + 1] in b"-0123456789":
+        end += 1
+    return body[at + 7:end].decode("ascii") or "?"
+
+
 def _reply_id(pkt: Packet) -> tuple[int, bool] | None:
     """(request id, is_error) of a reply packet, or None when it is not one of ours."""
     h = pkt.header
@@ -64,7 +75,8 @@ class Phase:
         self.window_end = self.window_start + float(spec["duration"])
         self.inflight: dict[int, float] = {}
         self.lat_us: list[int] = []
-        self.ok = self.errors = self.send_errors = self.late = self.sent = 0
+        self.ok = self.errors = self.send_errors = self.late = self.early = self.sent = 0
+        self.error_codes: dict[str, int] = {}  # why the error replies came (busy, timeout ...)
         self.done: asyncio.Future[None] | None = None
 
 
@@ -111,11 +123,15 @@ class LoadGen:
         if phase.window_start <= now <= phase.window_end:
             if is_error:
                 phase.errors += 1
+                code = _error_code(pkt.body)
+                phase.error_codes[code] = phase.error_codes.get(code, 0) + 1
             else:
                 phase.ok += 1
                 phase.lat_us.append(int((now - sent) * 1e6))
         elif now > phase.window_end:
             phase.late += 1
+        else:
+            phase.early += 1  # answered during the warm-up: not measured, but accounted for
         if now < phase.window_end:
             if not phase.rate:
                 self._send(phase)  # closed loop: this caller's next request
@@ -169,8 +185,8 @@ class LoadGen:
                 pass
         self.phase = None
         return {"ok": phase.ok, "errors": phase.errors, "lost": len(phase.inflight),
-                "send_errors": phase.send_errors, "late": phase.late, "sent": phase.sent,
-                "lat_us": phase.lat_us}
+                "send_errors": phase.send_errors, "late": phase.late, "early": phase.early,
+                "sent": phase.sent, "error_codes": phase.error_codes, "lat_us": phase.lat_us}
 
     def _tick(self, phase: Phase, loop: asyncio.AbstractEventLoop, due: float) -> None:
         """Open loop: send everything whose slot has come, then sleep until the next slot."""

@@ -69,6 +69,12 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def begin_stop(self) -> None:
+        """Ask the child to stop without waiting (a wrapper is stopped group-wise in :meth:`stop`)."""
+        if not self.wrapped and self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
         proc = self.proc
         if self.wrapped:
@@ -211,6 +217,11 @@ class LoadProcess(Child):
         if "error" in answer:
             raise RuntimeError(f"load generator {self.unit}: {answer['error']}")
         return answer
+
+    def begin_stop(self) -> None:
+        if self.alive():
+            with contextlib.suppress(OSError, ValueError):
+                self.send({"op": "quit"})
 
     def stop(self) -> None:
         if self.alive():

@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,30 @@ def summarize(answers: list[dict[str, Any]], duration: float) -> dict[str, Any]:
         "lost": sum(a["lost"] for a in answers),
         "send_errors": sum(a["send_errors"] for a in answers),
         "sent": sum(a["sent"] for a in answers),
+        # every request sent is one of: a measured reply (calls + error_replies), a reply during the
+        # warm-up (early) or after the window (late), or lost (no reply within the drain time)
+        "early": sum(a.get("early", 0) for a in answers),
+        "late": sum(a.get("late", 0) for a in answers),
+        "error_codes": _merge_counts(a.get("error_codes", {}) for a in answers),
     }
+
+
+def _merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for one in counts:
+        for key, n in one.items():
+            merged[key] = merged.get(key, 0) + n
+    return dict(sorted(merged.items()))
+
+
+def explain_errors(figures: dict[str, Any]) -> str:
+    """What the errors of a phase were: error replies by JSON-RPC code, lost requests, failed sends."""
+    parts = [f"{n} x {code}" for code, n in figures.get("error_codes", {}).items()]
+    if figures.get("lost"):
+        parts.append(f"{figures['lost']} lost")
+    if figures.get("send_errors"):
+        parts.append(f"{figures['send_errors']} send errors")
+    return ", ".join(parts)
 
 
 def machine_info() -> dict[str, Any]:
@@ -127,7 +150,8 @@ def table(result: dict[str, Any]) -> str:
                           f"{ol['of_phase']} c={ol['of_concurrency']} ({ol['target_rate']:.0f} calls/s "
                           f"offered): {ol['calls_per_s']:.1f} calls/s answered, "
                           f"p50 {_fmt(ol['p50_ms'], '.2f')} ms, p95 {_fmt(ol['p95_ms'], '.2f')} ms, "
-                          f"p99 {_fmt(ol['p99_ms'], '.2f')} ms, errors {ol['errors']}"]
+                          f"p99 {_fmt(ol['p99_ms'], '.2f')} ms, errors {ol['errors']}"
+                          + (f" ({explain_errors(ol)})" if ol["errors"] else "")]
     lines += ["", "ratio = RPC calls/s / raw bus round trips/s at the same concurrency (raw rows: 1.00)",
               "server, workers, bus, load = CPU µs per call of each process (workers and load generators "
               "summed), read from /proc over the measured window; process mode: server = the master"]

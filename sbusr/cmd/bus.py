@@ -12,7 +12,7 @@ import signal
 import sys
 
 from sbusr.smartbus import codec
-from sbusr.smartbus.bus import Bus
+from sbusr.smartbus.bus import DEFAULT_MEMORY_BUDGET, Bus
 
 LOG = logging.getLogger("sbusr.cmd.bus")
 
@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-write-buffer", type=_int_in(1, 2**62), default=64 * 1024 * 1024,
                    help="bytes queued for one client before it is dropped as a slow reader "
                         "(default %(default)s)")
+    p.add_argument("--memory-budget", type=_int_in(1, 2**42), default=DEFAULT_MEMORY_BUDGET // 2**20,
+                   metavar="MIB",
+                   help="MiB buffered across all connections (input being framed, output queued); beyond "
+                        "it the connection holding the most is dropped first (default %(default)s)")
     p.add_argument("--idle-timeout", type=_float, default=30.0,
                    help="drop a connection silent for this many seconds, 0 = never (default %(default)s)")
     p.add_argument("--encoding", default=codec.DEFAULT_ENCODING,
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bus = Bus(host=args.host, port=args.port, unit_id=args.unit_id, users=users,
                   max_packet_size=args.max_packet_size, max_write_buffer=args.max_write_buffer,
-                  idle_timeout=args.idle_timeout, encoding=args.encoding)
+                  idle_timeout=args.idle_timeout, encoding=args.encoding,
+                  memory_budget=args.memory_budget * 2**20)
     except (ValueError, LookupError) as exc:
         LOG.error("bad configuration: %s", exc)
         return 2

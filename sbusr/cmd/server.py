@@ -18,19 +18,29 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import config, dispatch, jsonrpc, opts
+from sbusr import config, dispatch, jsonrpc, metrics, opts
 from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
 from sbusr.execution import threads
+from sbusr.smartbus import codec
 
 LOG = logging.getLogger("sbusr.server")
+#: sys.stats must fit one NOTIFY with its JSON-RPC envelope and sys.* fields around it
+STATS_MAX_BYTES = codec.MAX_NOTIFY_PARAM - 1024
 
 #: Seconds past graceful_timeout after which a stopping server leaves no matter what.
 EXIT_MARGIN = 1.5
 #: Seconds process mode waits for its first workers before registering on the bus anyway.
 FIRST_WORKERS_WAIT = 120.0
+
+
+def server_stats(address: str, mode: str, executor: dict[str, Any],
+                 recorder: metrics.RequestMetrics) -> dict[str, Any]:
+    """``sys.stats``: what the status page shows about this server, cut to fit one NOTIFY."""
+    stats = {"server": address, "pid": os.getpid(), "mode": mode, "executor": executor, **recorder.snapshot()}
+    return metrics.fit(stats, STATS_MAX_BYTES)
 
 
 def reload_config(reloader: config.Reloader | None) -> dict[str, Any]:
@@ -66,15 +76,20 @@ class ThreadService:
         self.executor.bind(self.registry)
         system.bind_registry(self.registry)
         system.set_reload_handler(self.reload)
+        system.set_report("stats", self.stats)
+        self.metrics = metrics.requests()
+        self.metrics.set_methods(self.registry.methods())
+        self.metrics.sample_executor(self.executor.stats)
+        self._metrics_listener: metrics.MetricsListener | None = None
         address = f"{identity.unit_id}:{identity.client_id}"
         target = oslo_messaging.Target(topic=conf.server.topic, server=address)
         # the threading executor is oslo.messaging's default (and soon its only one)
-        self.server = oslo_messaging.get_rpc_server(self.transport, target, self.registry.adapters,
-                                                    access_policy=dispatch.AccessPolicy)
+        self.server = dispatch.rpc_server(self.transport, target, self.registry.adapters)
         self.address = address
 
     def start(self) -> None:
         self.executor.start()  # worker_init, once, in this process
+        self._metrics_listener = metrics.serve(self.conf.metrics.host, self.conf.metrics.port)
         self.server.start()
         self.background.start(self.registry)
         LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
@@ -92,10 +107,16 @@ class ThreadService:
             self.registry = registry
             system.bind_registry(registry)
             self.background.reloaded(registry)
+            self.metrics.set_methods(registry.methods())
+            self.metrics.reload_done()
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
         return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers,
                 "config": changes}
+
+    def stats(self) -> dict[str, Any]:
+        """``sys.stats``: what the status page shows about this server."""
+        return server_stats(self.address, "thread", self.executor.stats(), self.metrics)
 
     def stop(self, timeout: float) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
@@ -110,6 +131,8 @@ class ThreadService:
         self.executor.shutdown()
         self.background.stop(timeout)
         self.transport.cleanup()  # until the link closes, late requests get "shutting down"
+        if self._metrics_listener is not None:
+            self._metrics_listener.stop()
         return finished
 
 
@@ -119,6 +142,7 @@ class ProcessService:
     def __init__(self, conf: cfg.ConfigOpts, argv: Sequence[str], reload_entry: Any = None,
                  config_reloader: config.Reloader | None = None) -> None:
         from sbusr.execution.master import Master
+        from sbusr.execution.recording import RecordingEvents
 
         self.conf = conf
         self.config_reloader = config_reloader
@@ -127,13 +151,19 @@ class ProcessService:
         self.address = f"{identity.unit_id}:{identity.client_id}"
         # before the workers start: they inherit the environment it sets
         self.background = Background(conf, identity, reload_entry or self.reload)
-        self.master = Master(conf, opts.transport_url(conf), argv)
+        self.metrics = metrics.requests()
+        self.master = Master(conf, opts.transport_url(conf), argv, RecordingEvents(self.metrics))
+        self.master.driver.metrics = self.metrics  # what the master answers itself is counted there
+        self.metrics.sample_executor(self.master.stats)
+        self._metrics_listener: metrics.MetricsListener | None = None
         self.master.reload_handler = self.reload  # sys.reload from a worker reloads the timers too
+        system.set_report("stats", self.stats)  # a worker's sys.stats asks the master
         self._stopping = threading.Event()
         self._reload_lock = threading.Lock()
 
     def start(self) -> None:
         """Start every worker first, then register: the first calls pay no start-up cost."""
+        self._metrics_listener = metrics.serve(self.conf.metrics.host, self.conf.metrics.port)
         self.master.start()
         if not self.master.wait_ready(FIRST_WORKERS_WAIT) and not self._stopping.is_set():
             LOG.error("no worker ready after %g s; registering anyway (calls get 'starting')",
@@ -141,6 +171,7 @@ class ProcessService:
         if self._stopping.is_set():
             return
         methods = self.master.methods
+        self.metrics.set_methods(methods)
         LOG.info("sbusr-server %s serving %d methods in %d worker processes: %s", self.address, len(methods),
                  self.conf.execution.workers, ", ".join(methods))
         self.master.connect()
@@ -157,6 +188,8 @@ class ProcessService:
             self.master.reconfigure(self.conf)  # new workers read the files themselves
             summary = dict(self.master.reload(), config=changes)
             self.background.reloaded(self._timer_registry())
+            self.metrics.set_methods(summary.get("methods", []))
+            self.metrics.reload_done()
         LOG.info("reloaded endpoints: %d methods", len(summary.get("methods", [])))
         return summary
 
@@ -165,7 +198,13 @@ class ProcessService:
         self.background.halt()
         finished = self.master.stop(timeout)
         self.background.stop(timeout)
+        if self._metrics_listener is not None:
+            self._metrics_listener.stop()
         return finished
+
+    def stats(self) -> dict[str, Any]:
+        """``sys.stats`` (asked by a worker): the master's counts."""
+        return server_stats(self.address, "process", self.master.stats(), self.metrics)
 
 
 def _hard_exit(code: int) -> None:

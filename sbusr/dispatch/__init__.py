@@ -33,10 +33,30 @@ from sbusr.dispatch.loading import (
     reload,
 )
 from sbusr.dispatch.registry import Duplicate, LoadError, Registry
+from sbusr.dispatch.server import Dispatcher, caller_of, rpc_server
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "RESERVED_NAMES", "SYSTEM_ENDPOINT_MODULE", "AccessPolicy", "Duplicate",
-    "EndpointAdapter", "EndpointOrigin", "Invoker", "LoadError", "Registry", "adapter_from_origin",
-    "adapter_full_names", "adapter_methods", "check_source", "create_endpoint", "direct_invoke",
-    "is_system_endpoint", "load_endpoints", "module_for", "reload",
+    "ENTRY_POINT_GROUP",
+    "RESERVED_NAMES",
+    "SYSTEM_ENDPOINT_MODULE",
+    "AccessPolicy",
+    "Dispatcher",
+    "Duplicate",
+    "EndpointAdapter",
+    "EndpointOrigin",
+    "Invoker",
+    "LoadError",
+    "Registry",
+    "adapter_from_origin",
+    "adapter_full_names",
+    "adapter_methods",
+    "caller_of",
+    "check_source",
+    "create_endpoint",
+    "direct_invoke",
+    "is_system_endpoint",
+    "load_endpoints",
+    "module_for",
+    "reload",
+    "rpc_server",
 ]

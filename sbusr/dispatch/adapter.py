@@ -161,8 +161,7 @@ class EndpointAdapter:
                 else:
                     bound = bind(*positional, **kwargs)
                     args, kwargs = bound.args, bound.kwargs
-            except TypeError as exc:
-                LOG.info("Invalid params for %s: %s", full_name, exc)
+            except TypeError as exc:  # logged by Dispatcher, with the caller
                 raise _expected(jsonrpc.InvalidParams(f"Invalid params for {full_name}: {exc}")) from None
             try:
                 return adapter.invoker(fn, ctxt, args, kwargs)

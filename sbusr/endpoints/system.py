@@ -1,4 +1,4 @@
-"""``sys.*`` methods: ping, version, methods, reload, timers, spool.
+"""``sys.*`` methods: ping, version, methods, reload, timers, spool, stats.
 
 The server wires this module to its state at start-up:
 
@@ -6,7 +6,9 @@ The server wires this module to its state at start-up:
   so ``sys.methods`` lists what is actually served;
 * :func:`set_reload_handler` with a no-argument callable that reloads the endpoints and returns a
   JSON-friendly dict describing the result (e.g. ``Registry.summary()``);
-* :func:`set_report` with the no-argument callables behind ``sys.timers`` and ``sys.spool``.
+* :func:`set_report` with the no-argument callables behind ``sys.timers``, ``sys.spool`` and
+  ``sys.stats`` (the server's figures for the status page: mode, workers, per-method calls and
+  latency, recent errors, history, as a JSON-friendly dict).
 
 Both live in the main process; an execution layer running methods in worker processes must run the
 ``sys`` namespace in the main process. The state survives ``importlib.reload`` of this module.
@@ -14,6 +16,7 @@ Both live in the main process; an execution layer running methods in worker proc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -94,3 +97,6 @@ class SystemEndpoint:
     def spool(self, ctxt: Any) -> dict[str, Any]:
         """The spooler's queued, running and failed job counts."""
         return _report("spool")
+    def stats(self, ctxt: Any) -> dict[str, Any]:
+        """The server's figures for the status page (what sbusr-api's /status shows)."""
+        return {"version": sbusr.__version__, "pid": os.getpid(), **_report("stats")}

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from sbusr.execution.messages import Outcome
+from sbusr.smartbus.codec import Address
 
 LOG = logging.getLogger("sbusr.execution")
 
@@ -24,8 +25,9 @@ class MasterEvents:
     def call_started(self, pid: int, method: str, timeout: float) -> None:
         """Worker ``pid`` reported a call whose limit differs from ``call_timeout`` (or of a batch)."""
 
-    def call_done(self, pid: int, outcomes: Sequence[Outcome], seconds: float) -> None:
-        """Worker ``pid`` finished a packet; one outcome per call (``code`` 0 = result)."""
+    def call_done(self, pid: int, outcomes: Sequence[Outcome], seconds: float, caller: Address) -> None:
+        """Worker ``pid`` finished a packet from ``caller``, ``seconds`` after it arrived; one outcome
+        per answered call (``code`` 0 = result)."""
 
     def answered_for_worker(self, method: str, code: int, reason: str) -> None:
         """The master answered a call itself: reason "timeout", "crash" or "shutdown"."""

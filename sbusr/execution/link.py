@@ -59,10 +59,11 @@ class LinkExchange(Exchange):
         if timeout != self._link.default_timeout or self._calls > 1:
             self._link.send(messages.Started(self.seq, timeout, method, request_id))
 
-    def call_done(self, method: str, code: int, message: str) -> None:
-        with self._lock:
-            self._outcomes.append(messages.Outcome(method, code, message))
-        super().call_done(method, code, message)
+    def call_done(self, method: str, code: int, message: str, replied: bool = True) -> None:
+        if replied:  # the outcomes are the answers the packet's reply carries
+            with self._lock:
+                self._outcomes.append(messages.Outcome(method, code, message))
+        super().call_done(method, code, message, replied)
 
     def closed(self) -> None:
         self._link.send(messages.Done(self.seq, tuple(self._outcomes), self._reply))

@@ -68,10 +68,11 @@ BUSY_LOG_INTERVAL = 5.0
 class _Flight:
     """A request packet a worker holds, until its ``Done``."""
 
-    __slots__ = ("deadline", "method", "packet", "sent", "timeout", "unlimited")
+    __slots__ = ("arrived", "deadline", "method", "packet", "sent", "timeout", "unlimited")
 
-    def __init__(self, packet: Packet, sent: float, timeout: float) -> None:
+    def __init__(self, packet: Packet, arrived: float, sent: float, timeout: float) -> None:
         self.packet = packet
+        self.arrived = arrived  # when the bus delivered it (before any wait in the queue)
         self.sent = sent
         self.timeout = timeout
         self.deadline = sent + timeout if timeout else None  # checked every DEADLINE_TICK
@@ -327,7 +328,7 @@ class Master:
         seq = worker.sent
         timeout = self.call_timeout
         now = time.monotonic()
-        worker.flights[seq] = _Flight(packet, now, timeout)
+        worker.flights[seq] = _Flight(packet, queued_at or now, now, timeout)
         assert worker.transport is not None
         worker.transport.write(codec.frame_of(packet))
         self.events.call_dispatched(worker.pid, now - queued_at if queued_at else 0.0)
@@ -401,7 +402,7 @@ class Master:
         if msg.reply:
             self._forward(msg.reply)
         worker.tasks += 1
-        self.events.call_done(worker.pid, msg.outcomes, time.monotonic() - flight.sent)
+        self.events.call_done(worker.pid, msg.outcomes, time.monotonic() - flight.arrived, flight.packet.src)
         if self._state == "stopping":
             self._check_drained()
             return
@@ -449,8 +450,9 @@ class Master:
         limit = flight.timeout
 
         def timeout_error(method: str) -> BaseException:
-            LOG.warning("call %s exceeded its %g s limit; worker pid %d killed and replaced",
-                        method, limit, worker.pid)
+            src = flight.packet.src
+            LOG.warning("call %s from %s/%s exceeded its %g s limit: answered %d; worker pid %d killed and "
+                        "replaced", method, src.unit, src.client, limit, jsonrpc.CALL_TIMEOUT, worker.pid)
             return jsonrpc.CallTimeout(f"{method} did not finish within {limit:g} s", {"timeout": limit})
 
         worker.flights.pop(seq)
@@ -753,11 +755,15 @@ class Master:
                 "workers": self._stats()}
 
     def _stats(self) -> dict[str, Any]:
-        states = collections.Counter(w.state for w in self._workers if w.generation == self._generation)
+        current = [w for w in self._workers if w.generation == self._generation]
+        states = collections.Counter(w.state for w in current)
+        held = sum(len(w.flights) for w in self._workers)
         return {"mode": "process", "generation": self._generation, "workers": self.size,
                 "threads": self.threads, "ready": states.get("ready", 0),
+                "idle": sum(1 for w in current if w.state == "ready" and not w.flights),
                 "starting": states.get("starting", 0),
                 "busy": sum(1 for w in self._workers if w.flights), "queued": len(self._queue),
+                "in_flight": held + len(self._queue),
                 "started": self.started_workers, "replaced": dict(self.replaced)}
 
     def _on_reload_request(self, worker: _Worker, msg: messages.ReloadRequest) -> None:

@@ -78,7 +78,7 @@ class Done:
     """
 
     seq: int
-    outcomes: tuple[Outcome, ...]
+    outcomes: tuple[Outcome, ...]  # one per answered call (a notification is not answered)
     reply: bytes = b""
 
 

@@ -240,11 +240,14 @@ class ThreadExecutor(Executor):
         if message is not None:
             message.answer_early(error)
         if call.freed:
-            LOG.warning("call %s exceeded its %g s limit; answered with a timeout, its thread is abandoned "
-                        "(threads cannot be stopped; process mode can)", _fn_label(fn), timeout)
+            LOG.warning("call %s from %s exceeded its %g s limit: answered %d, its thread is abandoned "
+                        "(threads cannot be stopped; process mode can)", _fn_label(fn),
+                        dispatch.caller_of(getattr(message, "ctxt", None)), timeout, jsonrpc.CALL_TIMEOUT)
         else:
-            LOG.error("call %s exceeded its %g s limit; %d calls are stuck: capacity is reduced until they "
-                      "return (use [execution] mode = process)", _fn_label(fn), timeout, stuck)
+            LOG.error("call %s from %s exceeded its %g s limit: answered %d; %d calls are stuck: capacity is "
+                      "reduced until they return (use [execution] mode = process)", _fn_label(fn),
+                      dispatch.caller_of(getattr(message, "ctxt", None)), timeout, jsonrpc.CALL_TIMEOUT,
+                      stuck)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

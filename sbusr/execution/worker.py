@@ -37,8 +37,8 @@ LOG = logging.getLogger("sbusr.execution")
 
 #: Seconds between checks that the master is still our parent (the link's EOF usually comes first).
 PARENT_CHECK_INTERVAL = 0.5
-#: ``sys.*`` reports whose state the master keeps (the scheduler, the spooler).
-MASTER_REPORTS = ("timers", "spool")
+#: ``sys.*`` reports whose state the master keeps (the scheduler, the spooler, the metrics).
+MASTER_REPORTS = ("timers", "spool", "stats")
 #: Seconds sys.reload waits for the master to switch generations.
 RELOAD_WAIT = 120.0
 
@@ -121,8 +121,7 @@ def serve(conf: Any, link_fd: int, transport_url: str) -> int:
     identity = client_config_from_url(conf, url)
     transport = oslo_messaging.get_rpc_transport(conf, url=url)
     target = oslo_messaging.Target(topic=conf.server.topic, server=f"{identity.unit_id}:{identity.client_id}")
-    server = oslo_messaging.get_rpc_server(transport, target, registry.adapters,
-                                           access_policy=dispatch.AccessPolicy)
+    server = dispatch.rpc_server(transport, target, registry.adapters)
     server.start()  # the driver's connection is the link: its client exists from here on
     the_link = links[0]
     system.set_reload_handler(lambda: the_link.request_reload(RELOAD_WAIT))

@@ -3,8 +3,12 @@
 Stands in for the vendor's SmartBus server on a developer machine and in tests.  It
 behaves like the toy bus the vendor library was verified against
 (shared/smartbus-protocol.md §12), with limits added so that a misbehaving peer
-(garbage, absurd sizes, a reader that never reads, silence) only loses its own
-connection while everyone else keeps being served.
+(garbage, absurd sizes, a reader that never reads, silence, more than its share of
+the memory budget) only loses its own connection while everyone else keeps being
+served, and checks so that no client can lie to the others: only the bus sends
+GLOBAL_CONNECT notices, a cmd-10 reply describes its sender and goes to a newcomer
+announced to it, and every packet carries its sender's registered address as src
+(see docs/smartbus-protocol-notes.md, "Trust").
 
 The per-packet path is kept short on purpose: a benchmark measures round trips
 through it, and vendor clients send about 1000 heartbeats per second each.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, CodecError, Packet
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 __all__ = ["Bus", "BusThread", "ClientInfo"]
 
@@ -31,9 +36,16 @@ LOG = logging.getLogger(__name__)
 HEARTBEAT_ACK_INTERVAL = 1.0
 #: at most one "no such destination" line per this many seconds
 ABSENT_LOG_INTERVAL = 5.0
+#: at most one line per peer and reason for packets the bus refuses to pass on (forged, misaddressed)
+REFUSED_LOG_INTERVAL = 10.0
+#: default total of bytes buffered across all connections (input being framed + output queued)
+DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
+#: a connection buffering more than this makes the bus check the total budget
+_BUDGET_CHECK_BYTES = 1024 * 1024
 _HEARTBEAT_BODY = 24
 
 _monotonic = time.monotonic
+_GC_CMDS = (codec.CMD_GLOBAL_CONNECT, codec.CMD_GLOBAL_CONNECT_REPLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,40 +67,19 @@ class ClientInfo:
         return Address(self.unit, self.client, self.type)
 
 
-class _RateLimitedLog:
-    """One log line per interval plus a count of what was swallowed, so a flood cannot flood the log."""
-
-    __slots__ = ("_interval", "_level", "_next", "_suppressed")
-
-    def __init__(self, level: int, interval: float) -> None:
-        self._level = level
-        self._interval = interval
-        self._next = 0.0
-        self._suppressed = 0
-
-    def __call__(self, msg: str, *args: object) -> None:
-        now = _monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (%d similar lines suppressed)"
-            args = (*args, self._suppressed)
-        self._suppressed = 0
-        self._next = now + self._interval
-        LOG.log(self._level, msg, *args)
-
-
 class _Connection(asyncio.Protocol):
     """One TCP peer: frames its input and hands packets to the bus."""
 
-    __slots__ = ("bus", "closed", "decoder", "info", "last_hb_ack", "last_rx", "peer", "transport")
+    __slots__ = ("bus", "closed", "decoder", "info", "last_hb_ack", "last_rx", "owed", "peer", "src",
+                 "transport")
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.decoder = codec.FrameDecoder(bus.max_packet_size)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.info: ClientInfo | None = None
+        self.src: tuple[int, int, int] | None = None  # registered (type, unit, client): the only src allowed
+        self.owed: set[_Connection] = set()  # newcomers announced to this client, owed one cmd-10 reply
         self.peer = "?"
         self.closed = False
         self.last_rx = _monotonic()
@@ -112,13 +103,20 @@ class _Connection(asyncio.Protocol):
         except CodecError as exc:
             bus._close(self, f"framing error ({exc})", logging.WARNING)
             return
+        if self.decoder.buffered > _BUDGET_CHECK_BYTES:
+            bus._check_budget()
+            if self.closed:
+                return
         by_addr = bus._by_addr
+        src = self.src
         try:
             for raw, fields in frames:
                 # fields: flag, cmd, cmdtype, src type/unit/client, dst type/unit/client, size, datalen
-                if self.info is not None and fields[2] != codec.CMDTYPE_INTERNAL:
-                    # the hot path: user traffic from a registered client to one exact address is
-                    # forwarded from the raw header fields, without building packet objects
+                if (src is not None and fields[2] != codec.CMDTYPE_INTERNAL and fields[4] == src[1]
+                        and fields[5] == src[2] and fields[3] == src[0]
+                        and not (fields[2] == codec.CMDTYPE_SYSTEM and fields[1] in _GC_CMDS)):
+                    # the hot path: user traffic from a registered client, under its own address, to one
+                    # exact address is forwarded from the raw header fields, without building packets
                     du, dc = fields[7], fields[8]
                     target = by_addr.get((du, dc)) if du >= 0 and dc >= 0 else None
                     if target is not None and target is not self:
@@ -151,7 +149,8 @@ class Bus:
                  max_packet_size: int = codec.DEFAULT_MAX_PACKET_SIZE,
                  max_write_buffer: int = 64 * 1024 * 1024,
                  idle_timeout: float = 30.0,
-                 encoding: str = "gbk") -> None:
+                 encoding: str = "gbk",
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         if unit_id not in codec.IPSC_UNITS:
             raise ValueError(f"bus unit id must be 0..15, got {unit_id}")
         if not 0 <= port <= 65535:
@@ -160,12 +159,15 @@ class Bus:
             raise ValueError(f"max_packet_size must be at least {codec.HEADER_SIZE}")
         if max_write_buffer <= 0:
             raise ValueError("max_write_buffer must be positive")
+        if memory_budget <= 0:
+            raise ValueError("memory_budget must be positive")
         codecs.lookup(encoding)  # fail early on a bad name (LookupError)
         self.host = host
         self.unit_id = unit_id
         self.users = None if users is None else dict(users)
         self.max_packet_size = max_packet_size
         self.max_write_buffer = max_write_buffer
+        self.memory_budget = memory_budget
         self.idle_timeout = idle_timeout
         self.encoding = encoding
         self._port = port
@@ -176,8 +178,10 @@ class Bus:
         self._conns: set[_Connection] = set()
         self._by_addr: dict[tuple[int, int], _Connection] = {}
         self._by_unit: dict[int, dict[int, _Connection]] = {}
-        self._log_absent = _RateLimitedLog(logging.INFO, ABSENT_LOG_INTERVAL)
-        self._log_unregistered = _RateLimitedLog(logging.DEBUG, ABSENT_LOG_INTERVAL)
+        self._log_absent = RateLimitedLog(LOG, logging.INFO, ABSENT_LOG_INTERVAL)
+        self._log_unregistered = RateLimitedLog(LOG, logging.DEBUG, ABSENT_LOG_INTERVAL)
+        self._log_refused = RateLimitedLog(LOG, logging.WARNING, REFUSED_LOG_INTERVAL)
+        self._checking_budget = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -237,11 +241,50 @@ class Bus:
             if h.cmd == codec.CMD_REGISTER:
                 self._register(conn, pkt)
                 return
-        if conn.info is None:
-            self._log_unregistered("dropped cmd %d/%d from unregistered connection %s",
+        info = conn.info
+        if info is None:
+            self._log_unregistered(conn.peer, "dropped cmd %d/%d from unregistered connection %s",
                                    h.cmd, h.cmdtype, conn.peer)
             return
+        src = h.src
+        if (src.type, src.unit, src.client) != conn.src:
+            self._refuse(conn, "src", "cmd %d/%d under src %s, not its registered address %s", h.cmd,
+                         h.cmdtype, src, info.address)
+            return
+        if h.cmdtype == codec.CMDTYPE_SYSTEM and h.cmd in _GC_CMDS:
+            self._global_connect_reply(conn, pkt, raw)
+            return
         self._route(conn, pkt, raw)
+
+    def _refuse(self, conn: _Connection, reason: str, msg: str, *args: object) -> None:
+        """Drop one packet the bus will not pass on; one line per peer and reason every 10 s."""
+        self._log_refused.log((conn.peer, reason), "dropped a packet from %s: " + msg, conn.peer, *args)
+
+    def _global_connect_reply(self, conn: _Connection, pkt: Packet, raw: bytes) -> None:
+        """Only the bus sends cmd 9; a cmd 10 describes its sender and goes to a newcomer it was told of."""
+        if pkt.cmd == codec.CMD_GLOBAL_CONNECT:
+            self._refuse(conn, "cmd9", "GLOBAL_CONNECT notices (cmd 9) come only from the bus")
+            return
+        info = conn.info
+        assert info is not None
+        try:
+            event = codec.decode_global_connect(pkt.body, self.encoding)
+        except CodecError as exc:
+            self._refuse(conn, "cmd10-bad", "malformed GLOBAL_CONNECT reply (%s)", exc)
+            return
+        if (event.unit, event.client, event.type, event.status) != (info.unit, info.client, info.type,
+                                                                     codec.GC_EXISTING):
+            self._refuse(conn, "cmd10-other", "GLOBAL_CONNECT reply about %s status %d; a reply may only "
+                         "describe its sender %s with status %d", event.address, event.status, info.address,
+                         codec.GC_EXISTING)
+            return
+        dst = pkt.header.dst
+        target = self._by_addr.get((dst.unit, dst.client))
+        if target is None or target not in conn.owed:
+            self._refuse(conn, "cmd10-dst", "GLOBAL_CONNECT reply to %s, no newcomer announced to it", dst)
+            return
+        conn.owed.discard(target)
+        self._send(target, raw)
 
     def _route(self, conn: _Connection, pkt: Packet, raw: bytes) -> None:
         dst = pkt.header.dst
@@ -279,7 +322,8 @@ class Bus:
                 and dst.type == codec.CLIENT_TYPE_NODE):
             self._send(conn, codec.encode_ping(self._address, h.src, pkt.body, ack=True))
             return
-        self._log_absent("no client at %s for cmd %d/%d from %s; dropped", dst, h.cmd, h.cmdtype, h.src)
+        self._log_absent("absent", "no client at %s for cmd %d/%d from %s; dropped", dst, h.cmd, h.cmdtype,
+                         h.src)
 
     def _send(self, conn: _Connection, data: bytes) -> None:
         transport = conn.transport
@@ -288,6 +332,29 @@ class Bus:
         if queued > self.max_write_buffer:
             self._close(conn, f"slow reader: {queued} bytes queued (limit {self.max_write_buffer})",
                         logging.WARNING)
+        elif queued > _BUDGET_CHECK_BYTES:
+            self._check_budget()
+
+    def _check_budget(self) -> None:
+        """Keep the bytes buffered across all connections within ``memory_budget``: biggest first out."""
+        if self._checking_budget:  # closing a peer announces its leave, which sends: no recursion
+            return
+        self._checking_budget = True
+        try:
+            usage = [(c.transport.get_write_buffer_size() + c.decoder.buffered, c)
+                     for c in self._conns if not c.closed and c.transport is not None]
+            total = sum(used for used, _ in usage)
+            if total <= self.memory_budget:
+                return
+            usage.sort(key=lambda item: item[0], reverse=True)
+            for used, conn in usage:
+                if total <= self.memory_budget:
+                    break
+                self._close(conn, f"memory budget: it holds {used} of the {total} bytes buffered across all "
+                                  f"connections (budget {self.memory_budget})", logging.WARNING)
+                total -= used
+        finally:
+            self._checking_budget = False
 
     def _heartbeat(self, conn: _Connection, pkt: Packet) -> None:
         now = conn.last_rx
@@ -319,6 +386,7 @@ class Bus:
         info = ClientInfo(src.unit, src.client, src.type, self._sendable(reg.add_info), reg.user, conn.peer,
                           reg.pid, reg.connect_index, reg.version)
         conn.info = info
+        conn.src = (src.type, src.unit, src.client)
         self._by_addr[(src.unit, src.client)] = conn
         self._by_unit.setdefault(src.unit, {})[src.client] = conn
         LOG.info("joined: unit %d client %d type %d add_info %r user %r from %s",
@@ -361,12 +429,18 @@ class Bus:
             except CodecError as exc:  # cannot happen with a _sendable add_info; never kill the bus for it
                 LOG.error("cannot encode GLOBAL_CONNECT about %s: %s", info.address, exc)
                 return
+            if status == codec.GC_CONNECTED and subject is not None:
+                other.owed.add(subject)
             self._send(other, data)
 
     def _unregister(self, conn: _Connection) -> None:
         info, conn.info = conn.info, None
+        conn.src = None
+        conn.owed.clear()
         if info is None:
             return
+        for other in self._conns:
+            other.owed.discard(conn)
         key = (info.unit, info.client)
         if self._by_addr.get(key) is conn:
             del self._by_addr[key]

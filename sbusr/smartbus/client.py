@@ -46,8 +46,11 @@ from sbusr.smartbus.interface import (
     NotConnected,
     fail,
 )
+from sbusr.smartbus.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
+#: malformed or impossible packets from the bus: one WARNING per sender and kind every 10 s
+BAD_PACKET_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 #: result wait used when invoke_flow(want_result=True) gets no result_timeout
 DEFAULT_RESULT_TIMEOUT = 60.0
@@ -393,7 +396,14 @@ class SmartBusClient:
         try:
             event = codec.decode_global_connect(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed global-connect packet from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "global connect"), "SmartBus: malformed global-connect packet from "
+                               "%s: %s", pkt.src, exc)
+            return
+        problem = codec.global_connect_problem(event)
+        if problem is not None:
+            # keyed by kind only: a notice's src names its subject, and all of them come over the bus link
+            BAD_PACKET_LOG.log("notice", "SmartBus: ignored a global-connect notice about %d/%d type %d: %s",
+                               event.unit, event.client, event.type, problem)
             return
         me = self.address
         if event.unit == me.unit and event.client == me.client:
@@ -414,7 +424,8 @@ class SmartBusClient:
         try:
             msg = codec.decode_flow_ack(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed flow ack from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "flow ack"), "SmartBus: malformed flow ack from %s: %s", pkt.src,
+                               exc)
             return
         self._flows.acked(FlowAckEvent(msg.invoke_id, msg.ack, msg.msg.decode(self._enc, errors="replace"),
                                        pkt.src))
@@ -423,7 +434,8 @@ class SmartBusClient:
         try:
             msg = codec.decode_flow_result(pkt.body, self._enc)
         except codec.CodecError as exc:
-            LOG.warning("SmartBus: malformed flow result from %s: %s", pkt.src, exc)
+            BAD_PACKET_LOG.log((pkt.src, "flow result"), "SmartBus: malformed flow result from %s: %s",
+                               pkt.src, exc)
             return
         self._flows.returned(msg.invoke_id, msg.param.decode(self._enc, errors="replace"))
 

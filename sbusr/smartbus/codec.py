@@ -87,6 +87,8 @@ _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 #: limits the vendor library enforces; we enforce the same ones on encode
 MAX_NOTIFY_PARAM: Final = 15999
 MAX_FLOW_PARAMS: Final = 8000
+#: a NOTIFY title is char[102] with a terminating NUL: at most 101 bytes in the wire encoding
+MAX_NOTIFY_TITLE: Final = 101
 
 
 class CodecError(ValueError):
@@ -349,6 +351,17 @@ def _fixed(text: str, size: int, encoding: str, field: str) -> bytes:
     return raw
 
 
+def notify_title_problem(title: str, encoding: str = DEFAULT_ENCODING) -> str | None:
+    """Why ``title`` cannot be a NOTIFY title (empty, NUL, unencodable, too long), or None if it can."""
+    if not title:
+        return "title is empty"
+    try:
+        _fixed(title, MAX_NOTIFY_TITLE + 1, encoding, "title")
+    except CodecError as exc:
+        return str(exc)
+    return None
+
+
 def _cstr(raw: bytes) -> bytes:
     end = raw.find(b"\0")
     return raw if end < 0 else raw[:end]
@@ -475,6 +488,20 @@ def encode_global_connect(src: Address, dst: Address, event: GlobalConnect, repl
     return encode_packet(cmd, CMDTYPE_SYSTEM, src, dst, body)
 
 
+GC_STATUSES: Final = (GC_DISCONNECTED, GC_CONNECTED, GC_EXISTING)
+
+
+def global_connect_problem(event: GlobalConnect) -> str | None:
+    """Why a decoded notice cannot describe a real client (unit outside 0-47, bad id, unknown status)."""
+    if event.unit not in IPSC_UNITS and event.unit not in NET_CLIENT_UNITS:
+        return f"unit {event.unit} outside 0-47"
+    if event.client < 0:
+        return f"negative client id {event.client}"
+    if event.status not in GC_STATUSES:
+        return f"unknown status {event.status}"
+    return None
+
+
 def decode_global_connect(body: bytes, encoding: str = DEFAULT_ENCODING) -> GlobalConnect:
     if len(body) != GLOBAL_CONNECT_SIZE:  # the vendor library insists on exactly 281
         raise CodecError(f"GLOBAL_CONNECT body must be {GLOBAL_CONNECT_SIZE} bytes, got {len(body)}")
@@ -499,8 +526,9 @@ def encode_notify(src: Address, dst: Address, msg: Notify, encoding: str = DEFAU
     param = _payload(msg.param, "notify param")
     if len(param) > MAX_NOTIFY_PARAM:
         raise CodecError(f"notify param is {len(param)} bytes; at most {MAX_NOTIFY_PARAM} fit")
+    title = _fixed(msg.title, MAX_NOTIFY_TITLE + 1, encoding, "title")
     fixed = _NOTIFY_FIXED.pack(CMD_NOTIFY, _fixed(msg.project, 32, encoding, "project"), msg.mode & 0xFF,
-                               msg.invoke_id, msg.expires, _fixed(msg.title, 102, encoding, "title"),
+                               msg.invoke_id, msg.expires, title,
                                len(param))
     return encode_packet(CMD_NOTIFY, CMDTYPE_SYSTEM, src, dst, fixed + param + b"\0\0")
 

@@ -21,7 +21,7 @@ from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
 from sbusr.smartbus.threaded import ThreadedClient
 
-START_TIMEOUT = 10.0
+START_TIMEOUT = 60.0  # returns as soon as ready; generous for a busy machine
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,14 +191,15 @@ class FakeIpsc:
         return self.call_rpc(self.server[0], self.server[1], request, timeout=timeout)
 
     def call_rpc(self, server_unit: int, server_client: int, request: dict[str, Any] | list[Any] | bytes,
-                 timeout: float = 10.0) -> Any:
+                 timeout: float = 10.0, reply_title: str | None = None) -> Any:
         """Send a JSON-RPC request as a flow does and return the parsed JSON of the reply NOTIFY.
 
-        The reply is the NOTIFY titled with the request id (the first id of a batch); a
-        notification (no id) gets no reply and returns None.  Raises TimeoutError.
+        The reply is the NOTIFY titled with the request id (the first id of a batch), or
+        ``reply_title`` when given; a notification (no id) gets no reply and returns None.
+        Raises TimeoutError.
         """
         body = request if isinstance(request, bytes) else json.dumps(request).encode("utf-8")
-        title = _reply_title(request)
+        title = reply_title if reply_title is not None else _reply_title(request)
         fut: concurrent.futures.Future[codec.Notify] | None = None
         if title is not None:
             fut = concurrent.futures.Future()

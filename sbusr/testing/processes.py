@@ -19,9 +19,9 @@ from typing import Any
 
 from sbusr.bench.procs import terminate
 
-START_TIMEOUT = 10.0
+START_TIMEOUT = 60.0  # returns as soon as ready; generous for a busy machine
 STOP_TIMEOUT = 10.0
-SERVER_START_TIMEOUT = 30.0
+SERVER_START_TIMEOUT = 120.0  # returns as soon as ready; a busy 2-core machine starts Python slowly
 SERVER_UNIT = 19
 SERVER_CLIENT = 1
 

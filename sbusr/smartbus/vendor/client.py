@@ -27,6 +27,7 @@ from sbusr.smartbus.interface import (
     FlowOutcomeUnknown,
     NotConnected,
 )
+from sbusr.smartbus.ratelog import RateLimitedLog
 from sbusr.smartbus.vendor.binding import (
     NO_SLAVE_PORT,
     ConnectionEvent,
@@ -40,6 +41,8 @@ from sbusr.smartbus.vendor.binding import (
 )
 
 LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators, as before the split
+#: impossible global-connect notices: one WARNING per kind every 10 s (the callback names no sender)
+NOTICE_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 
 #: RemoteInvokeFlow's "all pending slots in use" code
@@ -204,10 +207,15 @@ class VendorClient:
             if h.on_disconnect:
                 h.on_disconnect()
         elif isinstance(event, GlobalConnectEvent):
-            if h.on_global_connect:
-                h.on_global_connect(GlobalConnect(event.unit, event.client, event.type, event.access_point,
-                                                  event.status,
-                                                  c_text(event.add_info, enc)))
+            notice = GlobalConnect(event.unit, event.client, event.type, event.access_point, event.status,
+                                   c_text(event.add_info, enc))
+            problem = codec.global_connect_problem(notice)
+            if problem is not None:  # the library passes on whatever the bus sent
+                NOTICE_LOG.log("notice", "vendor client %s: ignored a global-connect notice about %d/%d "
+                               "type %d: %s", self.config.address, event.unit, event.client, event.type,
+                               problem)
+            elif h.on_global_connect:
+                h.on_global_connect(notice)
 
     def _flow_event(self, event: FlowReplyEvent) -> None:
         # the library reports its own timeouts as code -25 without a packet header

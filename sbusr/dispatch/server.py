@@ -1,0 +1,76 @@
+"""sbusr's RPCServer: oslo's dispatcher with one log line per failed call."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import oslo_messaging
+from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+from oslo_messaging.rpc import server as rpc_server_module
+
+from sbusr import jsonrpc
+from sbusr.dispatch.adapter import AccessPolicy, _expected
+
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
+
+
+#: codes the execution layer logs itself (with the worker or thread it concerns): not logged twice
+_LOGGED_BELOW = frozenset({jsonrpc.CALL_TIMEOUT, jsonrpc.WORKER_CRASHED})
+_WARNING_CODES = frozenset({jsonrpc.SERVER_BUSY, jsonrpc.INTERNAL_ERROR})
+
+
+def caller_of(ctxt: Any) -> str:
+    """"unit/client" of the SmartBus caller in a request context, "?" when it has none."""
+    source = ctxt.get("source") if isinstance(ctxt, dict) else None
+    if isinstance(source, dict):
+        return f"{source.get('unit')}/{source.get('client')}"
+    return "?"
+
+
+class Dispatcher(rpc_dispatcher.RPCDispatcher):
+    """oslo's RPCDispatcher plus one log line per failed call; tracebacks only for the unexpected.
+
+    oslo's RPCServer logs ``NoSuchMethod``/``UnsupportedVersion`` and every exception that is not an
+    ``ExpectedException`` with ``LOG.exception`` (a newcomer's typo gave 16 ERROR lines ending in a
+    misleading "Endpoint does not support RPC version 1.0"), and an ``ExpectedException`` only at
+    DEBUG. So every failure leaves here as an ``ExpectedException`` after one line was written here:
+    expected outcomes (-32601, -32602, an ``RpcError`` raised on purpose, busy) at INFO/WARNING with
+    method, caller and code; a method's unexpected exception at ERROR with its traceback.
+    """
+
+    def dispatch(self, incoming: Any) -> Any:
+        try:
+            return super().dispatch(incoming)
+        except rpc_dispatcher.ExpectedException as exc:
+            error = exc.exc_info[1]
+            if isinstance(error, jsonrpc.RpcError):
+                self._log_expected(incoming, error)
+            raise
+        except (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion):
+            error = jsonrpc.MethodNotFound(f"Method not found: {self._name(incoming)}")
+            self._log_expected(incoming, error)
+            raise _expected(error) from None
+        except Exception:
+            LOG.error("%s from %s raised an unexpected exception", self._name(incoming),
+                      caller_of(incoming.ctxt), exc_info=True)
+            raise rpc_dispatcher.ExpectedException() from None  # keeps sys.exc_info(): the reply's error
+
+    @staticmethod
+    def _name(incoming: Any) -> str:
+        message = incoming.message
+        namespace, method = message.get("namespace"), str(message.get("method"))
+        return jsonrpc.cut(f"{namespace}.{method}" if namespace else method, jsonrpc.MAX_QUOTED_NAME)
+
+    def _log_expected(self, incoming: Any, error: jsonrpc.RpcError) -> None:
+        if error.code in _LOGGED_BELOW or isinstance(error, jsonrpc.MethodRaised):
+            return
+        LOG.log(logging.WARNING if error.code in _WARNING_CODES else logging.INFO, "%s from %s: %d %s",
+                self._name(incoming), caller_of(incoming.ctxt), error.code,
+                jsonrpc.cut(error.message, jsonrpc.MAX_QUOTED_NAME))
+
+
+def rpc_server(transport: Any, target: oslo_messaging.Target, endpoints: list[Any]) -> Any:
+    """The standard oslo.messaging RPCServer (threading executor) with sbusr's :class:`Dispatcher`."""
+    dispatcher = Dispatcher(endpoints, None, AccessPolicy)
+    return rpc_server_module.RPCServer(transport, target, dispatcher, "threading")
