@@ -19,10 +19,11 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
      "method kit": ("sbusr.decorators", "sbusr.limits", "sbusr.schedule", "sbusr.spooler.jobs")},
     {"transport": ("sbusr.driver_smartbus",),  # the oslo.messaging driver
      "dispatch": ("sbusr.dispatch",)},  # endpoint adapters, registry, loading
-    {"endpoints": ("sbusr.endpoints",),  # the built-in endpoints (sys.timers finds timers via dispatch)
-     # execution may use the transport (process mode's plumbing does), but not to learn which call it
-     # runs: its import of the driver for current_message() is removed with the execution rewrite
-     "execution": ("sbusr.execution",),
+    {"endpoints": ("sbusr.endpoints",)},  # the built-in endpoints (sys.timers finds timers via dispatch)
+    # the execution layer wires the sys.* endpoints to its state (process mode: in master and workers)
+    # execution may use the transport (process mode's plumbing does), but not to learn which call it
+    # runs: its import of the driver for current_message() is removed with the execution rewrite
+    {"execution": ("sbusr.execution",),
      "scheduler": ("sbusr.scheduler",),  # when timers are due
      "reload on save": ("sbusr.reload_on_save",),
      "configuration": ("sbusr.config",),  # config files, start-up checks (the driver's URL rules), reload
