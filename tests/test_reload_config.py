@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from oslo_config import cfg
 
 from sbusr import config, execution, opts
 from sbusr.connection import BusConnection
+from sbusr.execution.master import Master
 from sbusr.smartbus.interface import ClientConfig
 from sbusr.testing.waiting import wait_for
 from tests.helpers.api import ApiProcess
@@ -152,15 +154,15 @@ def test_executor_takes_the_new_values_at_reload(tmp_path):
     conf = _conf(path, "[execution]\ncall_timeout = 30\n")
     reloader = config.Reloader(conf, "sbusr-server")
     threads = execution.create_executor(conf)
-    processes = execution.ProcessExecutor(2, 30.0)  # never started: only its settings are looked at
+    # the master's settings alone (a real one owns a bus link and worker processes)
+    master_settings = SimpleNamespace(max_tasks=0, call_timeout=30.0)
     path.write_text("[execution]\ncall_timeout = 2.5\nmax_tasks_per_child = 7\nworker_init = json:dumps\n")
     report = reloader.reload()
     assert report["changed"]["[execution] max_tasks_per_child"] == [0, 7]
-    for executor in (threads, processes):
-        executor.reconfigure(conf)
-        assert executor.call_timeout == 2.5
-    assert threads.worker_init == "json:dumps"
-    assert (processes.pool.max_tasks, processes.pool.worker_init) == (7, "json:dumps")
+    threads.reconfigure(conf)
+    assert (threads.call_timeout, threads.worker_init) == (2.5, "json:dumps")
+    Master.reconfigure(master_settings, conf)  # workers started after it read worker_init themselves
+    assert (master_settings.max_tasks, master_settings.call_timeout) == (7, 2.5)
 
 
 def test_notify_ttl_follows_a_reload(tmp_path):

@@ -23,6 +23,14 @@ VERSION = textwrap.dedent('''
 
 
 
+def save(path, text):
+    """Save as most editors do, in one step (a rename); a plain write is a truncation and a write,
+    which a busy machine can spread over two change batches and so two reloads."""
+    temp = path.with_name(f".{path.name}.swp")
+    temp.write_text(text)
+    temp.replace(path)
+
+
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_saved_file_is_served_without_a_signal_and_a_broken_one_is_not(tmp_path, mode):
     folder = tmp_path / "methods"
@@ -32,13 +40,13 @@ def test_saved_file_is_served_without_a_signal_and_a_broken_one_is_not(tmp_path,
     config = {"endpoints": {"watch": True}, "execution": {"mode": mode, "workers": 2}}
     with Stack([folder], config, workdir=tmp_path) as stack:
         assert stack.ipsc.call("ep.version")["result"] == "v1"
-        source.write_text(VERSION.format(version="v2"))
+        save(source, VERSION.format(version="v2"))
         wait_for(lambda: stack.server.output().count("reloaded endpoints") == 1, "the reload")
         # every worker serves it (today's process-mode workers load an endpoint file on first use)
         assert [stack.ipsc.call("ep.version")["result"] for _ in range(6)] == ["v2"] * 6
         reloads = stack.server.output().count("reloading")
 
-        source.write_text(VERSION.format(version="v3") + "\nimport no_such_module_anywhere\n")
+        save(source, VERSION.format(version="v3") + "\nimport no_such_module_anywhere\n")
         wait_for(lambda: "does not import" in stack.server.output(), "the error for the broken save")
         log = stack.server.output()
         assert log.count("does not import") == 1
@@ -47,8 +55,8 @@ def test_saved_file_is_served_without_a_signal_and_a_broken_one_is_not(tmp_path,
         # the previous code keeps serving
         assert [stack.ipsc.call("ep.version")["result"] for _ in range(6)] == ["v2"] * 6
 
-        (folder / "extra.py").write_text(VERSION.format(version="x").replace('"ep"', '"extra"'))
-        source.write_text(VERSION.format(version="v4"))
+        save(folder / "extra.py", VERSION.format(version="x").replace('"ep"', '"extra"'))
+        save(source, VERSION.format(version="v4"))
         wait_for(lambda: stack.ipsc.call("ep.version").get("result") == "v4"
                  and stack.ipsc.call("extra.version").get("result") == "x", "the fixed code to serve")
 
