@@ -211,17 +211,7 @@ def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> by
     return jsonrpc.dumps(jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, message))  # cannot happen
 
 
-_serving = threading.local()
 _message_ids = itertools.count(1)
-
-
-def current_message() -> SmartBusIncomingMessage | None:
-    """The message the calling RPCServer executor thread is dispatching, if any.
-
-    The execution layer uses it to answer a call that overruns its time limit
-    without moving the call to another thread (see :meth:`answer_early`).
-    """
-    return getattr(_serving, "message", None)
 
 
 class SmartBusIncomingMessage(base.RpcIncomingMessage):
@@ -241,8 +231,6 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
 
     def reply(self, reply: Any = None, failure: Any = None) -> None:
         # RPCServer calls reply() once per message, notifications included
-        if getattr(_serving, "message", None) is self:
-            _serving.message = None
         if not self._answer(reply, None if failure is None else failure[1]):
             LOG.debug("late reply to %s dropped: already answered", self.full_method)
 
@@ -268,8 +256,7 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
         return True
 
     def acknowledge(self) -> None:
-        """RPCServer acknowledges in the thread that then dispatches: remember the message there."""
-        _serving.message = self
+        """Nothing to acknowledge: a SmartBus request is answered by its reply alone."""
 
     def requeue(self) -> None:
         """Not supported (require_features refuses requeue)."""

@@ -196,7 +196,6 @@ class _StubMessage:
 
 
 def test_thread_mode_answers_overrun_early_and_hands_the_slot_on():
-    from sbusr import driver_smartbus
 
     adapter = dispatch.EndpointAdapter(_Limited(), dispatch.EndpointOrigin("module", __name__, "_Limited"))
     executor = threads.ThreadExecutor(workers=1, call_timeout=0.2)
@@ -206,11 +205,11 @@ def test_thread_mode_answers_overrun_early_and_hands_the_slot_on():
     outcome: dict = {}
 
     def stuck_call():
-        driver_smartbus._serving.message = message  # what SmartBusIncomingMessage.acknowledge does
-        try:
-            adapter.blocked({}, event=release)
-        except oslo_messaging.ExpectedException as exc:
-            outcome["late"] = exc.exc_info[1]
+        with dispatch.serving(message):  # what sbusr's Dispatcher does around every call
+            try:
+                adapter.blocked({}, event=release)
+            except oslo_messaging.ExpectedException as exc:
+                outcome["late"] = exc.exc_info[1]
 
     caller = threading.Thread(target=stuck_call)
     caller.start()

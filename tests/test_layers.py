@@ -21,8 +21,8 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
      "dispatch": ("sbusr.dispatch",)},  # endpoint adapters, registry, loading
     {"endpoints": ("sbusr.endpoints",)},  # the built-in endpoints (sys.timers finds timers via dispatch)
     # the execution layer wires the sys.* endpoints to its state (process mode: in master and workers)
-    # execution may use the transport (process mode's plumbing does), but not to learn which call it
-    # runs: its import of the driver for current_message() is removed with the execution rewrite
+    # execution learns which call it runs from the dispatcher (dispatch.current_call); only process
+    # mode's plumbing (the master's driver, the worker's link) uses the transport
     {"execution": ("sbusr.execution",),
      "scheduler": ("sbusr.scheduler",),  # when timers are due
      "reload on save": ("sbusr.reload_on_save",),
@@ -101,3 +101,12 @@ def test_the_check_sees_upward_sideways_and_lazy_imports():
     relative = "from . import registry\nfrom .. import jsonrpc\nfrom sbusr import __version__\n"
     assert back_edges("sbusr.dispatch.loading", relative, known) == set()
     assert back_edges("sbusr.api", "from sbusr import cmd\n", known) == {("sbusr.api", "sbusr.cmd")}
+
+
+def test_execution_learns_its_call_from_the_dispatcher_not_the_transport():
+    """Only process mode's plumbing (the master's bus side, the worker's transport URL) uses the driver:
+    thread mode and the limits run under any oslo.messaging transport."""
+    known = _modules()
+    users = {module for module, path in known.items() if module.startswith("sbusr.execution")
+             and "sbusr.driver_smartbus" in imported_modules(module, path.read_text(encoding="utf-8"), known)}
+    assert users == {"sbusr.execution.master", "sbusr.execution.worker"}

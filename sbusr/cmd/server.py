@@ -103,7 +103,7 @@ class ThreadService:
             registry = dispatch.reload(self.conf)
             workers = self.executor.reload()
             self.executor.bind(registry)
-            self.server.dispatcher.endpoints = registry.adapters
+            self.server.dispatcher.replace_endpoints(registry.adapters)
             self.registry = registry
             system.bind_registry(registry)
             self.background.reloaded(registry)

@@ -7,8 +7,9 @@
   points (:func:`load_endpoints`, :func:`reload`) and re-creating one in a worker;
 * :mod:`~sbusr.dispatch.legacy` -- original-sbusr ``methods`` packages as endpoints.
 
-Swapping in a reloaded registry: assign ``rpc_server.dispatcher.endpoints = new_registry.adapters``
-(the dispatcher reads that attribute once per message; do not mutate the old list in place).
+* :mod:`~sbusr.dispatch.server` -- the RPCServer with sbusr's :class:`Dispatcher` (:func:`rpc_server`):
+  one log line per failed call, :func:`current_call` for the execution layer, and
+  ``Dispatcher.replace_endpoints`` to swap in a reloaded registry.
 """
 
 from sbusr.dispatch.adapter import (
@@ -33,7 +34,7 @@ from sbusr.dispatch.loading import (
     reload,
 )
 from sbusr.dispatch.registry import Duplicate, LoadError, Registry
-from sbusr.dispatch.server import Dispatcher, caller_of, rpc_server
+from sbusr.dispatch.server import Dispatcher, caller_of, current_call, rpc_server, serving
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -53,10 +54,12 @@ __all__ = [
     "caller_of",
     "check_source",
     "create_endpoint",
+    "current_call",
     "direct_invoke",
     "is_system_endpoint",
     "load_endpoints",
     "module_for",
     "reload",
     "rpc_server",
+    "serving",
 ]

@@ -1,8 +1,12 @@
-"""sbusr's RPCServer: oslo's dispatcher with one log line per failed call."""
+"""sbusr's RPCServer: oslo's dispatcher with one log line per failed call, which also tells the
+layers below which call the current thread runs (:func:`current_call`)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import oslo_messaging
@@ -18,6 +22,28 @@ LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as b
 #: codes the execution layer logs itself (with the worker or thread it concerns): not logged twice
 _LOGGED_BELOW = frozenset({jsonrpc.CALL_TIMEOUT, jsonrpc.WORKER_CRASHED})
 _WARNING_CODES = frozenset({jsonrpc.SERVER_BUSY, jsonrpc.INTERNAL_ERROR})
+#: the incoming message being dispatched in this thread (a context variable: one per thread)
+_current: contextvars.ContextVar[Any] = contextvars.ContextVar("sbusr_current_call", default=None)
+
+
+def current_call() -> Any:
+    """The incoming message the calling thread is dispatching, None outside a call.
+
+    The execution layer learns its call here, whatever the transport: thread mode answers an
+    overrunning call early through the message's ``answer_early``, a process-mode worker reports a
+    call's time limit to its master through the message's ``exchange``.
+    """
+    return _current.get()
+
+
+@contextlib.contextmanager
+def serving(incoming: Any) -> Iterator[None]:
+    """Make ``incoming`` the current call of this thread for the ``with`` block (as dispatch does)."""
+    token = _current.set(incoming)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 def caller_of(ctxt: Any) -> str:
@@ -39,7 +65,13 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
     method, caller and code; a method's unexpected exception at ERROR with its traceback.
     """
 
+    def replace_endpoints(self, endpoints: Sequence[Any]) -> None:
+        """Serve ``endpoints`` (a reloaded registry's adapters) from the next message on; calls
+        already dispatched keep the endpoints they started with (the old list is never mutated)."""
+        self.endpoints = list(endpoints)
+
     def dispatch(self, incoming: Any) -> Any:
+        token = _current.set(incoming)  # not serving(): this runs once per call
         try:
             return super().dispatch(incoming)
         except rpc_dispatcher.ExpectedException as exc:
@@ -55,6 +87,8 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
             LOG.error("%s from %s raised an unexpected exception", self._name(incoming),
                       caller_of(incoming.ctxt), exc_info=True)
             raise rpc_dispatcher.ExpectedException() from None  # keeps sys.exc_info(): the reply's error
+        finally:
+            _current.reset(token)
 
     @staticmethod
     def _name(incoming: Any) -> str:

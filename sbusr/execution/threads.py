@@ -4,7 +4,7 @@ Every call runs directly in the oslo executor thread (one semaphore caps concurr
 ``workers``); there is no hand-off to another thread on the hot path. A call with a limit is
 registered with one :class:`Watchdog` thread. A Python thread cannot be killed, so a call that
 overruns is *abandoned*: the watchdog answers the caller with -32001 at once through the smartbus
-driver (:func:`sbusr.driver_smartbus.current_message`), the thread keeps running the method to its
+driver (:func:`sbusr.dispatch.current_call`), the thread keeps running the method to its
 end (logged, its late reply dropped), and its worker slot is handed on (at most ``workers`` at a
 time; past that, capacity shrinks and an error is logged -- use process mode for runaway code).
 
@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 from sbusr import dispatch, jsonrpc
-from sbusr.driver_smartbus import current_message
 from sbusr.execution import hooks
 from sbusr.execution.limits import LIMITS_ATTR, class_timeout
 
@@ -203,7 +202,7 @@ class ThreadExecutor(Executor):
         """Run in this thread; past the limit the watchdog answers the caller (a thread cannot be killed)."""
         self._slots.acquire()
         call = _LimitedCall()
-        message = current_message()
+        message = dispatch.current_call()
         entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message))
         try:
             return fn(ctxt, *args, **kwargs)

@@ -27,7 +27,7 @@ from typing import Any
 import oslo_messaging
 
 from sbusr import connection, dispatch, jsonrpc
-from sbusr.driver_smartbus import client_config_from_url, current_message
+from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
 from sbusr.execution import hooks, link, messages
 from sbusr.execution.limits import call_timeout
@@ -74,7 +74,7 @@ class WorkerExecutor(Executor):
 
 
 def _report(timeout: float) -> None:
-    message = current_message()
+    message = dispatch.current_call()
     if message is not None:
         message.exchange.call_started(message.request_id, message.full_method, timeout)
 
