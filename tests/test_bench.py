@@ -58,6 +58,7 @@ def test_short_run_reports_every_phase_with_answered_calls():
     targets = result["targets"]
     assert targets["concurrency"] == 2 and targets["process_over_thread"] > 0
     assert targets["master_us_per_call"] > 0 and targets["errors"] == 0
+    assert targets["master_over_thread_server"] > 0
     assert set(result["open_loop_by_mode"]) == {"thread", "process"}
     rows = {(p["name"], p["concurrency"]): p for p in result["phases"] if p["mode"] == "process"}
     for (name, conc), row in rows.items():
