@@ -25,6 +25,7 @@ from sbusr.execution import messages, threads
 from sbusr.smartbus import codec
 from tests.helpers.busproc import BusProcess
 from tests.helpers.ipsc import FakeIpsc
+from tests.helpers.processes import eventually, pid_alive
 from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
 
 WAIT = 15.0  # generous bound for anything that should happen "soon"
@@ -107,23 +108,8 @@ def with_version(version: str) -> str:
     return ENDPOINT.replace('VERSION = "v1"', f'VERSION = "{version}"')
 
 
-def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+def wait_for(predicate, timeout: float = WAIT):
+    return eventually(predicate, timeout)
 
 
 # =========================================================================== unit tests

@@ -21,6 +21,7 @@ from sbusr import jsonrpc
 from tests.helpers.busproc import BusProcess, free_port
 from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.load import LoadCaller
+from tests.helpers.processes import eventually, pid_alive
 from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
 
 WAIT = 30.0  # generous bound for anything that should happen "soon" on a busy machine
@@ -64,22 +65,8 @@ FAILING_HOOK = textwrap.dedent('''
 ''')
 
 
-def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def wait_for(predicate, timeout: float = WAIT):
+    return eventually(predicate, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ from sbusr import jsonrpc
 from sbusr.driver_smartbus import SmartBusDriver
 from sbusr.execution import messages
 from sbusr.execution.events import MasterEvents
+from sbusr.execution.exits import describe_exit
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Packet
 from sbusr.smartbus.interface import BusError
@@ -127,17 +128,6 @@ class _WorkerProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.master._on_link_closed(self.worker)
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exit status unknown"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 def _kill(worker: _Worker) -> None:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sbusr.execution.exits import describe_exit
 from sbusr.spooler.jobs import DIRECTORY_ENV, JobStore
 from sbusr.spooler.runner import PARENT_ENV, REPORT_FD_ENV
 
@@ -212,11 +213,11 @@ class Spooler:
             self._watch(child, pipe)
         code = child.proc.wait()
         if child.job is not None and not (child.retiring and self._stopping):
-            reason = f"spooler process {child.proc.pid} died ({_describe(code)}) while running it"
+            reason = f"spooler process {child.proc.pid} died ({describe_exit(code)}) while running it"
             LOG.error("spooled job %s: %s; moved to failed/", child.label, reason)
             self.store.fail_running(child.job, reason)
         elif code not in (0, -signal.SIGTERM) and not child.retiring:
-            LOG.error("spooler process %d exited (%s); starting another", child.proc.pid, _describe(code))
+            LOG.error("spooler process %d exited (%s); starting another", child.proc.pid, describe_exit(code))
 
     def _watch(self, child: _Child, pipe: Any) -> None:
         """Read the child's reports until EOF; kill it when its job overruns."""
@@ -269,14 +270,3 @@ class Spooler:
         return {"directory": self.store.directory, "active": self._lock_file is not None,
                 "queued": counts["queue"], "running": counts["running"], "failed": counts["failed"],
                 "finished": self.done, "killed": self.killed, "processes": pids}
-
-
-def _describe(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
