@@ -108,8 +108,8 @@ def with_version(version: str) -> str:
     return ENDPOINT.replace('VERSION = "v1"', f'VERSION = "{version}"')
 
 
-def wait_for(predicate, timeout: float = WAIT):
-    return eventually(predicate, timeout)
+def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
+    return eventually(predicate, timeout, interval)
 
 
 # =========================================================================== unit tests

@@ -65,8 +65,8 @@ FAILING_HOOK = textwrap.dedent('''
 ''')
 
 
-def wait_for(predicate, timeout: float = WAIT):
-    return eventually(predicate, timeout)
+def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
+    return eventually(predicate, timeout, interval)
 
 
 @pytest.fixture(scope="module")
