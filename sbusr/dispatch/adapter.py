@@ -23,6 +23,7 @@ import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import jsonrpc
+from sbusr.dispatch import aio
 
 LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
@@ -142,7 +143,7 @@ class EndpointAdapter:
             if sig is None:
                 LOG.warning("Endpoint %s: method %r takes no ctxt parameter; not exposed", origin, name)
                 continue
-            self._callers[name] = self._make_caller(name, fn, sig)
+            self._callers[name] = self._make_caller(name, aio.blocking(fn) if aio.is_async(fn) else fn, sig)
 
     def _make_caller(self, name: str, fn: Callable[..., Any], sig: inspect.Signature):
         bind = sig.bind

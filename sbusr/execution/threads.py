@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sbusr import dispatch, jsonrpc
+from sbusr.dispatch import aio
 from sbusr.execution import hooks
 from sbusr.execution.limits import LIMITS_ATTR, class_timeout
 
@@ -203,27 +204,34 @@ class ThreadExecutor(Executor):
         self._slots.acquire()
         call = _LimitedCall()
         message = dispatch.current_call()
-        entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message))
-        try:
-            return fn(ctxt, *args, **kwargs)
-        finally:
-            self._watchdog.disarm(entry)
-            with self._lock:
-                expired = call.state == "expired"
-                call.state = "done"
-                if call.freed:
-                    self._abandoned -= 1
-            if not call.freed:
-                self._slots.release()
-            if expired:
-                LOG.warning("abandoned call %s finished after %.1f s; its result was discarded",
-                            _fn_label(fn), time.monotonic() - call.started)
-                # the caller already has the timeout; this raise answers on transports that cannot
-                # be answered early
-                raise jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
-                                          {"timeout": timeout}) from None
+        with aio.cancel_scope() as scope:  # an async method's task is cancelled when it overruns
+            entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message, scope))
+            try:
+                return fn(ctxt, *args, **kwargs)
+            finally:
+                self._end_limited(call, fn, timeout, entry)
 
-    def _expire(self, call: _LimitedCall, fn: Any, timeout: float, message: Any) -> None:
+    def _end_limited(self, call: _LimitedCall, fn: Callable[..., Any], timeout: float,
+                     entry: list[Any]) -> None:
+        """Disarm, hand the worker slot back, and raise -32001 if the call had expired."""
+        self._watchdog.disarm(entry)
+        with self._lock:
+            expired = call.state == "expired"
+            call.state = "done"
+            if call.freed:
+                self._abandoned -= 1
+        if not call.freed:
+            self._slots.release()
+        if expired:
+            LOG.warning("abandoned call %s finished after %.1f s; its result was discarded",
+                        _fn_label(fn), time.monotonic() - call.started)
+            # the caller already has the timeout; this raise answers on transports that cannot
+            # be answered early
+            raise jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
+                                      {"timeout": timeout}) from None
+
+    def _expire(self, call: _LimitedCall, fn: Any, timeout: float, message: Any,
+                scope: aio.CancelScope) -> None:
         with self._lock:
             if call.state != "running":
                 return
@@ -238,6 +246,7 @@ class ThreadExecutor(Executor):
                                     {"timeout": timeout})
         if message is not None:
             message.answer_early(error)
+        scope.cancel()  # an async method stops at its next await; a thread cannot be stopped
         if call.freed:
             LOG.warning("call %s from %s exceeded its %g s limit: answered %d, its thread is abandoned "
                         "(threads cannot be stopped; process mode can)", _fn_label(fn),

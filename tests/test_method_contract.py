@@ -1,0 +1,248 @@
+"""The method contract: async def, results JSON cannot carry, exact decimals, typed params, the call
+context, discovery -- end to end through a real bus in both execution modes, and through sbusr.testing."""
+
+from __future__ import annotations
+
+import decimal
+import itertools
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sbusr import jsonrpc, testing
+from sbusr.testing.waiting import wait_for
+from tests.helpers.busproc import BusProcess
+from tests.helpers.ipsc import FakeIpsc
+from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
+
+WAIT = 20.0
+
+#: importable by the server (PYTHONPATH): the async worker_init and a legacy package
+HOOK = textwrap.dedent('''
+    import asyncio
+
+    SESSION = {}
+
+
+    async def open_session():
+        """Stands in for an httpx/aiohttp client: bound to the loop it was made on."""
+        SESSION["loop"] = asyncio.get_running_loop()
+        SESSION["lock"] = asyncio.Lock()
+''')
+
+LEGACY = textwrap.dedent('''
+    import asyncio
+
+
+    async def double(x):
+        await asyncio.sleep(0)
+        return 2 * x
+
+
+    class Tools:
+        @staticmethod
+        async def triple(x):
+            return 3 * x
+''')
+
+ENDPOINT = textwrap.dedent('''
+    import asyncio
+    import dataclasses
+    import decimal
+    import logging
+    import os
+
+    import oslo_messaging
+    import pydantic
+
+    from sbusr.limits import limits
+
+    import contract_hook
+
+    LOG = logging.getLogger("contract.methods")
+
+
+    class Contract:
+        target = oslo_messaging.Target(namespace="contract")
+
+        async def slow_add(self, ctxt, a, b):
+            await asyncio.sleep(0.01)
+            return a + b
+
+        @classmethod
+        async def cls_name(cls, ctxt):
+            return cls.__name__
+
+        @staticmethod
+        async def static_echo(ctxt, text):
+            return text
+
+        async def session(self, ctxt):
+            """Uses the loop-bound session opened by the async worker_init."""
+            async with contract_hook.SESSION["lock"]:
+                return contract_hook.SESSION["loop"] is asyncio.get_running_loop()
+
+        async def fails(self, ctxt):
+            raise ValueError("async boom")
+
+        @limits(timeout=1)
+        async def overrun(self, ctxt, marker):
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                with open(marker, "w") as f:
+                    f.write("cancelled")
+                raise
+            return "woke"
+
+        def gen(self, ctxt):
+            yield 1
+
+        def thing(self, ctxt):
+            return object()
+
+        def nan(self, ctxt):
+            return float("nan")
+
+        def money(self, ctxt):
+            return {"one": decimal.Decimal("1.00"), "balance": decimal.Decimal("12345678901234567.89"),
+                    "debt": decimal.Decimal("-12.00")}
+
+        def bad_money(self, ctxt):
+            return decimal.Decimal("Infinity")
+''')
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def bus():
+    with BusProcess() as bus:
+        yield bus
+
+
+@pytest.fixture(scope="module")
+def ipsc(bus):
+    with FakeIpsc(bus.host, bus.port, unit=0, process=6) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module", params=["thread", "process"])
+def mode(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def served(bus, ipsc, mode, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"contract-{mode}")
+    lib = tmp_path_factory.mktemp(f"contract-lib-{mode}")
+    (folder / "contract.py").write_text(ENDPOINT)
+    (lib / "contract_hook.py").write_text(HOOK)
+    (lib / "contract_legacy").mkdir()
+    (lib / "contract_legacy" / "__init__.py").write_text(LEGACY)
+    client = 21 if mode == "thread" else 22
+    conf = write_config(folder / "sbusr.conf", bus.port, {
+        "endpoints": {"directories": [folder], "legacy_packages": ["contract_legacy"], "entry_points": True},
+        "execution": {"mode": mode, "workers": 2, "worker_init": "contract_hook:open_session"}},
+        client=client)
+    pythonpath = os.pathsep.join(filter(None, [str(lib), os.environ.get("PYTHONPATH")]))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", pythonpath)
+        proc = ServerProcess(conf).start()
+    try:
+        yield proc, client
+    finally:
+        proc.stop()
+
+
+def call(ipsc, served, method, params=None, **options):
+    _proc, client = served
+    request = {"jsonrpc": "2.0", "id": f"c{next(_ids)}", "method": method, "params": params or []}
+    return ipsc.call_rpc(SERVER_UNIT, client, request, timeout=WAIT, **options)
+
+
+# --------------------------------------------------------------------------- async def
+
+
+def test_async_methods_are_awaited(ipsc, served):
+    assert call(ipsc, served, "contract.slow_add", [2, 3])["result"] == 5
+    assert call(ipsc, served, "contract.slow_add", {"a": "x", "b": "y"})["result"] == "xy"
+    assert call(ipsc, served, "contract.cls_name")["result"] == "Contract"
+    assert call(ipsc, served, "contract.static_echo", ["hi"])["result"] == "hi"
+
+
+def test_async_legacy_functions_are_awaited(ipsc, served):
+    assert call(ipsc, served, "double", [21])["result"] == 42
+    assert call(ipsc, served, "Tools.triple", [5])["result"] == 15
+
+
+def test_async_worker_init_session_is_reused_by_every_call(ipsc, served):
+    for _ in range(4):
+        assert call(ipsc, served, "contract.session")["result"] is True
+
+
+def test_async_method_exception_is_a_server_error(ipsc, served):
+    error = call(ipsc, served, "contract.fails")["error"]
+    assert error["code"] == jsonrpc.SERVER_ERROR
+    assert error["message"] == "async boom"
+
+
+def test_async_method_over_its_limit_gets_call_timeout(ipsc, served, mode, tmp_path):
+    marker = tmp_path / "cancelled"
+    error = call(ipsc, served, "contract.overrun", [str(marker)])["error"]
+    assert error["code"] == jsonrpc.CALL_TIMEOUT
+    if mode == "thread":  # the task is cancelled (process mode stops the worker instead)
+        wait_for(marker.exists, "the overrunning task was cancelled", WAIT)
+    assert call(ipsc, served, "contract.slow_add", [1, 1])["result"] == 2  # and the server goes on
+
+
+# --------------------------------------------------------------------------- results and exact numbers
+
+
+@pytest.mark.parametrize("method, message", [
+    ("contract.gen", "result of type generator is not JSON"),
+    ("contract.thing", "result of type object is not JSON"),
+    ("contract.nan", "result contains the number nan, which JSON cannot carry"),
+    ("contract.bad_money", "result contains the Decimal Infinity, which JSON cannot carry"),
+])
+def test_results_json_cannot_carry_are_internal_errors(ipsc, served, method, message):
+    error = call(ipsc, served, method)["error"]
+    assert error == {"code": jsonrpc.INTERNAL_ERROR, "message": message}
+
+
+def test_decimals_arrive_with_exactly_their_digits(ipsc, served):
+    result = call(ipsc, served, "contract.money", parse_float=decimal.Decimal)["result"]
+    assert {k: str(v) for k, v in result.items()} == {
+        "one": "1.00", "balance": "12345678901234567.89", "debt": "-12.00"}
+
+
+def _endpoint_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "ep"
+    folder.mkdir()
+    (folder / "contract.py").write_text(ENDPOINT.replace("import contract_hook\n", ""))
+    return folder
+
+
+def test_testing_call_awaits_async_and_keeps_decimals(tmp_path):
+    folder = _endpoint_dir(tmp_path)
+    assert testing.call(folder, "contract.slow_add", [2, 3]) == 5
+    assert testing.call(folder, "contract.static_echo", {"text": "t"}) == "t"
+    money = testing.call(folder, "contract.money", parse_float=decimal.Decimal)
+    assert str(money["one"]) == "1.00" and str(money["balance"]) == "12345678901234567.89"
+    as_text = testing.call(folder, "contract.money", config={"server": {"decimal_as": "string"}})
+    assert as_text == {"one": "1.00", "balance": "12345678901234567.89", "debt": "-12.00"}
+    with pytest.raises(jsonrpc.RpcError) as caught:
+        testing.call(folder, "contract.gen")
+    assert (caught.value.code, caught.value.message) == (jsonrpc.INTERNAL_ERROR,
+                                                         "result of type generator is not JSON")
+
+
+def test_testing_call_async_limit_is_call_timeout(tmp_path):
+    folder = _endpoint_dir(tmp_path)
+    marker = tmp_path / "cancelled"
+    with pytest.raises(jsonrpc.RpcError) as caught:
+        testing.call(folder, "contract.overrun", [str(marker)])
+    assert caught.value.code == jsonrpc.CALL_TIMEOUT
+    wait_for(marker.exists, "the overrunning task was cancelled", WAIT)
