@@ -90,8 +90,13 @@ class Methods:
         return self.registry.methods()
 
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, *,
-             source: dict[str, int] | None = None, request_id: Any = "test") -> Any:
-        """The decoded JSON result, or :class:`sbusr.jsonrpc.RpcError` with the server's code."""
+             source: dict[str, int] | None = None, request_id: Any = "test",
+             parse_float: Any = None) -> Any:
+        """The decoded JSON result, or :class:`sbusr.jsonrpc.RpcError` with the server's code.
+
+        ``parse_float=decimal.Decimal`` decodes the reply's numbers with a fraction or exponent exactly
+        as they were written (``1.00`` stays ``Decimal("1.00")``) instead of as floats.
+        """
         request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             request["params"] = params
@@ -107,7 +112,8 @@ class Methods:
             if code == jsonrpc.METHOD_NOT_FOUND:
                 message = f"Method not found: {method}"
             raise jsonrpc.RpcError(code, message, data) from exc
-        response = json.loads(jsonrpc.dumps(jsonrpc.result_response(request_id, result)))
+        response = json.loads(jsonrpc.dumps(jsonrpc.result_response(request_id, result),
+                                             self.conf.server.decimal_as), parse_float=parse_float)
         if "error" in response:
             return _raise(response["error"])
         return response["result"]
