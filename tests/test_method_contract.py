@@ -112,6 +112,40 @@ ENDPOINT = textwrap.dedent('''
 
         def bad_money(self, ctxt):
             return decimal.Decimal("Infinity")
+
+
+    class Order(pydantic.BaseModel):
+        item: str
+        amount: decimal.Decimal
+
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        y: int
+
+
+    class Typed:
+        target = oslo_messaging.Target(namespace="typed")
+
+        def twice(self, ctxt, n: int) -> int:
+            """Double a number.
+
+            The whole number comes back multiplied by two.
+            """
+            return 2 * n
+
+        def total(self, ctxt, order: Order, copies: int = 1) -> Order:
+            return Order(item=order.item, amount=order.amount * copies)
+
+        def move(self, ctxt, p: Point, dx: int) -> Point:
+            return Point(p.x + dx, p.y)
+
+        async def later(self, ctxt, when: float, tags: list[str] | None = None) -> dict:
+            return {"when": when, "tags": tags}
+
+        def untyped(self, ctxt, a, b=2):
+            return [a, b]
 ''')
 
 _ids = itertools.count(1)
@@ -216,6 +250,47 @@ def test_decimals_arrive_with_exactly_their_digits(ipsc, served):
     result = call(ipsc, served, "contract.money", parse_float=decimal.Decimal)["result"]
     assert {k: str(v) for k, v in result.items()} == {
         "one": "1.00", "balance": "12345678901234567.89", "debt": "-12.00"}
+
+
+# --------------------------------------------------------------------------- typed params
+
+
+def test_typed_params_are_validated_and_converted(ipsc, served):
+    assert call(ipsc, served, "typed.twice", {"n": 21})["result"] == 42
+    assert call(ipsc, served, "typed.twice", ["21"])["result"] == 42  # pydantic's lax mode
+    assert call(ipsc, served, "typed.later", [1.5, ["a"]])["result"] == {"when": 1.5, "tags": ["a"]}
+    assert call(ipsc, served, "typed.untyped", ["x"])["result"] == ["x", 2]
+
+
+@pytest.mark.parametrize("method, params, param, expected", [
+    ("typed.twice", {"n": "abc"}, "n", "int"),
+    ("typed.twice", [1.5], "n", "int"),
+    ("typed.total", {"order": {"item": "tea"}}, "order", "Order"),
+    ("typed.total", [{"item": "tea", "amount": "1.00"}, "many"], "copies", "int"),
+    ("typed.move", [{"x": 1, "y": "north"}, 1], "p", "Point"),
+    ("typed.later", ["soon"], "when", "float"),
+    ("typed.later", [1, [1]], "tags", "list[str] | None"),
+])
+def test_wrong_type_is_invalid_params_naming_param_and_type(ipsc, served, method, params, param, expected):
+    error = call(ipsc, served, method, params)["error"]
+    assert error["code"] == jsonrpc.INVALID_PARAMS
+    assert f"parameter {param!r} must be {expected}" in error["message"], error
+    assert (error["data"]["param"], error["data"]["expected"]) == (param, expected)
+
+
+def test_models_and_dataclasses_are_params_and_results(ipsc, served):
+    reply = call(ipsc, served, "typed.total", [{"item": "tea", "amount": "1.25"}, 2], parse_float=decimal.Decimal)
+    assert reply["result"] == {"item": "tea", "amount": decimal.Decimal("2.50")}
+    assert call(ipsc, served, "typed.move", {"p": {"x": 1, "y": 2}, "dx": 3})["result"] == {"x": 4, "y": 2}
+
+
+def test_testing_call_validates_typed_params(tmp_path):
+    folder = _endpoint_dir(tmp_path)
+    assert testing.call(folder, "typed.move", [{"x": 1, "y": 2}, 3]) == {"x": 4, "y": 2}
+    with pytest.raises(jsonrpc.RpcError) as caught:
+        testing.call(folder, "typed.twice", {"n": "abc"})
+    assert caught.value.code == jsonrpc.INVALID_PARAMS
+    assert "parameter 'n' must be int" in caught.value.message
 
 
 def _endpoint_dir(tmp_path: Path) -> Path:

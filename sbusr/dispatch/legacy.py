@@ -42,6 +42,7 @@ def _legacy_wrapper(func: Callable[..., Any], package_name: str, namespace: str 
     call.__name__ = name
     call.__qualname__ = ".".join(filter(None, (package_name, namespace, name)))  # <package>.a.b.c
     call.__doc__ = func.__doc__
+    call.__wrapped__ = func  # type: ignore[attr-defined]  # its annotations: typed params, discovery
     return call
 
 
