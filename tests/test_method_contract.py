@@ -279,7 +279,8 @@ def test_wrong_type_is_invalid_params_naming_param_and_type(ipsc, served, method
 
 
 def test_models_and_dataclasses_are_params_and_results(ipsc, served):
-    reply = call(ipsc, served, "typed.total", [{"item": "tea", "amount": "1.25"}, 2], parse_float=decimal.Decimal)
+    reply = call(ipsc, served, "typed.total", [{"item": "tea", "amount": "1.25"}, 2],
+                 parse_float=decimal.Decimal)
     assert reply["result"] == {"item": "tea", "amount": decimal.Decimal("2.50")}
     assert call(ipsc, served, "typed.move", {"p": {"x": 1, "y": 2}, "dx": 3})["result"] == {"x": 4, "y": 2}
 
