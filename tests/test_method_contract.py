@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sbusr import jsonrpc, testing
+from sbusr.smartbus import codec
 from sbusr.testing.waiting import wait_for
 from tests.helpers.busproc import BusProcess
 from tests.helpers.ipsc import FakeIpsc
@@ -53,6 +54,7 @@ ENDPOINT = textwrap.dedent('''
     import decimal
     import logging
     import os
+    import time
 
     import oslo_messaging
     import pydantic
@@ -146,6 +148,31 @@ ENDPOINT = textwrap.dedent('''
 
         def untyped(self, ctxt, a, b=2):
             return [a, b]
+
+
+    class Ctx:
+        target = oslo_messaging.Target(namespace="ctx")
+
+        def info(self, ctxt, note):
+            LOG.info("sync call noted %s", note)
+            return describe(ctxt)
+
+        async def ainfo(self, ctxt, note):
+            await asyncio.sleep(0)
+            LOG.info("async call noted %s", note)
+            return describe(ctxt)
+
+        @limits(timeout=0)
+        def unlimited(self, ctxt):
+            return [ctxt.deadline, ctxt.time_left()]
+
+
+    def describe(ctxt):
+        from oslo_context.context import RequestContext
+
+        return {"dict": [ctxt["request_id"], ctxt["source"]], "method": ctxt.method,
+                "request_id": ctxt.request_id, "caller": list(ctxt.caller), "left": ctxt.time_left(),
+                "deadline_in": ctxt.deadline - time.time(), "oslo": isinstance(ctxt, RequestContext)}
 ''')
 
 _ids = itertools.count(1)
@@ -292,6 +319,48 @@ def test_testing_call_validates_typed_params(tmp_path):
         testing.call(folder, "typed.twice", {"n": "abc"})
     assert caught.value.code == jsonrpc.INVALID_PARAMS
     assert "parameter 'n' must be int" in caught.value.message
+
+
+# --------------------------------------------------------------------------- the call context
+
+
+@pytest.mark.parametrize("method", ["ctx.info", "ctx.ainfo"])
+def test_context_is_the_dict_and_knows_method_caller_and_deadline(ipsc, served, method):
+    _proc, client = served
+    rid = f"ctx-{next(_ids)}"
+    reply = ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": rid, "method": method,
+                                                 "params": ["n"]}, timeout=WAIT)
+    result = reply["result"]
+    caller = {"unit": 0, "client": 6, "type": codec.CLIENT_TYPE_IPSC}
+    assert result["dict"] == [rid, caller]
+    assert (result["method"], result["request_id"], result["oslo"]) == (method, rid, True)
+    assert result["caller"] == [0, 6, caller["type"]]
+    assert 0 < result["left"] <= 30.0 and 0 < result["deadline_in"] <= 30.0  # [execution] call_timeout
+
+
+def test_context_without_a_limit_has_no_deadline(ipsc, served):
+    assert call(ipsc, served, "ctx.unlimited")["result"] == [None, None]
+
+
+@pytest.mark.parametrize("method, what", [("ctx.info", "sync"), ("ctx.ainfo", "async")])
+def test_lines_logged_during_a_call_carry_its_request_id(ipsc, served, method, what):
+    proc, client = served
+    rid = f"log-{next(_ids)}"
+    note = f"note-{rid}"
+    ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": rid, "method": method, "params": [note]},
+                  timeout=WAIT)
+    line = wait_for(lambda: [ln for ln in proc.output().splitlines() if f"call noted {note}" in ln],
+                    "the method's log line", WAIT)[0]
+    assert f" contract.methods [{rid}] {what} call noted" in line, line
+
+
+def test_testing_call_passes_the_context(tmp_path):
+    folder = _endpoint_dir(tmp_path)
+    result = testing.call(folder, "ctx.ainfo", ["n"], request_id=7,
+                          source={"unit": 1, "client": 2, "type": 2})
+    assert result["dict"] == [7, {"unit": 1, "client": 2, "type": 2}]
+    assert (result["method"], result["request_id"], result["caller"]) == ("ctx.ainfo", 7, [1, 2, 2])
+    assert 0 < result["left"] <= 30.0
 
 
 def _endpoint_dir(tmp_path: Path) -> Path:

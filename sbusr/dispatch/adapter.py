@@ -23,7 +23,7 @@ import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import jsonrpc
-from sbusr.dispatch import aio, typed
+from sbusr.dispatch import aio, context, typed
 
 LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
@@ -174,10 +174,14 @@ class EndpointAdapter:
                 raise _expected(jsonrpc.InvalidParams(f"Invalid params for {full_name}: {exc}")) from None
             except jsonrpc.InvalidParams as exc:
                 raise _expected(exc) from None
+            ctxt = context.of(ctxt, full_name)
+            token = context.enter(ctxt)  # what oslo.log writes the request id from
             try:
                 return adapter.invoker(fn, ctxt, args, kwargs)
             except jsonrpc.RpcError as exc:
                 raise _expected(exc) from None
+            finally:
+                context.leave(token)
 
         call.__name__ = name
         call.__qualname__ = full_name

@@ -22,6 +22,7 @@ from typing import Any
 
 from sbusr import dispatch, jsonrpc
 from sbusr.dispatch import aio
+from sbusr.dispatch.context import CallContext
 from sbusr.execution import hooks
 from sbusr.execution.limits import LIMITS_ATTR, class_timeout
 
@@ -193,6 +194,8 @@ class ThreadExecutor(Executor):
             limits = getattr(fn, LIMITS_ATTR, None)
             timeout = default if limits is None or limits.timeout is None else limits.timeout
             if timeout:
+                if isinstance(ctxt, CallContext):
+                    ctxt.set_timeout(timeout)
                 return limited(fn, ctxt, args, kwargs, timeout)
             with slots:
                 return fn(ctxt, *args, **kwargs)
