@@ -13,6 +13,7 @@ import pytest
 
 from sbusr import jsonrpc, testing
 from sbusr.smartbus import codec
+from sbusr.testing.api import ApiProcess
 from sbusr.testing.waiting import wait_for
 from tests.helpers.busproc import BusProcess
 from tests.helpers.ipsc import FakeIpsc
@@ -361,6 +362,67 @@ def test_testing_call_passes_the_context(tmp_path):
     assert result["dict"] == [7, {"unit": 1, "client": 2, "type": 2}]
     assert (result["method"], result["request_id"], result["caller"]) == ("ctx.ainfo", 7, [1, 2, 2])
     assert 0 < result["left"] <= 30.0
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def check_openrpc(doc: dict) -> None:
+    """What every document describing the contract endpoints says, wherever it comes from."""
+    assert doc["openrpc"].startswith("1.") and doc["info"]["title"] == "sbusr"
+    methods = {m["name"]: m for m in doc["methods"]}
+    assert [m["name"] for m in doc["methods"]] == sorted(methods)
+    assert methods["typed.twice"] == {
+        "name": "typed.twice", "summary": "Double a number.",
+        "description": "The whole number comes back multiplied by two.",
+        "params": [{"name": "n", "required": True, "schema": {"type": "integer"}}],
+        "result": {"name": "result", "schema": {"type": "integer"}}}
+    total = methods["typed.total"]
+    assert total["params"] == [
+        {"name": "order", "required": True, "schema": {"$ref": "#/components/schemas/Order"}},
+        {"name": "copies", "required": False, "schema": {"type": "integer"}}]
+    assert total["result"]["schema"] == {"$ref": "#/components/schemas/Order"}
+    assert set(doc["components"]["schemas"]["Order"]["properties"]) == {"item", "amount"}
+    assert methods["contract.slow_add"]["params"] == [{"name": "a", "required": True, "schema": {}},
+                                                      {"name": "b", "required": True, "schema": {}}]
+    assert methods["contract.slow_add"]["result"] == {"name": "result", "schema": {}}
+    assert methods["contract.session"]["summary"] == (
+        "Uses the loop-bound session opened by the async worker_init.")
+
+
+def test_rpc_discover_describes_every_method_served(ipsc, served):
+    doc = call(ipsc, served, "rpc.discover")["result"]
+    check_openrpc(doc)
+    names = [m["name"] for m in doc["methods"]]
+    assert {"double", "Tools.triple", "sys.methods", "rpc.discover", "echo"} <= set(names)
+    assert names == call(ipsc, served, "sys.methods")["result"]  # sys.methods is unchanged
+
+
+def test_api_serves_the_servers_openrpc_document(bus, ipsc, served, mode, tmp_path):
+    _proc, client = served
+    api = ApiProcess(tmp_path, bus.port, client_id=31 if mode == "thread" else 32,
+                     api={"server_client_id": client, "auth_token": "s3cret"})
+    with api:
+        assert api.request("GET", "/api/methods").status == 401
+        response = api.request("GET", "/api/methods", headers={"Authorization": "Bearer s3cret"})
+        assert response.status == 200, response.body
+        assert response.json() == call(ipsc, served, "rpc.discover")["result"]
+        check_openrpc(response.json())
+
+
+def test_status_page_links_to_the_methods(bus, served, mode, tmp_path):
+    _proc, client = served
+    with ApiProcess(tmp_path, bus.port, client_id=33 if mode == "thread" else 34,
+                    api={"server_client_id": client}) as api:
+        page = api.request("GET", "/status").body.decode()
+        assert 'href="status/methods"' in page
+        check_openrpc(api.request("GET", "/status/methods").json())
+
+
+def test_testing_discovers_the_methods(tmp_path):
+    folder = _endpoint_dir(tmp_path)
+    check_openrpc(testing.call(folder, "rpc.discover"))
+    assert testing.Methods(folder).discover() == testing.call(folder, "rpc.discover")
 
 
 def _endpoint_dir(tmp_path: Path) -> Path:

@@ -20,6 +20,7 @@ from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import dispatch, execution, jsonrpc, opts
+from sbusr.endpoints import system
 from sbusr.spooler import jobs
 
 #: the caller a flow on IPSC 0, process 0 would be
@@ -83,11 +84,19 @@ class Methods:
         self.executor = execution.create_executor(conf)
         self.executor.start()
         self.executor.bind(self.registry)
+        # rpc.discover describes the loaded methods, as sbusr-server's describes its own
+        discover = dispatch.EndpointAdapter(
+            system.DiscoveryEndpoint(lambda: self.registry),
+            dispatch.EndpointOrigin("builtin", system.__name__, "DiscoveryEndpoint"))
         self._dispatcher = rpc_dispatcher.RPCDispatcher(
-            self.registry.adapters, oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy)
+            [*self.registry.adapters, discover], oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy)
 
     def methods(self) -> list[str]:
         return self.registry.methods()
+
+    def discover(self) -> dict[str, Any]:
+        """The OpenRPC document of the loaded methods (what ``rpc.discover`` answers)."""
+        return self.call("rpc.discover")
 
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, *,
              source: dict[str, int] | None = None, request_id: Any = "test",
