@@ -6,6 +6,9 @@ from __future__ import annotations
 import decimal
 import itertools
 import os
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -453,3 +456,44 @@ def test_testing_call_async_limit_is_call_timeout(tmp_path):
         testing.call(folder, "contract.overrun", [str(marker)])
     assert caught.value.code == jsonrpc.CALL_TIMEOUT
     wait_for(marker.exists, "the overrunning task was cancelled", WAIT)
+
+
+# --------------------------------------------------------------------------- the README section
+
+
+def test_readme_method_contract_section_runs_as_written(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## The method contract", 1)[1].split("\n## ", 1)[0]
+    blocks = dict(re.findall(r"```python\n# (\S+)\n(.*?)```", section, re.S))
+    assert set(blocks) == {"methods/shop.py", "tests/test_shop.py"}
+    for path, code in blocks.items():
+        target = tmp_path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(code)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "5 passed" in done.stdout
+
+
+def test_readme_shop_endpoint_on_the_bus(ipsc, served, tmp_path):
+    """The README's endpoint served for real: its log line carries the request id."""
+    proc, client = served
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"```python\n# methods/shop.py\n(.*?)```", readme, re.S).group(1)
+    assert "shop.buy" not in call(ipsc, served, "sys.methods")["result"]
+    folder = Path(str(proc.config_file)).parent
+    (folder / "shop.py").write_text(code)
+    try:
+        assert "result" in call(ipsc, served, "sys.reload")
+        assert "shop.buy" in call(ipsc, served, "sys.methods")["result"]
+        rid = f"shop-{next(_ids)}"
+        order = {"item": "tea", "price": "1.25", "quantity": 2}
+        request = {"jsonrpc": "2.0", "id": rid, "method": "shop.buy", "params": [order]}
+        reply = ipsc.call_rpc(SERVER_UNIT, client, request, timeout=WAIT, parse_float=decimal.Decimal)
+        assert reply["result"] == {"item": "tea", "total": decimal.Decimal("2.50")}
+        wait_for(lambda: f" shop [{rid}] Caller(unit=0, client=6, type=" in proc.output(),
+                 "the README's log line", WAIT)
+    finally:
+        (folder / "shop.py").unlink()
+        call(ipsc, served, "sys.reload")

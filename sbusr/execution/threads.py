@@ -207,12 +207,14 @@ class ThreadExecutor(Executor):
         self._slots.acquire()
         call = _LimitedCall()
         message = dispatch.current_call()
-        with aio.cancel_scope() as scope:  # an async method's task is cancelled when it overruns
-            entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message, scope))
-            try:
-                return fn(ctxt, *args, **kwargs)
-            finally:
-                self._end_limited(call, fn, timeout, entry)
+        scope = aio.CancelScope()  # an async method's task is cancelled when it overruns
+        token = aio.enter_scope(scope)
+        entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message, scope))
+        try:
+            return fn(ctxt, *args, **kwargs)
+        finally:
+            aio.leave_scope(token)
+            self._end_limited(call, fn, timeout, entry)
 
     def _end_limited(self, call: _LimitedCall, fn: Callable[..., Any], timeout: float,
                      entry: list[Any]) -> None:
