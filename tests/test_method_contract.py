@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -497,3 +498,61 @@ def test_readme_shop_endpoint_on_the_bus(ipsc, served, tmp_path):
     finally:
         (folder / "shop.py").unlink()
         call(ipsc, served, "sys.reload")
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+def test_unannotated_methods_get_no_validator_and_keep_the_counting_path():
+    import inspect
+
+    from sbusr.dispatch import typed
+
+    def plain(ctxt, a, b=1):
+        return a
+
+    def anything(ctxt, a: Any, b: object = 1):
+        return a
+
+    def checked(ctxt, a: int):
+        return a
+
+    def sig(fn):
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        return inspect.Signature(params)
+
+    assert typed.validator_for("plain", plain, sig(plain)) is None
+    assert typed.validator_for("anything", anything, sig(anything)) is None
+    validate = typed.validator_for("checked", checked, sig(checked))
+    arguments = {"a": "7"}
+    validate(arguments)
+    assert arguments == {"a": 7}
+
+
+def test_call_context_is_a_dict_with_a_deadline():
+    import pickle
+
+    from oslo_context.context import RequestContext, get_current
+
+    from sbusr.dispatch.context import CallContext
+
+    values = {"request_id": 0, "source": {"unit": 1, "client": 2, "type": 3}}
+    ctxt = CallContext(values, "ns.m")
+    assert ctxt == values and isinstance(ctxt, dict) and isinstance(ctxt, RequestContext)
+    assert (ctxt.request_id, tuple(ctxt.caller)) == (0, (1, 2, 3))
+    assert (ctxt.deadline, ctxt.time_left()) == (None, None)
+    ctxt.set_timeout(60)
+    assert 0 < ctxt.time_left() <= 60
+    ctxt.deadline = 1.0
+    assert ctxt.time_left() == 0.0
+    assert ctxt.get_logging_values()["request_id"] == "0"
+    copy = pickle.loads(pickle.dumps(ctxt))
+    assert (copy, copy.method, copy.deadline) == (values, "ns.m", 1.0)
+    assert get_current() is not ctxt  # made per call, never the thread's oslo context
+
+
+def test_decimal_keys_and_strings():
+    body = jsonrpc.dumps(jsonrpc.result_response(1, {decimal.Decimal("1.50"): [decimal.Decimal("-0.0")]}))
+    assert body == b'{"jsonrpc":"2.0","id":1,"result":{"1.50":[-0.0]}}'
+    body = jsonrpc.dumps(jsonrpc.result_response(1, [decimal.Decimal("1.00")]), "string")
+    assert body == b'{"jsonrpc":"2.0","id":1,"result":["1.00"]}'
