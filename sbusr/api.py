@@ -186,8 +186,29 @@ class BusApi:
         return await self._run(self._ping.call, {}, "stats")
 
     async def methods(self) -> Any:
-        """sbusr-server's ``rpc.discover``: the OpenRPC document of its methods."""
-        return await self._run(self._discover.call, {}, "discover")
+        """sbusr-server's ``rpc.discover``: the OpenRPC document of its methods.
+
+        A document too large for one SmartBus reply (-32603) is asked for namespace by namespace
+        (the names from ``sys.methods``) and put together here.
+        """
+        try:
+            return await self._run(self._discover.call, {}, "discover")
+        except RemoteError as exc:
+            if exc.code != jsonrpc.INTERNAL_ERROR or "NOTIFY carries at most" not in exc.rpc_message:
+                raise
+        names = await self._run(self._ping.call, {}, "methods")
+        document: dict[str, Any] = {}
+        methods: list[dict[str, Any]] = []
+        schemas: dict[str, Any] = {}
+        for namespace in sorted({name.rpartition(".")[0] for name in names}):
+            part = await self._run(self._discover.call, {}, "discover", namespace=namespace)
+            document = document or part
+            methods.extend(part.get("methods", []))
+            schemas.update(part.get("components", {}).get("schemas", {}))
+        document = {**document, "methods": sorted(methods, key=lambda m: m["name"])}
+        if schemas:
+            document["components"] = {"schemas": schemas}
+        return document
 
     def connect(self) -> dict[str, Any]:
         """Blocking: open the bus connection now (it is lazy) and report the link status."""

@@ -556,3 +556,37 @@ def test_decimal_keys_and_strings():
     assert body == b'{"jsonrpc":"2.0","id":1,"result":{"1.50":[-0.0]}}'
     body = jsonrpc.dumps(jsonrpc.result_response(1, [decimal.Decimal("1.00")]), "string")
     assert body == b'{"jsonrpc":"2.0","id":1,"result":["1.00"]}'
+
+
+def _big_endpoint() -> str:
+    """Three namespaces of 40 documented methods: together over the 15,999 bytes of one reply."""
+    lines = ["import oslo_messaging", ""]
+    for part in range(3):
+        lines += ["", f"class Big{part}:", f"    target = oslo_messaging.Target(namespace='big{part}')", ""]
+        for n in range(40):
+            lines += [f"    def method_{n}(self, ctxt, quantity: int, label: str = 'x') -> list[int]:",
+                      f"        '''Method number {n} of part {part}, documented at some length.'''",
+                      "        return [quantity]", ""]
+    return "\n".join(lines)
+
+
+def test_a_document_larger_than_one_reply_is_fetched_by_namespace(bus, ipsc, served, mode, tmp_path):
+    proc, client = served
+    folder = Path(str(proc.config_file)).parent
+    (folder / "big.py").write_text(_big_endpoint())
+    try:
+        assert "result" in call(ipsc, served, "sys.reload")
+        error = call(ipsc, served, "rpc.discover")["error"]
+        assert error["code"] == jsonrpc.INTERNAL_ERROR and "NOTIFY carries at most" in error["message"]
+        part = call(ipsc, served, "rpc.discover", {"namespace": "big1"})["result"]
+        assert [m["name"] for m in part["methods"]] == sorted(f"big1.method_{n}" for n in range(40))
+        with ApiProcess(tmp_path, bus.port, client_id=35 if mode == "thread" else 36,
+                        api={"server_client_id": client}) as api:
+            response = api.request("GET", "/api/methods")
+            assert response.status == 200, response.body
+            doc = response.json()
+        assert [m["name"] for m in doc["methods"]] == call(ipsc, served, "sys.methods")["result"]
+        check_openrpc(doc)
+    finally:
+        (folder / "big.py").unlink()
+        call(ipsc, served, "sys.reload")

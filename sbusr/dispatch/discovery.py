@@ -88,14 +88,17 @@ def describe_method(name: str, fn: Any, sig: inspect.Signature, schemas: dict[st
     return method
 
 
-def openrpc_document(registry: Any, title: str = "sbusr") -> dict[str, Any]:
-    """The OpenRPC document of every method ``registry`` serves (the first of duplicates, sorted by name)."""
+def openrpc_document(registry: Any, title: str = "sbusr", namespace: str | None = None) -> dict[str, Any]:
+    """The OpenRPC document of every method ``registry`` serves (the first of duplicates, sorted by
+    name); with ``namespace``, of that namespace's methods only ("" for those without one)."""
     schemas: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = {}
     for adapter in registry.adapters:
-        for namespace in adapter.target.accepted_namespaces:
+        for served in adapter.target.accepted_namespaces:
+            if namespace is not None and (served or "") != namespace:
+                continue
             for short, (fn, sig) in sorted(adapter._specs.items()):
-                full = f"{namespace}.{short}" if namespace else short
+                full = f"{served}.{short}" if served else short
                 if full not in methods:
                     methods[full] = describe_method(full, fn, sig, schemas)
     document: dict[str, Any] = {

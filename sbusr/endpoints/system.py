@@ -112,11 +112,19 @@ class DiscoveryEndpoint:
         self._registry = registry or (lambda: _state.registry)
         self._cached: tuple[Any, dict[str, Any]] | None = None
 
-    def discover(self, ctxt: Any) -> dict[str, Any]:
-        """The OpenRPC 1.x document describing every method this server serves."""
+    def discover(self, ctxt: Any, namespace: str | None = None) -> dict[str, Any]:
+        """The OpenRPC 1.x document describing every method this server serves.
+
+        With ``namespace``, only that namespace's methods ("" for those without one): a SmartBus
+        reply carries at most 15,999 bytes, so a large document is fetched part by part.
+        """
         registry = self._registry()
         if registry is None:
             raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, "method list not available")
+        if namespace is not None:
+            if not isinstance(namespace, str):
+                raise jsonrpc.InvalidParams("namespace must be a string")
+            return discovery.openrpc_document(registry, namespace=namespace)
         cached = self._cached
         if cached is None or cached[0] is not registry:  # built once per loaded registry
             cached = self._cached = (registry, discovery.openrpc_document(registry))
