@@ -6,9 +6,11 @@ Every bus operation goes through the standard oslo.messaging ``RPCClient`` on th
 address with namespace ``sys`` reloads or pings the server.  Those calls block, so
 they run on a bounded thread pool, never on the IOLoop thread.
 
-Routes: ``POST /api/flow``, ``GET /api/ipsc``, ``GET|POST /sys/reset``, ``GET /health``, ``GET /metrics``
-(Prometheus) and the status page ``GET /status`` (HTML from ``sbusr/static``, refreshed from
-``GET /status/data``, which asks sbusr-server's ``sys.stats`` over the bus).
+Routes: ``POST /api/flow``, ``GET /api/ipsc``, ``GET /api/methods`` (sbusr-server's
+``rpc.discover``; also ``/status/methods`` for the status page's login), ``GET|POST /sys/reset``,
+``GET /health``, ``GET /metrics`` (Prometheus) and the status page ``GET /status`` (HTML from
+``sbusr/static``, refreshed from ``GET /status/data``, which asks sbusr-server's ``sys.stats`` over
+the bus).
 Every error is JSON ``{"error": {"code": <http status>, "message": ...}}``; status codes:
 
 * 400 malformed body or parameters, 401 missing/wrong bearer token, 404 unknown route
@@ -126,6 +128,8 @@ class BusApi:
         self._reload = oslo_messaging.get_rpc_client(transport, sys_target, timeout=conf.api.reset_timeout)
         self._ping = oslo_messaging.get_rpc_client(transport, sys_target,
                                                    timeout=min(HEALTH_PING_TIMEOUT, conf.api.reset_timeout))
+        rpc_target = oslo_messaging.Target(topic=conf.server.topic, server=self.server, namespace="rpc")
+        self._discover = oslo_messaging.get_rpc_client(transport, rpc_target, timeout=conf.api.reset_timeout)
         self._in_flight = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -180,6 +184,31 @@ class BusApi:
     async def server_stats(self) -> Any:
         """sbusr-server's ``sys.stats``, with the short timeout of the health ping."""
         return await self._run(self._ping.call, {}, "stats")
+
+    async def methods(self) -> Any:
+        """sbusr-server's ``rpc.discover``: the OpenRPC document of its methods.
+
+        A document too large for one SmartBus reply (-32603) is asked for namespace by namespace
+        (the names from ``sys.methods``) and put together here.
+        """
+        try:
+            return await self._run(self._discover.call, {}, "discover")
+        except RemoteError as exc:
+            if exc.code != jsonrpc.INTERNAL_ERROR or "NOTIFY carries at most" not in exc.rpc_message:
+                raise
+        names = await self._run(self._ping.call, {}, "methods")
+        document: dict[str, Any] = {}
+        methods: list[dict[str, Any]] = []
+        schemas: dict[str, Any] = {}
+        for namespace in sorted({name.rpartition(".")[0] for name in names}):
+            part = await self._run(self._discover.call, {}, "discover", namespace=namespace)
+            document = document or part
+            methods.extend(part.get("methods", []))
+            schemas.update(part.get("components", {}).get("schemas", {}))
+        document = {**document, "methods": sorted(methods, key=lambda m: m["name"])}
+        if schemas:
+            document["components"] = {"schemas": schemas}
+        return document
 
     def connect(self) -> dict[str, Any]:
         """Blocking: open the bus connection now (it is lazy) and report the link status."""
@@ -637,6 +666,33 @@ class StatusDataHandler(StatusHandler):
                     "bus": bus, "ipsc": ipsc, "server": server})
 
 
+class MethodsHandler(StatusHandler):
+    """GET /api/methods (and /status/methods, the status page's link): sbusr-server's OpenRPC document,
+    asked for over the bus with ``rpc.discover``."""
+
+    def prepare(self) -> None:
+        if not self.authorised():
+            raise ApiError(401, "a valid bearer token is required (Authorization: Bearer <token>)")
+
+    async def get(self) -> None:
+        try:
+            document = await self.api.methods()
+        except RemoteError as exc:
+            raise ApiError(502, f"sbusr-server {self.api.server} answered rpc.discover with an error: "
+                           f"{exc.rpc_message}", rpc_code=exc.code) from None
+        except oslo_messaging.MessagingTimeout as exc:
+            raise ApiError(504, str(exc)) from None
+        except NotConnected as exc:
+            raise ApiError(503, f"not connected to the SmartBus: {exc}") from None
+        except (BusError, codec.CodecError) as exc:
+            raise ApiError(502, f"could not reach sbusr-server {self.api.server}: {exc}") from None
+        self.reply(document)
+
+
+class StatusMethodsHandler(MethodsHandler):
+    """GET /status/methods: the same document, where the status page's login cookie is sent."""
+
+
 # ---------------------------------------------------------------------------- application
 
 
@@ -656,11 +712,13 @@ def make_app(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport) -> torna
     routes: list[tuple[str, type[tornado.web.RequestHandler]]] = [
         (r"/api/flow", FlowHandler),
         (r"/api/ipsc", IpscHandler),
+        (r"/api/methods", MethodsHandler),
         (r"/sys/reset", ResetHandler),
         (r"/health", HealthHandler),
         (r"/metrics", MetricsHandler),
         (r"/status", StatusPageHandler),
         (r"/status/data", StatusDataHandler),
+        (r"/status/methods", StatusMethodsHandler),
         (r"/status/login", StatusLoginHandler),
         (r"/status/logout", StatusLogoutHandler),
     ]

@@ -126,11 +126,12 @@ class _Responder:
     With a ``recorder``, every reply sent is counted there, under the method it answers.
     """
 
-    __slots__ = ("_batch", "_exchange", "_lock", "_methods", "_missing", "_recorder", "_slots",
+    __slots__ = ("_batch", "_decimal_as", "_exchange", "_lock", "_methods", "_missing", "_recorder", "_slots",
                  "_started", "_title", "_to")
 
     def __init__(self, exchange: Exchange, to: Address, title: str, batch: bool, size: int,
-                 recorder: metrics.RequestMetrics | None = None) -> None:
+                 recorder: metrics.RequestMetrics | None = None, decimal_as: str = "number") -> None:
+        self._decimal_as = decimal_as
         self._exchange = exchange
         self._to = to
         self._title = title
@@ -172,7 +173,7 @@ class _Responder:
 
     def _send(self, response: Any) -> Any:
         """Send ``response`` (or, when too large, the error that replaces it); returns what was sent."""
-        body = jsonrpc.dumps(response)
+        body = jsonrpc.dumps(response, self._decimal_as)
         if len(body) > codec.MAX_NOTIFY_PARAM:
             LOG.warning("reply %r to %s is %d bytes; a NOTIFY carries at most %d: answering -32603",
                         self._title, self._to, len(body), codec.MAX_NOTIFY_PARAM)
@@ -349,6 +350,7 @@ class SmartBusDriver(base.BaseDriver):
         self._config = client_config_from_url(conf, url)
         # read per request: look them up once (oslo.config lookups are not free)
         self.debug = bool(getattr(conf, "debug", False) or conf.server.expose_tracebacks)
+        self.decimal_as = conf.server.decimal_as
         self.max_request_size = conf.smartbus.max_request_size
         # ASCII text keeps its length in the wire encoding (GBK, UTF-8 ...): titles can be checked cheaply
         self._ascii_titles = "Az09-_".encode(self._config.encoding, errors="replace") == b"Az09-_"
@@ -425,7 +427,7 @@ class SmartBusDriver(base.BaseDriver):
         title = jsonrpc.reply_title_for(items)  # after the title rule: a bad id is answered under "null"
         if title is not None:
             responder = _Responder(exchange, packet.src, title, parsed.is_batch, len(answerable),
-                                   self.metrics)
+                                   self.metrics, self.decimal_as)
         source = {"unit": packet.src.unit, "client": packet.src.client, "type": packet.src.type}
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0

@@ -8,11 +8,11 @@ Compatibility with the original sbusr: a request without a ``"jsonrpc"`` member 
 show ``{"method": "add", "params": [1, 2]}``); a present but wrong one is rejected.
 
 Encoding decisions (:func:`dumps`): replies are pure ASCII (``\\uXXXX`` escapes) so they survive whatever
-encoding the IPSC assumes. :class:`decimal.Decimal` becomes an ``int`` when integral, else a ``float``
-(a JSON number is what flow scripts compute with; beyond ~15 significant digits precision is lost, so a
-method that needs exact decimals should return ``str(value)`` itself). NaN and infinities become
-``null``. If a value cannot be encoded at all (circular structure, runaway nesting, a failing
-``__json__``), :func:`dumps` returns an internal-error response for the same id instead of raising.
+encoding the IPSC assumes. A :class:`decimal.Decimal` goes out as a JSON number with exactly its digits
+(``1.00`` stays ``1.00``; ``decimal_as="string"`` sends ``"1.00"`` instead). Dates become ISO 8601 text,
+bytes text (base64 if not UTF-8), sets lists, dataclasses and pydantic models objects. A result JSON
+cannot carry -- NaN, an infinity, a generator, any object of no known kind, a circular structure --
+makes :func:`dumps` return an internal-error response (-32603) for the same id instead of raising.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import enum
 import json
 import logging
 import math
+import re
+import secrets
 import traceback
 import uuid
 from collections import abc
@@ -359,17 +361,40 @@ def error_from_exception(exc: Any, debug: bool = False) -> tuple[int, str, Any]:
 
 # --------------------------------------------------------------------------- encoding
 
+class NotJSON(TypeError):
+    """A value JSON cannot carry (its message is the -32603 reply's)."""
+
+
+#: Decimals travel through json.dumps as strings starting with this per-process random mark, then
+#: lose their quotes and the mark (json offers no hook to write a number's text).
+_DECIMAL_MARK = f"sbusr-decimal-{secrets.token_hex(8)}:"
+_DECIMAL_TOKEN = re.compile(f'"{re.escape(_DECIMAL_MARK)}([^"]*)"')
+DECIMAL_AS = ("number", "string")
+
+
+def _finite_decimal(obj: decimal.Decimal) -> str:
+    if not obj.is_finite():
+        raise NotJSON(f"result contains the Decimal {obj}, which JSON cannot carry")
+    return str(obj)
+
+
 def _default(obj: Any) -> Any:
-    """json's hook for values it cannot encode natively."""
+    """json's hook for values it cannot encode natively (decimals as numbers)."""
+    if isinstance(obj, decimal.Decimal):
+        return _DECIMAL_MARK + _finite_decimal(obj)
+    return _convert(obj)
+
+
+def _default_decimal_string(obj: Any) -> Any:
+    if isinstance(obj, decimal.Decimal):
+        return _finite_decimal(obj)
+    return _convert(obj)
+
+
+def _convert(obj: Any) -> Any:
+    """The JSON-friendly form of a value of a known kind; NotJSON for any other."""
     if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
         return obj.isoformat()
-    if isinstance(obj, decimal.Decimal):
-        if not obj.is_finite():
-            return None
-        if obj.adjusted() < 64 and obj == obj.to_integral_value():  # bounded: no billion-digit ints
-            return int(obj)
-        as_float = float(obj)
-        return as_float if math.isfinite(as_float) else None
     if isinstance(obj, (bytes, bytearray, memoryview)):
         raw = bytes(obj)
         try:
@@ -380,11 +405,14 @@ def _default(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, enum.Enum):
         return obj.value
-    to_json = getattr(type(obj), "__json__", None)
+    cls = type(obj)
+    to_json = getattr(cls, "__json__", None)
     if callable(to_json):
         return to_json(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if callable(getattr(cls, "model_dump", None)) and hasattr(cls, "model_fields"):  # a pydantic model
+        return obj.model_dump()
     if isinstance(obj, (set, frozenset)):
         try:
             return sorted(obj)
@@ -394,31 +422,30 @@ def _default(obj: Any) -> Any:
         return dict(obj)
     if isinstance(obj, (abc.Set, abc.Sequence)):
         return list(obj)
-    try:
-        return str(obj)
-    except Exception:
-        return f"<unprintable {type(obj).__name__}>"
+    raise NotJSON(f"result of type {cls.__name__} is not JSON")
 
 
 _MAX_DEPTH = 200
 
 
-def _sanitize(obj: Any, depth: int = 0, active: frozenset = frozenset()) -> Any:
-    """Slow path: NaN/inf -> None, non-string keys -> strings, cycles -> error. Run only if needed."""
+def _sanitize(obj: Any, default: Any, depth: int = 0, active: frozenset = frozenset()) -> Any:
+    """Slow path: non-string keys -> strings, NaN and cycles -> errors. Run only if needed."""
     if depth > _MAX_DEPTH:
         raise ValueError("structure nested too deeply")
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        if not math.isfinite(obj):
+            raise NotJSON(f"result contains the number {obj}, which JSON cannot carry")
+        return obj
     if obj is None or isinstance(obj, (str, int)):
         return obj
     if id(obj) in active:
-        raise ValueError("circular reference")
+        raise ValueError("result contains a circular reference")
     inner = active | {id(obj)}
     if isinstance(obj, dict):
-        return {_key(k): _sanitize(v, depth + 1, inner) for k, v in obj.items()}
+        return {_key(k): _sanitize(v, default, depth + 1, inner) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_sanitize(v, depth + 1, inner) for v in obj]
-    return _sanitize(_default(obj), depth + 1, inner)
+        return [_sanitize(v, default, depth + 1, inner) for v in obj]
+    return _sanitize(default(obj), default, depth + 1, inner)
 
 
 def _key(key: Any) -> str:
@@ -426,25 +453,31 @@ def _key(key: Any) -> str:
         return key
     if key is None or isinstance(key, (bool, int, float)):
         return json.dumps(key, allow_nan=True)
-    value = _default(key)
+    if isinstance(key, decimal.Decimal):
+        return str(key)
+    value = _convert(key)
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _encode(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
-                      default=_default).encode("ascii")
+def _encode(obj: Any, default: Any = _default) -> bytes:
+    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=default)
+    if _DECIMAL_MARK in text:
+        text = _DECIMAL_TOKEN.sub(r"\1", text)
+    return text.encode("ascii")
 
 
-def _encode_or_fallback(obj: Any) -> bytes:
+def _encode_or_fallback(obj: Any, default: Any = _default) -> bytes:
     try:
-        return _encode(obj)
+        return _encode(obj, default)
     except Exception:
         pass  # NaN, odd keys, cycles, depth, a failing __json__: take the careful path
     try:
-        return _encode(_sanitize(obj))
+        return _encode(_sanitize(obj, default), default)
     except Exception as exc:
         req_id = obj.get("id") if isinstance(obj, dict) and _valid_id(obj.get("id")) else None
         LOG.error("Cannot encode reply for id %r as JSON: %s", req_id, _safe_str(exc))
+        if isinstance(exc, NotJSON):
+            return _encode(error_response(req_id, INTERNAL_ERROR, cut(str(exc), MAX_ERROR_TEXT)))
         return _encode(error_response(req_id, INTERNAL_ERROR, "Internal error: result is not JSON-encodable",
                                       {"type": _qualified_name(type(exc)), "detail": _safe_str(exc)}))
 
@@ -458,14 +491,16 @@ def loads_or_text(raw: bytes | str) -> Any:
         return text
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, decimal_as: str = "number") -> bytes:
     """Compact, ASCII-only JSON bytes of a response (or batch list of responses); never raises.
 
+    ``decimal_as``: ``"number"`` (a Decimal's exact digits as a JSON number) or ``"string"``.
     A batch is encoded element by element on failure, so one bad result spoils only its own reply.
     """
+    default = _default if decimal_as == "number" else _default_decimal_string
     if isinstance(obj, list):
         try:
-            return _encode(obj)
+            return _encode(obj, default)
         except Exception:
-            return b"[" + b",".join(_encode_or_fallback(item) for item in obj) + b"]"
-    return _encode_or_fallback(obj)
+            return b"[" + b",".join(_encode_or_fallback(item, default) for item in obj) + b"]"
+    return _encode_or_fallback(obj, default)

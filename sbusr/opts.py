@@ -94,6 +94,9 @@ server_opts = [
                  help="Seconds to let in-flight calls finish on SIGTERM/SIGINT before exiting."),
     cfg.BoolOpt("expose_tracebacks", default=False,
                 help="Put the Python traceback in JSON-RPC error data (also on with --debug)."),
+    cfg.StrOpt("decimal_as", default="number", choices=["number", "string"],
+               help="How a method's Decimal results reach the flow: 'number' writes a JSON number with "
+                    "exactly the Decimal's digits (1.00 stays 1.00), 'string' writes its text (\"1.00\")."),
 ]
 
 spooler_opts = [

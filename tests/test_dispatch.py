@@ -362,7 +362,7 @@ def test_builtin_methods(builtin_registry):
 
 def test_the_system_endpoint_is_only_the_builtin_sys(builtin_registry, dir_registry):
     system_endpoints = [a for a in builtin_registry.adapters if dispatch.is_system_endpoint(a)]
-    assert [a.target.namespace for a in system_endpoints] == ["sys"]
+    assert [a.target.namespace for a in system_endpoints] == ["sys", "rpc"]  # sys.* and rpc.discover
     assert not any(dispatch.is_system_endpoint(a) for a in dir_registry.adapters)
 
 
@@ -393,12 +393,12 @@ def test_sys_endpoint(builtin_registry):
         "error", jsonrpc.SERVER_ERROR, "method list not available")
     system.bind_registry(builtin_registry)
     assert rpc(builtin_registry, "sys.methods") == ("result", [
-        "add", "echo", "exception", "plus", "sbusr.timer.run", "sleep", "sys.methods", "sys.ping",
-        "sys.reload", "sys.spool", "sys.stats", "sys.timers", "sys.version", "warnlog"])
+        "add", "echo", "exception", "plus", "rpc.discover", "sbusr.timer.run", "sleep", "sys.methods",
+        "sys.ping", "sys.reload", "sys.spool", "sys.stats", "sys.timers", "sys.version", "warnlog"])
     assert rpc(builtin_registry, "sys.reload")[:3] == ("error", jsonrpc.SERVER_ERROR, "reload not available")
     system.set_reload_handler(lambda: builtin_registry.summary())
     outcome = rpc(builtin_registry, "sys.reload")
-    assert outcome[0] == "result" and outcome[1]["methods"] == 14 and outcome[1]["errors"] == []
+    assert outcome[0] == "result" and outcome[1]["methods"] == 15 and outcome[1]["errors"] == []
     assert rpc(builtin_registry, "sys.stats")[:3] == ("error", jsonrpc.SERVER_ERROR,
                                                       "sys.stats is not available in this process")
     system.set_report("stats", lambda: {"mode": "test"})

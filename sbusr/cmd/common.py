@@ -13,6 +13,10 @@ from oslo_log import log
 from sbusr import config
 
 LOG = logging.getLogger("sbusr.config")
+#: oslo.log's line for a record logged during a call: the JSON-RPC request id where ``[-]`` stands
+#: otherwise (oslo's own default adds the user and project fields of a cloud API, always empty here)
+LOG_CONTEXT_FORMAT = ("%(asctime)s.%(msecs)03d %(process)d %(levelname)s %(name)s [%(request_id)s] "
+                      "%(instance)s%(message)s")
 
 
 def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None = None,
@@ -23,6 +27,7 @@ def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None =
     oslo.config refuses (checked now, not at first use), a transport other than smartbus://, no
     config file found. Unknown options in sbusr's sections are logged as warnings.
     """
+    log.set_defaults(logging_context_format_string=LOG_CONTEXT_FORMAT)
     try:
         conf = config.load(argv, prog, description=description, conf=conf)
         bad = config.problems(conf)

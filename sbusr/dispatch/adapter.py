@@ -23,6 +23,7 @@ import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import jsonrpc
+from sbusr.dispatch import aio, context, typed
 
 LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
@@ -128,6 +129,8 @@ class EndpointAdapter:
         self.origin = origin
         self.target = target
         self._callers: dict[str, Callable[..., Any]] = {}
+        #: name -> (the method as written, its signature without ctxt): what discovery describes
+        self._specs: dict[str, tuple[Callable[..., Any], inspect.Signature]] = {}
         cls = type(endpoint)
         for name in dir(cls):
             if name.startswith("_") or name == "target":
@@ -142,13 +145,17 @@ class EndpointAdapter:
             if sig is None:
                 LOG.warning("Endpoint %s: method %r takes no ctxt parameter; not exposed", origin, name)
                 continue
+            self._specs[name] = (fn, sig)
             self._callers[name] = self._make_caller(name, fn, sig)
 
     def _make_caller(self, name: str, fn: Callable[..., Any], sig: inspect.Signature):
         bind = sig.bind
-        fits = _arity_check(sig)
         namespace = self.target.namespace
         full_name = f"{namespace}.{name}" if namespace else name
+        validate = typed.validator_for(full_name, fn, sig)  # None: no annotations, nothing to check
+        fits = _arity_check(sig) if validate is None else None
+        if aio.is_async(fn):
+            fn = aio.blocking(fn)
         adapter = self
 
         def call(ctxt: Any, /, **kwargs: Any) -> Any:  # positional-only: a param may be named ctxt
@@ -160,13 +167,21 @@ class EndpointAdapter:
                     args, kwargs = tuple(positional), {}  # what bind() returns here, without its cost
                 else:
                     bound = bind(*positional, **kwargs)
+                    if validate is not None:
+                        validate(bound.arguments)
                     args, kwargs = bound.args, bound.kwargs
             except TypeError as exc:  # logged by Dispatcher, with the caller
                 raise _expected(jsonrpc.InvalidParams(f"Invalid params for {full_name}: {exc}")) from None
+            except jsonrpc.InvalidParams as exc:
+                raise _expected(exc) from None
+            ctxt = context.of(ctxt, full_name)
+            token = context.enter(ctxt)  # what oslo.log writes the request id from
             try:
                 return adapter.invoker(fn, ctxt, args, kwargs)
             except jsonrpc.RpcError as exc:
                 raise _expected(exc) from None
+            finally:
+                context.leave(token)
 
         call.__name__ = name
         call.__qualname__ = full_name

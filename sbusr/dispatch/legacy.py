@@ -28,8 +28,12 @@ def _legacy_wrapper(func: Callable[..., Any], package_name: str, namespace: str 
         return None
     ctxt_param = inspect.Parameter("sbusr_legacy_ctxt", inspect.Parameter.POSITIONAL_ONLY)
 
-    def call(ctxt: Any, /, *args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
+    if inspect.iscoroutinefunction(func):
+        async def call(ctxt: Any, /, *args: Any, **kwargs: Any) -> Any:
+            return await func(*args, **kwargs)
+    else:
+        def call(ctxt: Any, /, *args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
 
     try:
         call.__signature__ = sig.replace(parameters=[ctxt_param, *sig.parameters.values()])
@@ -38,6 +42,7 @@ def _legacy_wrapper(func: Callable[..., Any], package_name: str, namespace: str 
     call.__name__ = name
     call.__qualname__ = ".".join(filter(None, (package_name, namespace, name)))  # <package>.a.b.c
     call.__doc__ = func.__doc__
+    call.__wrapped__ = func  # type: ignore[attr-defined]  # its annotations: typed params, discovery
     return call
 
 

@@ -14,6 +14,7 @@ from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 from oslo_messaging.rpc import server as rpc_server_module
 
 from sbusr import jsonrpc
+from sbusr.dispatch import context
 from sbusr.dispatch.adapter import AccessPolicy, _expected
 
 LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
@@ -106,5 +107,6 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
 
 def rpc_server(transport: Any, target: oslo_messaging.Target, endpoints: list[Any]) -> Any:
     """The standard oslo.messaging RPCServer (threading executor) with sbusr's :class:`Dispatcher`."""
+    context.install_log_filter()  # logging is set up by now: its lines during a call carry the request id
     dispatcher = Dispatcher(endpoints, None, AccessPolicy)
     return rpc_server_module.RPCServer(transport, target, dispatcher, "threading")

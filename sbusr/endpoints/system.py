@@ -1,4 +1,4 @@
-"""``sys.*`` methods: ping, version, methods, reload, timers, spool, stats.
+"""``sys.*`` methods: ping, version, methods, reload, timers, spool, stats; and ``rpc.discover``.
 
 The server wires this module to its state at start-up:
 
@@ -24,6 +24,7 @@ import oslo_messaging
 
 import sbusr
 from sbusr import jsonrpc
+from sbusr.dispatch import discovery
 
 
 class _State:
@@ -100,3 +101,31 @@ class SystemEndpoint:
     def stats(self, ctxt: Any) -> dict[str, Any]:
         """The server's figures for the status page (what sbusr-api's /status shows)."""
         return {"version": sbusr.__version__, "pid": os.getpid(), **_report("stats")}
+
+
+class DiscoveryEndpoint:
+    """``rpc.discover``: the OpenRPC document of every method served (JSON-RPC reserves ``rpc.``)."""
+
+    target = oslo_messaging.Target(namespace="rpc")
+
+    def __init__(self, registry: Callable[[], Any] | None = None) -> None:
+        self._registry = registry or (lambda: _state.registry)
+        self._cached: tuple[Any, dict[str, Any]] | None = None
+
+    def discover(self, ctxt: Any, namespace: str | None = None) -> dict[str, Any]:
+        """The OpenRPC 1.x document describing every method this server serves.
+
+        With ``namespace``, only that namespace's methods ("" for those without one): a SmartBus
+        reply carries at most 15,999 bytes, so a large document is fetched part by part.
+        """
+        registry = self._registry()
+        if registry is None:
+            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, "method list not available")
+        if namespace is not None:
+            if not isinstance(namespace, str):
+                raise jsonrpc.InvalidParams("namespace must be a string")
+            return discovery.openrpc_document(registry, namespace=namespace)
+        cached = self._cached
+        if cached is None or cached[0] is not registry:  # built once per loaded registry
+            cached = self._cached = (registry, discovery.openrpc_document(registry))
+        return cached[1]

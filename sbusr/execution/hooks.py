@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from typing import Any
+
+from sbusr.dispatch import aio
 
 LOG = logging.getLogger("sbusr.execution")
 
@@ -27,7 +30,9 @@ def run_hook(spec: str | None) -> str | None:
     if not spec:
         return None
     try:
-        load_hook(spec)()
+        started = load_hook(spec)()
+        if inspect.isawaitable(started):  # async def: on the loop every async method runs on
+            aio.run(started)
     except (Exception, SystemExit) as exc:
         LOG.exception("worker_init %s failed", spec)
         return f"{type(exc).__name__}: {exc}"

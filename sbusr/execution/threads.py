@@ -21,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sbusr import dispatch, jsonrpc
+from sbusr.dispatch import aio
+from sbusr.dispatch.context import CallContext
 from sbusr.execution import hooks
 from sbusr.execution.limits import LIMITS_ATTR, class_timeout
 
@@ -192,6 +194,8 @@ class ThreadExecutor(Executor):
             limits = getattr(fn, LIMITS_ATTR, None)
             timeout = default if limits is None or limits.timeout is None else limits.timeout
             if timeout:
+                if isinstance(ctxt, CallContext):
+                    ctxt.set_timeout(timeout)
                 return limited(fn, ctxt, args, kwargs, timeout)
             with slots:
                 return fn(ctxt, *args, **kwargs)
@@ -203,27 +207,36 @@ class ThreadExecutor(Executor):
         self._slots.acquire()
         call = _LimitedCall()
         message = dispatch.current_call()
-        entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message))
+        scope = aio.CancelScope()  # an async method's task is cancelled when it overruns
+        token = aio.enter_scope(scope)
+        entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message, scope))
         try:
             return fn(ctxt, *args, **kwargs)
         finally:
-            self._watchdog.disarm(entry)
-            with self._lock:
-                expired = call.state == "expired"
-                call.state = "done"
-                if call.freed:
-                    self._abandoned -= 1
-            if not call.freed:
-                self._slots.release()
-            if expired:
-                LOG.warning("abandoned call %s finished after %.1f s; its result was discarded",
-                            _fn_label(fn), time.monotonic() - call.started)
-                # the caller already has the timeout; this raise answers on transports that cannot
-                # be answered early
-                raise jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
-                                          {"timeout": timeout}) from None
+            aio.leave_scope(token)
+            self._end_limited(call, fn, timeout, entry)
 
-    def _expire(self, call: _LimitedCall, fn: Any, timeout: float, message: Any) -> None:
+    def _end_limited(self, call: _LimitedCall, fn: Callable[..., Any], timeout: float,
+                     entry: list[Any]) -> None:
+        """Disarm, hand the worker slot back, and raise -32001 if the call had expired."""
+        self._watchdog.disarm(entry)
+        with self._lock:
+            expired = call.state == "expired"
+            call.state = "done"
+            if call.freed:
+                self._abandoned -= 1
+        if not call.freed:
+            self._slots.release()
+        if expired:
+            LOG.warning("abandoned call %s finished after %.1f s; its result was discarded",
+                        _fn_label(fn), time.monotonic() - call.started)
+            # the caller already has the timeout; this raise answers on transports that cannot
+            # be answered early
+            raise jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
+                                      {"timeout": timeout}) from None
+
+    def _expire(self, call: _LimitedCall, fn: Any, timeout: float, message: Any,
+                scope: aio.CancelScope) -> None:
         with self._lock:
             if call.state != "running":
                 return
@@ -238,6 +251,7 @@ class ThreadExecutor(Executor):
                                     {"timeout": timeout})
         if message is not None:
             message.answer_early(error)
+        scope.cancel()  # an async method stops at its next await; a thread cannot be stopped
         if call.freed:
             LOG.warning("call %s from %s exceeded its %g s limit: answered %d, its thread is abandoned "
                         "(threads cannot be stopped; process mode can)", _fn_label(fn),

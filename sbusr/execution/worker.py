@@ -27,6 +27,7 @@ from typing import Any
 import oslo_messaging
 
 from sbusr import connection, dispatch, jsonrpc
+from sbusr.dispatch.context import CallContext
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
 from sbusr.execution import hooks, link, messages
@@ -65,7 +66,10 @@ class WorkerExecutor(Executor):
         init_error = self.init_error
 
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
-            _report(call_timeout(fn, default))
+            timeout = call_timeout(fn, default)
+            _report(timeout)
+            if isinstance(ctxt, CallContext):
+                ctxt.set_timeout(timeout)
             if init_error is not None:
                 raise jsonrpc.InternalError(f"worker start-up hook failed: {init_error}")
             return fn(ctxt, *args, **kwargs)

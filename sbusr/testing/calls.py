@@ -20,6 +20,7 @@ from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import dispatch, execution, jsonrpc, opts
+from sbusr.endpoints import system
 from sbusr.spooler import jobs
 
 #: the caller a flow on IPSC 0, process 0 would be
@@ -83,15 +84,28 @@ class Methods:
         self.executor = execution.create_executor(conf)
         self.executor.start()
         self.executor.bind(self.registry)
+        # rpc.discover describes the loaded methods, as sbusr-server's describes its own
+        discover = dispatch.EndpointAdapter(
+            system.DiscoveryEndpoint(lambda: self.registry),
+            dispatch.EndpointOrigin("builtin", system.__name__, "DiscoveryEndpoint"))
         self._dispatcher = rpc_dispatcher.RPCDispatcher(
-            self.registry.adapters, oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy)
+            [*self.registry.adapters, discover], oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy)
 
     def methods(self) -> list[str]:
         return self.registry.methods()
 
+    def discover(self) -> dict[str, Any]:
+        """The OpenRPC document of the loaded methods (what ``rpc.discover`` answers)."""
+        return self.call("rpc.discover")
+
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, *,
-             source: dict[str, int] | None = None, request_id: Any = "test") -> Any:
-        """The decoded JSON result, or :class:`sbusr.jsonrpc.RpcError` with the server's code."""
+             source: dict[str, int] | None = None, request_id: Any = "test",
+             parse_float: Any = None) -> Any:
+        """The decoded JSON result, or :class:`sbusr.jsonrpc.RpcError` with the server's code.
+
+        ``parse_float=decimal.Decimal`` decodes the reply's numbers with a fraction or exponent exactly
+        as they were written (``1.00`` stays ``Decimal("1.00")``) instead of as floats.
+        """
         request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             request["params"] = params
@@ -107,7 +121,8 @@ class Methods:
             if code == jsonrpc.METHOD_NOT_FOUND:
                 message = f"Method not found: {method}"
             raise jsonrpc.RpcError(code, message, data) from exc
-        response = json.loads(jsonrpc.dumps(jsonrpc.result_response(request_id, result)))
+        response = json.loads(jsonrpc.dumps(jsonrpc.result_response(request_id, result),
+                                             self.conf.server.decimal_as), parse_float=parse_float)
         if "error" in response:
             return _raise(response["error"])
         return response["result"]

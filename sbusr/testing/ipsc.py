@@ -191,8 +191,10 @@ class FakeIpsc:
         return self.call_rpc(self.server[0], self.server[1], request, timeout=timeout)
 
     def call_rpc(self, server_unit: int, server_client: int, request: dict[str, Any] | list[Any] | bytes,
-                 timeout: float = 10.0, reply_title: str | None = None) -> Any:
+                 timeout: float = 10.0, reply_title: str | None = None, parse_float: Any = None) -> Any:
         """Send a JSON-RPC request as a flow does and return the parsed JSON of the reply NOTIFY.
+
+        ``parse_float=decimal.Decimal`` keeps the reply's numbers exactly as written (``1.00``).
 
         The reply is the NOTIFY titled with the request id (the first id of a batch), or
         ``reply_title`` when given; a notification (no id) gets no reply and returns None.
@@ -220,4 +222,4 @@ class FakeIpsc:
             if title is not None:
                 with self._lock:
                     self._waiting.pop(title, None)
-        return json.loads(notify.param.decode("utf-8", errors="replace"))
+        return json.loads(notify.param.decode("utf-8", errors="replace"), parse_float=parse_float)
