@@ -111,8 +111,8 @@ class ThreadService:
             self.metrics.reload_done()
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
-        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers,
-                "config": changes}
+        return {"methods": methods, "duplicates": [d.as_row() for d in registry.duplicates],
+                "workers": workers, "config": changes}
 
     def stats(self) -> dict[str, Any]:
         """``sys.stats``: what the status page shows about this server."""

@@ -113,7 +113,7 @@ def serve(conf: Any, link_fd: int, transport_url: str) -> int:
     if init_error is not None:
         LOG.error("worker pid %d: worker_init %s failed (%s); its calls get an error", os.getpid(),
                   conf.execution.worker_init, init_error)
-    registry = dispatch.load_endpoints(conf)
+    registry = dispatch.load_endpoints(conf, duplicates_level=logging.DEBUG)  # the master reports them
     WorkerExecutor(conf.execution.call_timeout, init_error).bind(registry)
     system.bind_registry(registry)
 
@@ -128,7 +128,7 @@ def serve(conf: Any, link_fd: int, transport_url: str) -> int:
     for report in MASTER_REPORTS:  # their state lives in the master
         system.set_report(report, lambda name=report: the_link.query(name))
     the_link.send(messages.Ready(os.getpid(), init_error, registry.methods(),
-                                 [list(d) for d in registry.duplicates]))
+                                 [d.as_row() for d in registry.duplicates]))
     LOG.debug("worker pid %d serving %d methods", os.getpid(), len(registry.methods()))
     leaving.wait()
     server.stop()
