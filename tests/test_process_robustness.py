@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +107,114 @@ def test_a_name_the_builtins_offer_too_is_one_warning_and_the_first_loaded_wins(
         # one WARNING per load: at start-up and again at the reload, in both modes
         warnings = re.findall(rf"WARNING \S+ \[[^]]*\] Method {name} is offered by .*", out)
         assert len(warnings) == 2, (name, warnings, out)
+
+
+# --------------------------------------------------------------------------- workers that cannot boot
+
+def _hooked_config(tmp_path: Path, bus_port: int, mode: str, client: int, hook: str | None,
+                   endpoint: str | None = None) -> Path:
+    folder = tmp_path / "ep"
+    folder.mkdir(exist_ok=True)
+    (folder / "mine.py").write_text(endpoint or FOLDER_ECHO)
+    execution: dict = {"mode": mode, "workers": 2}
+    if hook:
+        execution["worker_init"] = hook
+    return write_config(tmp_path / "sbusr.conf", bus_port,
+                        {"endpoints": {"directories": [folder]}, "execution": execution,
+                         "server": {"graceful_timeout": 5}}, client=client)
+
+
+def _hooks(tmp_path: Path) -> Path:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sbusr_robust_hooks.py").write_text(HOOKS.format(flag=str(tmp_path / "flag")))
+    return hooks
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_worker_init_that_raises_stops_a_starting_server_with_one_line(bus, tmp_path, mode):
+    client = next(_clients)
+    conf = _hooked_config(tmp_path, bus.port, mode, client, "sbusr_robust_hooks:fail")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", _python_path(_hooks(tmp_path)))
+        proc = ServerProcess(conf).launch()
+    try:
+        code = proc.proc.wait(WAIT * 3)
+        out = proc.output()
+    finally:
+        proc.stop()
+    assert code == 3, out  # gunicorn's "Worker failed to boot" status
+    lines = [line for line in out.splitlines() if "Worker failed to boot" in line]
+    assert len(lines) == 1, out
+    assert "CRITICAL" in lines[0]
+    assert "worker_init sbusr_robust_hooks:fail raised RuntimeError: no database today" in lines[0], lines
+    assert "registered on SmartBus" not in out and " serving " not in out, out
+    assert "Traceback" not in out, out  # the traceback only with --debug
+
+
+def test_a_crash_while_loading_stops_a_starting_server_with_its_exit_status(bus, tmp_path):
+    client = next(_clients)
+    crashing = FOLDER_ECHO + "\nimport os\nos._exit(7)\n"
+    conf = _hooked_config(tmp_path, bus.port, "process", client, None, crashing)
+    proc = ServerProcess(conf).launch()
+    try:
+        code = proc.proc.wait(WAIT * 3)
+        out = proc.output()
+    finally:
+        proc.stop()
+    assert code == 3, out
+    lines = [line for line in out.splitlines() if "Worker failed to boot" in line]
+    assert len(lines) == 1 and "a worker exited while starting (exit code 7)" in lines[0], out
+    assert "registered on SmartBus" not in out, out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reload_whose_worker_init_raises_keeps_the_running_code_and_says_why(bus, tmp_path, mode):
+    client = next(_clients)
+    conf = _hooked_config(tmp_path, bus.port, mode, client, None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", _python_path(_hooks(tmp_path)))
+        proc = ServerProcess(conf).start()
+    try:
+        with FakeIpsc(bus.host, bus.port, unit=5, process=client % 16) as ipsc:
+            assert _call(ipsc, client, "echo", ["before"], "b")["result"] == {"mine": "before"}
+            _hooked_config(tmp_path, bus.port, mode, client, "sbusr_robust_hooks:fail")
+            reply = _call(ipsc, client, "sys.reload", [], "r")
+            assert reply["error"]["code"] == jsonrpc.SERVER_ERROR, reply
+            message = reply["error"]["message"]
+            assert message.startswith("reload failed, the previous code keeps serving: "), message
+            assert "worker_init sbusr_robust_hooks:fail raised RuntimeError: no database today" in message
+            for i in range(4):
+                assert _call(ipsc, client, "echo", [i], f"a{i}")["result"] == {"mine": i}
+        out = proc.output()
+    finally:
+        proc.stop()
+    assert "Worker failed to boot" not in out and "Traceback" not in out, out
+
+
+def test_a_replacement_that_cannot_boot_backs_off_while_the_others_serve(bus, tmp_path):
+    client = next(_clients)
+    conf = _hooked_config(tmp_path, bus.port, "process", client, "sbusr_robust_hooks:fail_when_flagged")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", _python_path(_hooks(tmp_path)))
+        proc = ServerProcess(conf).start()
+    try:
+        workers = proc.children()
+        assert len(workers) == 2
+        (tmp_path / "flag").touch()  # from now on a new worker cannot boot
+        os.kill(workers[0], signal.SIGKILL)
+        failures = re.compile(r"ERROR \S+ \[[^]]*\] worker pid \d+ failed to boot \((\d+) in a row\): "
+                              r"worker_init sbusr_robust_hooks:fail_when_flagged raised RuntimeError: "
+                              r"flagged; next attempt in ([\d.]+) s")
+        assert eventually(lambda: len(failures.findall(proc.output())) >= 3, WAIT * 2), proc.output()
+        seen = [(int(n), float(delay)) for n, delay in failures.findall(proc.output())]
+        assert [n for n, _ in seen[:3]] == [1, 2, 3], seen
+        assert seen[0][1] < seen[1][1] < seen[2][1], seen  # it backs off
+        with FakeIpsc(bus.host, bus.port, unit=6, process=client % 16) as ipsc:
+            for i in range(4):  # the surviving worker answers everything
+                assert _call(ipsc, client, "echo", [i], f"s{i}")["result"] == {"mine": i}
+            (tmp_path / "flag").unlink()  # boots work again: the next attempt replaces the dead worker
+            assert eventually(lambda: len(proc.children()) == 2, WAIT * 2), proc.output()
+        assert proc.proc.poll() is None
+    finally:
+        proc.stop()

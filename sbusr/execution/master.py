@@ -247,6 +247,8 @@ class Master:
         done = concurrent.futures.Future()
         self.loop.call_soon_threadsafe(self._abandon, done)
         pending = done.result(5.0)
+        # every call is answered: the link may close (until then late requests got "shutting down")
+        self.driver.cleanup()
         deadline = time.monotonic() + 1.0
         for popen in pending:
             try:
@@ -254,7 +256,6 @@ class Master:
             except subprocess.TimeoutExpired:
                 popen.kill()
         self._spawner.shutdown(wait=False, cancel_futures=True)
-        self.driver.cleanup()  # closes the bus link; until here late requests got "shutting down"
         if self._own_loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._own_loop.join(2.0)
@@ -682,10 +683,8 @@ class Master:
         self._boot_failures.pop(generation, None)
         for other in [w for w in self._workers if w.generation == generation]:
             self._kill_worker(other, "obsolete")
-        if self._generation:
-            error = BootFailed(f"new workers failed to boot {failures} times: {cause}; generation "
-                               f"{self._generation} keeps serving", detail)
-            LOG.error("reload abandoned: %s", error)
+        if self._generation:  # the reload's caller says it (sbusr-server: one ERROR line)
+            error = BootFailed(f"new workers failed to boot {failures} times: {cause}", detail)
         else:
             error = BootFailed(f"worker failed to boot {failures} times: {cause}", detail)
             self._gave_up = error
@@ -844,6 +843,8 @@ class Master:
         def run() -> None:
             try:
                 result = messages.ReloadResult(msg.token, summary=self.reload_handler())
+            except jsonrpc.RpcError as exc:  # says what failed already
+                result = messages.ReloadResult(msg.token, error=exc.message)
             except Exception as exc:
                 result = messages.ReloadResult(msg.token, error=f"reload failed: {exc}")
             self.loop.call_soon_threadsafe(self._send_control, worker, result)
