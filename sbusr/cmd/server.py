@@ -321,17 +321,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _safe_start(service: ThreadService | ProcessService, stop: threading.Event, outcome: list[int]) -> None:
+    failed: hooks.BootFailed | None = None
     try:
         service.start()
     except hooks.BootFailed as exc:
-        if exc.detail:
-            LOG.debug("%s", exc.detail)
-        LOG.critical("Worker failed to boot: %s; exiting with status %d", exc.cause, hooks.BOOT_FAILED_EXIT)
-        outcome.append(hooks.BOOT_FAILED_EXIT)
-        stop.set()
+        failed = exc
     except Exception:
         LOG.exception("start-up failed")
         outcome.append(1)
+        stop.set()
+    if failed is not None:  # logged outside the except block: oslo.log would append the exception
+        if failed.detail:
+            LOG.debug("%s", failed.detail)
+        LOG.critical("Worker failed to boot: %s; exiting with status %d", failed.cause, hooks.BOOT_FAILED_EXIT)
+        outcome.append(hooks.BOOT_FAILED_EXIT)
         stop.set()
 
 

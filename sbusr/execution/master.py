@@ -686,7 +686,7 @@ class Master:
         if self._generation:  # the reload's caller says it (sbusr-server: one ERROR line)
             error = BootFailed(f"new workers failed to boot {failures} times: {cause}", detail)
         else:
-            error = BootFailed(f"worker failed to boot {failures} times: {cause}", detail)
+            error = BootFailed(f"{cause} ({failures} attempts)", detail)
             self._gave_up = error
             self._settled.set()
         waiters, self._reload_waiters = self._reload_waiters, []
