@@ -92,12 +92,16 @@ class Background:
         if self.spooler is not None:
             self.spooler.halt()  # they finish their jobs while the RPC calls drain
 
-    def stop(self, timeout: float) -> None:
-        """Last step: let go of the bus link (ticks in flight answer locally), then wait for those
-        ticks and let spooler processes finish their jobs (bounded)."""
+    def release_bus(self) -> None:
+        """Let go of the bus link (ticks still in flight answer locally); idempotent."""
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.release()
+
+    def stop(self, timeout: float) -> None:
+        """Last step: let go of the bus link, then wait for the ticks in flight and let spooler
+        processes finish their jobs (bounded)."""
+        self.release_bus()
         self.scheduler.stop(timeout=min(timeout, 5.0))
         if self.spooler is not None:
             self.spooler.stop(timeout)

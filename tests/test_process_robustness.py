@@ -55,7 +55,7 @@ HOOKS = textwrap.dedent('''
             raise RuntimeError("flagged")
 ''')
 
-_clients = iter(range(120, 200))
+_clients = iter(range(100, 128))
 
 
 @pytest.fixture(scope="module")

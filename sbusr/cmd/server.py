@@ -221,8 +221,9 @@ class ProcessService:
     def stop(self, timeout: float, reason: str | None = None) -> bool:
         self._lifecycle.stop(reason)  # waits for a start step in progress: nothing starts after this
         self.background.halt()
-        finished = self.master.stop(timeout)  # releases the master's hold on the bus link
-        self.background.stop(timeout)  # its hold on the link goes first: the link closes now
+        # once every call is answered, the master and the timers let go of the link: it closes
+        finished = self.master.stop(timeout, answered=self.background.release_bus)
+        self.background.stop(timeout)
         if self._metrics_listener is not None:
             self._metrics_listener.stop()
         return finished
@@ -333,7 +334,8 @@ def _safe_start(service: ThreadService | ProcessService, stop: threading.Event, 
     if failed is not None:  # logged outside the except block: oslo.log would append the exception
         if failed.detail:
             LOG.debug("%s", failed.detail)
-        LOG.critical("Worker failed to boot: %s; exiting with status %d", failed.cause, hooks.BOOT_FAILED_EXIT)
+        LOG.critical("Worker failed to boot: %s; exiting with status %d", failed.cause,
+                     hooks.BOOT_FAILED_EXIT)
         outcome.append(hooks.BOOT_FAILED_EXIT)
         stop.set()
 

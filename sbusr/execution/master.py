@@ -237,9 +237,10 @@ class Master:
             self.loop.call_soon_threadsafe(self._begin_generation, fut)
             return fut.result(RELOAD_TIMEOUT + WORKER_START_TIMEOUT)
 
-    def stop(self, timeout: float) -> bool:
-        """Stop taking requests, let held calls finish for up to ``timeout``, stop the workers and
-        close the bus link; True if nothing had to be cut short."""
+    def stop(self, timeout: float, answered: Callable[[], None] | None = None) -> bool:
+        """Stop taking requests, let held calls finish for up to ``timeout``, release the bus link
+        (then call ``answered``: the link closes once nobody else holds it) and stop the workers;
+        True if nothing had to be cut short."""
         self.loop.call_soon_threadsafe(self._begin_stop)
         finished = self._drained.wait(timeout)
         if not finished:
@@ -249,6 +250,8 @@ class Master:
         pending = done.result(5.0)
         # every call is answered: the link may close (until then late requests got "shutting down")
         self.driver.cleanup()
+        if answered is not None:
+            answered()
         deadline = time.monotonic() + 1.0
         for popen in pending:
             try:
