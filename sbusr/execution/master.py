@@ -889,6 +889,7 @@ class Master:
         for worker in list(self._workers):
             self._retire(worker)
         self._check_drained()
+        self._settled.set()  # a start-up waiting for the first workers gives up
 
     def _check_drained(self) -> None:
         if not any(w.flights for w in self._workers):
