@@ -71,7 +71,7 @@ class Background:
         else:
             system.set_report("spool", lambda: {"directory": None, "active": False, "queued": 0,
                                                 "running": 0, "failed": 0})
-        self._conn = BusConnection.acquire(self.conf, self.identity)
+        self._conn = BusConnection.acquire(self.conf, self.identity, connect=False)  # the server connects it
         self.scheduler.update(schedule.find_timers(registry.modules))
         self.scheduler.start()
         system.set_report("timers", self.scheduler.describe)
@@ -92,14 +92,19 @@ class Background:
         if self.spooler is not None:
             self.spooler.halt()  # they finish their jobs while the RPC calls drain
 
+    def release_bus(self) -> None:
+        """Let go of the bus link (ticks still in flight answer locally); idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.release()
+
     def stop(self, timeout: float) -> None:
-        """Last step: wait for ticks in flight, let spooler processes finish their jobs (bounded)."""
+        """Last step: let go of the bus link, then wait for the ticks in flight and let spooler
+        processes finish their jobs (bounded)."""
+        self.release_bus()
         self.scheduler.stop(timeout=min(timeout, 5.0))
         if self.spooler is not None:
             self.spooler.stop(timeout)
-        if self._conn is not None:
-            self._conn.release()
-            self._conn = None
 
     def _on_bus(self) -> bool:
         return self._conn is not None and self._conn.connected

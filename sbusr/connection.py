@@ -218,6 +218,7 @@ class BusConnection:
         self._request_sink: RequestSink | None = None
         self._fallback_sink: RequestSink | None = None
         self._standing_by = False
+        self._released = False  # for good: a released connection never registers again
         self._metrics = metrics.bus()
         self.client = make_client(conf, config, ClientHandlers(
             on_connect=self._on_connect,
@@ -260,13 +261,24 @@ class BusConnection:
             return conn
 
     def connect(self, wait: bool = False) -> None:
-        """Start the client (registering, then reconnecting forever); idempotent."""
+        """Start the client (registering, then reconnecting forever); idempotent; nothing once
+        released (a stopping server must not register again)."""
+        if self._released:
+            LOG.debug("SmartBus connection %s already released; not connecting", self.config.address)
+            return
         if self.conf.smartbus.embedded_bus:
             ensure_embedded_bus(self.config.host, self.config.port, self.config.encoding)
         self.client.start()
-        if wait and not self.client.wait_connected(self.conf.smartbus.connect_timeout):
-            LOG.warning("not registered on SmartBus %s:%s yet; retrying in the background",
-                        self.config.host, self.config.port)
+        if wait:
+            self.wait_registered()
+
+    def wait_registered(self) -> bool:
+        """Wait up to ``[smartbus] connect_timeout`` for the registration (a WARNING if it is late)."""
+        if self.client.wait_connected(self.conf.smartbus.connect_timeout):
+            return True
+        LOG.warning("not registered on SmartBus %s:%s yet; retrying in the background",
+                    self.config.host, self.config.port)
+        return False
 
     @property
     def loop(self) -> object | None:
@@ -281,6 +293,7 @@ class BusConnection:
             for key, conn in list(self._instances.items()):
                 if conn is self:
                     del self._instances[key]
+            self._released = True
         self.client.stop()
         self._metrics.bus_connected(False)
         with self._replies_lock:

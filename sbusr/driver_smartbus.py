@@ -302,7 +302,7 @@ class SmartBusListener(base.Listener):
     def __init__(self, driver: SmartBusDriver) -> None:
         super().__init__(batch_size=1, batch_timeout=None)
         self._driver = driver
-        self._conn = driver.connection
+        self._conn = driver.open_connection(wait=False)  # registers in the background: never block a start
         execution = driver.conf.execution
         self._limit = execution.workers + execution.queue_size
         self._admission = _Admission(self._limit)
@@ -356,6 +356,9 @@ class SmartBusDriver(base.BaseDriver):
         self._ascii_titles = "Az09-_".encode(self._config.encoding, errors="replace") == b"Az09-_"
         self._connection: BusConnection | None = None
         self._connection_lock = threading.Lock()
+        #: after cleanup(): the connection it released (late replies try it; nothing reconnects)
+        self._closed: BusConnection | None = None
+        self._cleaned_up = False
         #: what request packets get while no listener takes them: "starting", later "stopping"
         self.phase = "starting"
         #: where answered calls are counted: this process's request metrics once it listens (or
@@ -372,9 +375,25 @@ class SmartBusDriver(base.BaseDriver):
         until the link closes, a request no listener takes is answered, never dropped."""
         with self._connection_lock:
             if self._connection is None:
+                if self._cleaned_up:  # a stopping server never registers again
+                    raise BusError("this SmartBus transport is closed", codec.ERR_NOT_CONNECTED)
                 self._connection = BusConnection.acquire(self.conf, self._config, self.answer_idle,
-                                                         connect=connect, wait=wait)
-            return self._connection
+                                                         connect=connect, wait=False)
+                first = connect and wait
+            else:
+                first = False
+            conn = self._connection
+        if first:  # the first user waits for the registration; the others meanwhile do not queue up
+            conn.wait_registered()
+        return conn
+
+    def _reply_connection(self) -> BusConnection | None:
+        """Where an answer goes: the open connection, after cleanup the one released (a late
+        answer fails to send and is logged), and never a new one."""
+        with self._connection_lock:
+            if self._connection is not None or self._cleaned_up:
+                return self._connection or self._closed
+        return self.open_connection()
 
     def answer_idle(self, packet: Packet) -> None:
         """A request that arrived while nothing serves: -32002 "starting" or "shutting down"."""
@@ -415,7 +434,7 @@ class SmartBusDriver(base.BaseDriver):
         learns when every returned message has been answered.
         """
         if exchange is None:
-            exchange = Exchange(self.connection)
+            exchange = Exchange(self._reply_connection())
         parsed = self._decode(packet)
         if not parsed.items:
             exchange.expect(0)
@@ -562,8 +581,11 @@ class SmartBusDriver(base.BaseDriver):
     _SENDERS: ClassVar[dict[str | None, Callable[..., Any]]] = {"bus": _bus_query, "ipsc": _start_flow}
 
     def cleanup(self) -> None:
+        """Release the connection (its link closes when nobody else holds it); for good."""
         with self._connection_lock:
-            if self._connection is not None:
-                self._connection.release()
-                self._connection = None
+            conn, self._connection = self._connection, None
+            self._cleaned_up = True
+            self._closed = conn or self._closed
+        if conn is not None:  # not under the lock: the bus thread may be answering a late request
+            conn.release()
 

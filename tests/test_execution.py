@@ -257,6 +257,7 @@ def test_control_messages_round_trip_and_bad_frames_are_refused():
     samples = [
         messages.Ready(123, None, ["a", "b.c"], [["x", "y"]]),
         messages.Ready(5, "ValueError: boom"),
+        messages.Failed(6, "worker_init m:f raised ValueError: boom", "Traceback ..."),
         messages.Started(7, 2.5, "ep.slow", "id-1"),
         messages.Started(8, 0.0, "sys.reload", 42),
         messages.Done(9, (messages.Outcome("ep.add"),

@@ -156,11 +156,11 @@ def test_executor_takes_the_new_values_at_reload(tmp_path):
     threads = execution.create_executor(conf)
     # the master's settings alone (a real one owns a bus link and worker processes)
     master_settings = SimpleNamespace(max_tasks=0, call_timeout=30.0)
-    path.write_text("[execution]\ncall_timeout = 2.5\nmax_tasks_per_child = 7\nworker_init = json:dumps\n")
+    path.write_text("[execution]\ncall_timeout = 2.5\nmax_tasks_per_child = 7\nworker_init = gc:collect\n")
     report = reloader.reload()
     assert report["changed"]["[execution] max_tasks_per_child"] == [0, 7]
     threads.reconfigure(conf)
-    assert (threads.call_timeout, threads.worker_init) == (2.5, "json:dumps")
+    assert (threads.call_timeout, threads.worker_init) == (2.5, "gc:collect")
     Master.reconfigure(master_settings, conf)  # workers started after it read worker_init themselves
     assert (master_settings.max_tasks, master_settings.call_timeout) == (7, 2.5)
 

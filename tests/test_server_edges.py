@@ -59,11 +59,6 @@ BLOCKING_HOOK = textwrap.dedent('''
             time.sleep(0.05)
 ''')
 
-FAILING_HOOK = textwrap.dedent('''
-    def init():
-        raise RuntimeError("no database today")
-''')
-
 
 def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
     return eventually(predicate, timeout, interval)
@@ -241,30 +236,6 @@ def test_sigterm_while_workers_are_still_starting_ends_the_server(bus, tmp_path)
 
 
 # --------------------------------------------------------------------------- process-mode workers
-
-def test_failed_worker_init_answers_every_call_with_an_internal_error(bus, tmp_path):
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sbusr_failing_hook.py").write_text(FAILING_HOOK)
-    client = next(_clients)
-    conf = _config(tmp_path / "ep", bus.port, "process", client, {"worker_init": "sbusr_failing_hook:init"})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
-        proc = ServerProcess(conf).start()
-    try:
-        with FakeIpsc(bus.host, bus.port, unit=3, process=client % 16) as ipsc:
-            for i in range(4):
-                reply = ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": f"h{i}",
-                                                            "method": "edge.pid"}, timeout=WAIT)
-                assert reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
-                assert reply["error"]["message"] == ("worker start-up hook failed: "
-                                                     "RuntimeError: no database today")
-            assert ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": "ping",
-                                                       "method": "sys.ping"})["result"] == "pong"
-        assert proc.output().count("worker_init sbusr_failing_hook:init failed") >= 2
-    finally:
-        proc.stop()
-
 
 def test_workers_exit_when_the_master_is_killed(bus, tmp_path):
     proc = ServerProcess(_config(tmp_path, bus.port, "process", next(_clients))).start()

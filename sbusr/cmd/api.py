@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -47,19 +48,17 @@ async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport,
     app = api.make_app(conf, transport)
     bus_api: api.BusApi = app.settings["sbusr_api"]
     loop = asyncio.get_running_loop()
-    try:
-        status = await loop.run_in_executor(None, bus_api.connect)  # the connection is lazy: open it now
-        LOG.info("SmartBus identity %s, connected: %s", status.get("address"), status.get("connected"))
-    except Exception as exc:  # keep serving: /health reports the state and the client keeps reconnecting
-        LOG.warning("SmartBus status unavailable at start-up: %s", exc)
     server = HTTPServer(app, **api.server_options(conf))
-    try:
+    try:  # first: /health answers (503) while the bus is unreachable, and a taken port fails at once
         server.listen(conf.api.listen_port, conf.api.listen_host)
     except OSError as exc:
-        LOG.error("cannot listen on %s:%s: %s", conf.api.listen_host, conf.api.listen_port, exc)
+        LOG.error("cannot listen on %s:%s: %s", conf.api.listen_host, conf.api.listen_port,
+                  exc.strerror or exc)
         bus_api.close()
         transport.cleanup()
         return 1
+    # the connection is lazy: open it now, in a thread of its own (a stop does not wait for it)
+    threading.Thread(target=_connect, args=(bus_api,), name="sbusr-api-connect", daemon=True).start()
     LOG.info("sbusr-api listening on http://%s:%s (auth %s); /sys/reset reloads sbusr-server %s",
              conf.api.listen_host, conf.api.listen_port, "on" if conf.api.auth_token else "off",
              bus_api.server)
@@ -90,6 +89,15 @@ async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport,
     transport.cleanup()
     LOG.info("stopped")
     return 0
+
+
+def _connect(bus_api: api.BusApi) -> None:
+    """Register on the bus (waiting up to connect_timeout, then retrying in the background)."""
+    try:
+        status = bus_api.connect()
+        LOG.info("SmartBus identity %s, connected: %s", status.get("address"), status.get("connected"))
+    except Exception as exc:  # keep serving: /health reports the state and the client keeps reconnecting
+        LOG.warning("SmartBus status unavailable at start-up: %s", exc)
 
 
 def _reload_config(reloader: config.Reloader) -> None:

@@ -7,12 +7,13 @@ complete RPCServer (:class:`ProcessService`, :mod:`sbusr.execution.master`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import oslo_messaging
@@ -23,7 +24,7 @@ from sbusr.background import Background
 from sbusr.cmd import common
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
-from sbusr.execution import threads
+from sbusr.execution import hooks, threads
 from sbusr.smartbus import codec
 
 LOG = logging.getLogger("sbusr.server")
@@ -86,20 +87,30 @@ class ThreadService:
         # the threading executor is oslo.messaging's default (and soon its only one)
         self.server = dispatch.rpc_server(self.transport, target, self.registry.adapters)
         self.address = address
+        self._lifecycle = Lifecycle()
 
     def start(self) -> None:
+        """worker_init (hooks.BootFailed if it raises), then listen and register without waiting
+        for the bus; does nothing more once stop() began."""
         self.executor.start()  # worker_init, once, in this process
-        self._metrics_listener = metrics.serve(self.conf.metrics.host, self.conf.metrics.port)
-        self.server.start()
-        self.background.start(self.registry)
-        LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
-                 ", ".join(self.registry.methods()))
+        with self._lifecycle.step() as go:
+            if not go:
+                return
+            self._metrics_listener = metrics.serve(self.conf.metrics.host, self.conf.metrics.port)
+            self.server.start()  # registers in the background: the bus may be unreachable for now
+            self._lifecycle.listening = True
+            self.background.start(self.registry)
+            LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
+                     ", ".join(self.registry.methods()))
 
     def reload(self) -> dict[str, Any]:
         """Re-import endpoint code; calls already running finish on the old code."""
         with self._reload_lock:
             changes = reload_config(self.config_reloader)
-            self.executor.reconfigure(self.conf)
+            try:
+                self.executor.reconfigure(self.conf)
+            except hooks.BootFailed as exc:
+                raise reload_failed(exc) from None
             registry = dispatch.reload(self.conf)
             workers = self.executor.reload()
             self.executor.bind(registry)
@@ -111,26 +122,29 @@ class ThreadService:
             self.metrics.reload_done()
         methods = registry.methods()
         LOG.info("reloaded endpoints: %d methods", len(methods))
-        return {"methods": methods, "duplicates": [list(d) for d in registry.duplicates], "workers": workers,
-                "config": changes}
+        return {"methods": methods, "duplicates": [d.as_row() for d in registry.duplicates],
+                "workers": workers, "config": changes}
 
     def stats(self) -> dict[str, Any]:
         """``sys.stats``: what the status page shows about this server."""
         return server_stats(self.address, "thread", self.executor.stats(), self.metrics)
 
-    def stop(self, timeout: float) -> bool:
+    def stop(self, timeout: float, reason: str | None = None) -> bool:
         """Stop taking requests, let in-flight calls finish (bounded), disconnect."""
+        self._lifecycle.stop(reason)  # waits for a start step in progress: nothing starts after this
         self.background.halt()
-        self.server.stop()
-        waiter = threading.Thread(target=self.server.wait, daemon=True)
-        waiter.start()
-        waiter.join(timeout)
-        finished = not waiter.is_alive()
-        if not finished:
-            LOG.warning("calls still running after %.1f s; exiting anyway", timeout)
+        finished = True
+        if self._lifecycle.listening:
+            self.server.stop()
+            waiter = threading.Thread(target=self.server.wait, daemon=True)
+            waiter.start()
+            waiter.join(timeout)
+            finished = not waiter.is_alive()
+            if not finished:
+                LOG.warning("calls still running after %.1f s; exiting anyway", timeout)
         self.executor.shutdown()
-        self.background.stop(timeout)
         self.transport.cleanup()  # until the link closes, late requests get "shutting down"
+        self.background.stop(timeout)  # its hold on the link goes first: the link closes now
         if self._metrics_listener is not None:
             self._metrics_listener.stop()
         return finished
@@ -158,24 +172,32 @@ class ProcessService:
         self._metrics_listener: metrics.MetricsListener | None = None
         self.master.reload_handler = self.reload  # sys.reload from a worker reloads the timers too
         system.set_report("stats", self.stats)  # a worker's sys.stats asks the master
-        self._stopping = threading.Event()
+        self._lifecycle = Lifecycle()
         self._reload_lock = threading.Lock()
 
     def start(self) -> None:
-        """Start every worker first, then register: the first calls pay no start-up cost."""
-        self._metrics_listener = metrics.serve(self.conf.metrics.host, self.conf.metrics.port)
-        self.master.start()
-        if not self.master.wait_ready(FIRST_WORKERS_WAIT) and not self._stopping.is_set():
+        """Start every worker first, then register: the first calls pay no start-up cost.
+        hooks.BootFailed when the workers cannot boot; does nothing more once stop() began."""
+        with self._lifecycle.step() as go:
+            if not go:
+                return
+            self._metrics_listener = metrics.serve(self.conf.metrics.host, self.conf.metrics.port)
+            self.master.start()
+        if not self.master.wait_ready(FIRST_WORKERS_WAIT) and not self._lifecycle.stopping:
             LOG.error("no worker ready after %g s; registering anyway (calls get 'starting')",
                       FIRST_WORKERS_WAIT)
-        if self._stopping.is_set():
+        if self._lifecycle.stopping:
             return
-        methods = self.master.methods
-        self.metrics.set_methods(methods)
-        LOG.info("sbusr-server %s serving %d methods in %d worker processes: %s", self.address, len(methods),
-                 self.conf.execution.workers, ", ".join(methods))
-        self.master.connect()
-        self.background.start(self._timer_registry())
+        timers = self._timer_registry()  # slow (imports the endpoint code): outside the step
+        with self._lifecycle.step() as go:
+            if not go:
+                return
+            methods = self.master.methods
+            self.metrics.set_methods(methods)
+            LOG.info("sbusr-server %s serving %d methods in %d worker processes: %s", self.address,
+                     len(methods), self.conf.execution.workers, ", ".join(methods))
+            self.master.connect()  # registers in the background: the bus may be unreachable for now
+            self.background.start(timers)
 
     def _timer_registry(self) -> dispatch.Registry:
         """Timers are found in the endpoint modules: the master loads them for that alone (it never
@@ -186,17 +208,21 @@ class ProcessService:
         with self._reload_lock:
             changes = reload_config(self.config_reloader)
             self.master.reconfigure(self.conf)  # new workers read the files themselves
-            summary = dict(self.master.reload(), config=changes)
+            try:
+                summary = dict(self.master.reload(), config=changes)
+            except hooks.BootFailed as exc:
+                raise reload_failed(exc) from None
             self.background.reloaded(self._timer_registry())
             self.metrics.set_methods(summary.get("methods", []))
             self.metrics.reload_done()
         LOG.info("reloaded endpoints: %d methods", len(summary.get("methods", [])))
         return summary
 
-    def stop(self, timeout: float) -> bool:
-        self._stopping.set()
+    def stop(self, timeout: float, reason: str | None = None) -> bool:
+        self._lifecycle.stop(reason)  # waits for a start step in progress: nothing starts after this
         self.background.halt()
-        finished = self.master.stop(timeout)
+        # once every call is answered, the master and the timers let go of the link: it closes
+        finished = self.master.stop(timeout, answered=self.background.release_bus)
         self.background.stop(timeout)
         if self._metrics_listener is not None:
             self._metrics_listener.stop()
@@ -205,6 +231,37 @@ class ProcessService:
     def stats(self) -> dict[str, Any]:
         """``sys.stats`` (asked by a worker): the master's counts."""
         return server_stats(self.address, "process", self.master.stats(), self.metrics)
+
+
+class Lifecycle:
+    """Start and stop of a service, which run in different threads (a signal may come at any
+    moment of the start-up): each start step runs whole or not at all, and none after stop()."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.stopping = False
+        #: the RPCServer was started (thread mode): stopping it has something to wait for
+        self.listening = False
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[bool]:
+        """``with lifecycle.step() as go:`` -- run the step only if ``go`` (not stopping)."""
+        with self._lock:
+            yield not self.stopping
+
+    def stop(self, reason: str | None = None) -> None:
+        """From now on no start step runs; ``reason`` is logged after any step's own lines."""
+        with self._lock:
+            self.stopping = True
+            if reason:
+                LOG.info("%s", reason)
+
+
+def reload_failed(exc: hooks.BootFailed) -> jsonrpc.RpcError:
+    """The reload's answer when its new workers cannot boot (one ERROR line; nothing changed)."""
+    error = f"reload failed, the previous code keeps serving: {exc.cause}"
+    LOG.error("%s", error)
+    return jsonrpc.RpcError(jsonrpc.SERVER_ERROR, error)
 
 
 def _hard_exit(code: int) -> None:
@@ -221,10 +278,10 @@ DESCRIPTION = ("Serve Python endpoint methods to Hesong IPSC flows: JSON-RPC 2.0
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(argv if argv is not None else sys.argv[1:])
     stop = threading.Event()
+    signals: list[str] = []
 
     def on_stop(signum: int, _frame: object) -> None:
-        if not stop.is_set():
-            LOG.info("signal %s: stopping", signal.Signals(signum).name)
+        signals.append(signal.Signals(signum).name)  # logged by the stop, after any start-up line
         stop.set()
 
     # first: a SIGTERM in any state, even while starting, ends the process in bounded time
@@ -249,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         threading.Thread(target=reload_entry, name="reload", daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_hup)
-    starter = threading.Thread(target=_safe_start, args=(service, stop), name="start", daemon=True)
+    outcome: list[int] = []  # the exit status a failed start-up sets
+    starter = threading.Thread(target=_safe_start, args=(service, stop, outcome), name="start", daemon=True)
     starter.start()
     while not stop.wait(1.0):
         pass
@@ -257,17 +315,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     guard = threading.Timer(graceful + EXIT_MARGIN, _hard_exit, args=(1,))
     guard.daemon = True
     guard.start()
-    service.stop(graceful)
+    service.stop(graceful, f"signal {signals[0]}: stopping" if signals else None)
     guard.cancel()
     LOG.info("stopped")
-    return common.finish(conf, 0)
+    return common.finish(conf, outcome[0] if outcome else 0)
 
 
-def _safe_start(service: ThreadService | ProcessService, stop: threading.Event) -> None:
+def _safe_start(service: ThreadService | ProcessService, stop: threading.Event, outcome: list[int]) -> None:
+    failed: hooks.BootFailed | None = None
     try:
         service.start()
+    except hooks.BootFailed as exc:
+        failed = exc
     except Exception:
         LOG.exception("start-up failed")
+        outcome.append(1)
+        stop.set()
+    if failed is not None:  # logged outside the except block: oslo.log would append the exception
+        if failed.detail:
+            LOG.debug("%s", failed.detail)
+        LOG.critical("Worker failed to boot: %s; exiting with status %d", failed.cause,
+                     hooks.BOOT_FAILED_EXIT)
+        outcome.append(hooks.BOOT_FAILED_EXIT)
         stop.set()
 
 

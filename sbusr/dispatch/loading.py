@@ -188,7 +188,7 @@ class _Loader:
             self.add_module(module.__name__, kind)
 
 
-def load_endpoints(conf: Any, fresh: bool = False) -> Registry:
+def load_endpoints(conf: Any, fresh: bool = False, duplicates_level: int = logging.WARNING) -> Registry:
     """Load every configured endpoint source (``conf.endpoints``) into a :class:`Registry`.
 
     With ``fresh`` (what :func:`reload` uses) module code is executed again: directory files are
@@ -206,7 +206,7 @@ def load_endpoints(conf: Any, fresh: bool = False) -> Registry:
         loader.add_legacy(package_name)
     if group.entry_points:
         loader.add_entry_points()
-    registry = Registry(loader.adapters, loader.errors, loader.modules)
+    registry = Registry(loader.adapters, loader.errors, loader.modules, duplicates_level)
     LOG.info("Loaded %d endpoints offering %d methods (%d load errors, %d duplicates)",
              len(registry.adapters), len(registry.methods()), len(registry.errors), len(registry.duplicates))
     return registry

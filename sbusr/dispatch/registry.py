@@ -18,6 +18,10 @@ class Duplicate:
     kept: EndpointOrigin
     ignored: EndpointOrigin
 
+    def as_row(self) -> list[str]:
+        """``[name, kept, ignored]`` as text: what sys.reload and a worker's Ready message carry."""
+        return [self.name, str(self.kept), str(self.ignored)]
+
 
 @dataclass(frozen=True)
 class LoadError:
@@ -29,11 +33,13 @@ class Registry:
     """The loaded endpoints: ``adapters`` for the RPCServer, the method index, duplicates, errors."""
 
     def __init__(self, adapters: list[EndpointAdapter], errors: list[LoadError] | None = None,
-                 modules: list[tuple[str, str, ModuleType]] | None = None):
+                 modules: list[tuple[str, str, ModuleType]] | None = None,
+                 duplicates_level: int = logging.WARNING):
         self.adapters = list(adapters)
         self.errors = list(errors or [])
         #: (kind, source, module) of every endpoint module loaded (not legacy packages): where
-        #: ``@timer``/``@cron``/``@spool`` functions are found
+        #: ``@timer``/``@cron``/``@spool`` functions are found; ``duplicates_level`` is what a
+        #: duplicate is logged at (a process-mode worker: DEBUG, its master reports them once)
         self.modules = list(modules or [])
         self.duplicates: list[Duplicate] = []
         self._owners: dict[str, EndpointOrigin] = {}
@@ -44,7 +50,8 @@ class Registry:
                     self._owners[full] = adapter.origin
                     continue
                 self.duplicates.append(Duplicate(full, kept, adapter.origin))
-                LOG.warning("Method %s is offered by %s and %s; %s is used", full, kept, adapter.origin, kept)
+                LOG.log(duplicates_level, "Method %s is offered by %s and %s; %s is used", full, kept,
+                        adapter.origin, kept)
 
     def methods(self) -> list[str]:
         return sorted(self._owners)

@@ -163,8 +163,10 @@ class LinkClient:
     def request_reload(self, timeout: float) -> dict[str, Any]:
         """``sys.reload`` in a worker: ask the master, wait until it has switched generations."""
         result = self._ask(messages.ReloadRequest, timeout)
-        if result.error is not None:
-            raise RuntimeError(result.error)
+        if result.error is not None:  # the caller's answer, as thread mode gives it
+            from sbusr import jsonrpc
+
+            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, result.error)
         return result.summary or {}
 
     def query(self, name: str, timeout: float = 30.0) -> Any:

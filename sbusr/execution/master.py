@@ -44,6 +44,7 @@ from sbusr.driver_smartbus import SmartBusDriver
 from sbusr.execution import messages
 from sbusr.execution.events import MasterEvents
 from sbusr.execution.exits import describe_exit
+from sbusr.execution.hooks import BootFailed
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Packet
 from sbusr.smartbus.interface import BusError
@@ -58,8 +59,12 @@ RELOAD_TIMEOUT = 60.0
 EXIT_STATUS_WAIT = 2.0
 #: Seconds a worker that was told to exit, with no call left, gets before it is killed.
 RETIRE_GRACE = 5.0
-#: Back-off between attempts to start a worker that dies before it is ready.
-RESPAWN_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+#: Failed boots in a row (no worker of the generation became ready meanwhile) after which a
+#: starting server gives up (exit 3) and a reload is abandoned (the running generation keeps serving).
+MAX_BOOT_FAILURES = 3
+#: Back-off before the n-th attempt to boot a worker after n - 1 failures in a row: doubling from
+#: the first value up to the second (a replacement that cannot boot never spins).
+BOOT_BACKOFF = (0.5, 60.0)
 #: Seconds between checks of the calls' deadlines (the precision of time limits).
 DEADLINE_TICK = 0.1
 #: At most one "server busy" warning per this many seconds.
@@ -97,6 +102,7 @@ class _Worker:
         self.killed: str | None = None  # why the master killed it (its calls are answered already)
         self.start_timer: asyncio.TimerHandle | None = None
         self.ready: messages.Ready | None = None
+        self.failed: messages.Failed | None = None  # why it cannot boot, as it said before exiting
 
     def __repr__(self) -> str:
         return f"<worker pid {self.pid} gen {self.generation} {self.state}>"
@@ -177,7 +183,8 @@ class Master:
         self._idle: collections.deque[_Worker] = collections.deque()
         self._queue: collections.deque[tuple[Packet, float]] = collections.deque()
         self._reload_waiters: list[concurrent.futures.Future[dict[str, Any]]] = []
-        self._start_failures = 0
+        self._boot_failures: collections.Counter[int] = collections.Counter()  # generation -> in a row
+        self._gave_up: BootFailed | None = None
         self._busy_logged = 0.0
         self._outbox: list[bytes] = []
         self._own = (self.conn.config.unit_id, self.conn.config.client_id)
@@ -187,6 +194,7 @@ class Master:
         self.started_workers = 0
         # shared with other threads
         self._ready = threading.Event()
+        self._settled = threading.Event()  # the first generation serves, or the master gave up
         self._drained = threading.Event()
         self._reload_lock = threading.Lock()
         #: what a worker's sys.reload runs (sbusr-server's whole reload: timers too)
@@ -202,8 +210,11 @@ class Master:
         self.loop.call_soon_threadsafe(self._check_deadlines)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """True once the first generation serves."""
-        return self._ready.wait(timeout)
+        """True once the first generation serves; BootFailed when its workers cannot boot."""
+        self._settled.wait(timeout)
+        if self._gave_up is not None:
+            raise self._gave_up
+        return self._ready.is_set()
 
     def connect(self) -> None:
         """Register on the bus (and keep retrying in the background: a hot standby waits here)."""
@@ -226,9 +237,10 @@ class Master:
             self.loop.call_soon_threadsafe(self._begin_generation, fut)
             return fut.result(RELOAD_TIMEOUT + WORKER_START_TIMEOUT)
 
-    def stop(self, timeout: float) -> bool:
-        """Stop taking requests, let held calls finish for up to ``timeout``, stop the workers and
-        close the bus link; True if nothing had to be cut short."""
+    def stop(self, timeout: float, answered: Callable[[], None] | None = None) -> bool:
+        """Stop taking requests, let held calls finish for up to ``timeout``, release the bus link
+        (then call ``answered``: the link closes once nobody else holds it) and stop the workers;
+        True if nothing had to be cut short."""
         self.loop.call_soon_threadsafe(self._begin_stop)
         finished = self._drained.wait(timeout)
         if not finished:
@@ -236,6 +248,10 @@ class Master:
         done = concurrent.futures.Future()
         self.loop.call_soon_threadsafe(self._abandon, done)
         pending = done.result(5.0)
+        # every call is answered: the link may close (until then late requests got "shutting down")
+        self.driver.cleanup()
+        if answered is not None:
+            answered()
         deadline = time.monotonic() + 1.0
         for popen in pending:
             try:
@@ -243,7 +259,6 @@ class Master:
             except subprocess.TimeoutExpired:
                 popen.kill()
         self._spawner.shutdown(wait=False, cancel_futures=True)
-        self.driver.cleanup()  # closes the bus link; until here late requests got "shutting down"
         if self._own_loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._own_loop.join(2.0)
@@ -357,6 +372,8 @@ class Master:
                 self._on_started(worker, msg)
             elif isinstance(msg, messages.Ready):
                 self._on_ready(worker, msg)
+            elif isinstance(msg, messages.Failed):
+                worker.failed = msg  # it exits now: the link's end reports the failed boot
             elif isinstance(msg, messages.ReloadRequest):
                 self._on_reload_request(worker, msg)
             elif isinstance(msg, messages.Query):
@@ -514,9 +531,8 @@ class Master:
         self.loop.call_soon_threadsafe(self._attach, worker, popen, ours)
 
     def _launch_failed(self, worker: _Worker, exc: BaseException) -> None:
-        LOG.error("could not start a worker process: %s", exc)
         self._workers.remove(worker)
-        self._respawn_after_failure(worker.generation)
+        self._boot_failed(worker, f"could not start a worker process: {exc}", "")
 
     def _attach(self, worker: _Worker, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
         worker.popen = popen
@@ -548,7 +564,7 @@ class Master:
             worker.start_timer.cancel()
             worker.start_timer = None
         worker.ready = msg
-        self._start_failures = 0
+        self._boot_failures.pop(worker.generation, None)
         if not self._wanted(worker.generation):
             self._retire(worker)
             return
@@ -590,6 +606,9 @@ class Master:
         flights, worker.flights = worker.flights, {}
         stopping = self._state == "stopping"
         killed = worker.killed
+        if was == "starting" and killed in (None, "start timeout") and not stopping:
+            self._boot_ended(worker)
+            return
         crashed = killed is None and (flights or was != "retiring")
         if crashed:  # its calls are answered once its exit status is known
             self._spawner_or_thread(self._collect_exit, worker, flights)
@@ -602,16 +621,81 @@ class Master:
             return
         if not self._wanted(worker.generation) or killed in ("obsolete", "shutdown"):
             return
-        if was == "starting":
-            LOG.error("worker pid %d exited before it was ready", worker.pid)
-            self._respawn_after_failure(worker.generation)
-        elif crashed or killed in ("timeout", "crash"):
+        if crashed or killed in ("timeout", "crash"):
             self._spawn(worker.generation, killed or "crash")
 
-    def _respawn_after_failure(self, generation: int) -> None:
-        delay = RESPAWN_DELAYS[min(self._start_failures, len(RESPAWN_DELAYS) - 1)]
-        self._start_failures += 1
+    # ------------------------------------------------------------------ failed boots (loop)
+
+    def _boot_ended(self, worker: _Worker) -> None:
+        """A worker's link closed before it was ready: why (its Failed message, a start timeout,
+        else its exit status, which a spawner thread waits for), then :meth:`_boot_failed`."""
+        if worker.failed is not None:
+            self._reap_later(worker)
+            self._boot_failed(worker, worker.failed.cause, worker.failed.detail)
+        elif worker.killed == "start timeout":
+            self._reap_later(worker)
+            self._boot_failed(worker, f"a worker was not ready within {WORKER_START_TIMEOUT:g} s", "")
+        else:
+            def collect() -> None:
+                code = None
+                if worker.popen is not None:
+                    try:
+                        code = worker.popen.wait(EXIT_STATUS_WAIT)
+                    except subprocess.TimeoutExpired:
+                        _kill(worker)
+                cause = f"a worker exited while starting ({describe_exit(code)})"
+                try:
+                    self.loop.call_soon_threadsafe(self._boot_exited, worker, cause)
+                except RuntimeError:  # the relay loop is closed: the master is exiting
+                    pass
+
+            self._spawner_or_thread(collect)
+
+    def _boot_exited(self, worker: _Worker, cause: str) -> None:
+        self.events.worker_state(worker.pid, worker.generation, "exited")
+        self._boot_failed(worker, cause, "")
+
+    def _boot_failed(self, worker: _Worker, cause: str, detail: str) -> None:
+        """A worker of ``worker.generation`` could not boot: try again after a back-off; after
+        MAX_BOOT_FAILURES in a row, a generation not yet serving is given up (the first one: the
+        server exits; a reload's: the running one keeps serving and the reload says why)."""
+        generation = worker.generation
+        if not self._wanted(generation) or self._gave_up is not None:
+            return
+        self._boot_failures[generation] += 1
+        failures = self._boot_failures[generation]
+        serving = generation == self._generation
+        if not serving and failures >= MAX_BOOT_FAILURES:
+            ready = [w for w in self._workers if w.generation == generation and w.state == "ready"]
+            if not ready:
+                self._give_up(generation, failures, cause, detail)
+                return
+            LOG.warning("only %d of %d workers of generation %d could boot; switching to them, the others "
+                        "keep trying", len(ready), self.size, generation)
+            self._switch(generation)
+            serving = True
+        delay = min(BOOT_BACKOFF[0] * 2 ** (failures - 1), BOOT_BACKOFF[1])
+        LOG.log(logging.ERROR if serving else logging.WARNING,
+                "worker pid %d failed to boot (%d in a row): %s; next attempt in %g s", worker.pid, failures,
+                cause, delay)
         self._spawn(generation, None, delay)
+
+    def _give_up(self, generation: int, failures: int, cause: str, detail: str) -> None:
+        """No worker of a starting generation could boot MAX_BOOT_FAILURES times in a row."""
+        self._staged = None
+        self._boot_failures.pop(generation, None)
+        for other in [w for w in self._workers if w.generation == generation]:
+            self._kill_worker(other, "obsolete")
+        if self._generation:  # the reload's caller says it (sbusr-server: one ERROR line)
+            error = BootFailed(f"new workers failed to boot {failures} times: {cause}", detail)
+        else:
+            error = BootFailed(f"{cause} ({failures} attempts)", detail)
+            self._gave_up = error
+            self._settled.set()
+        waiters, self._reload_waiters = self._reload_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(error)
 
     def _answer_all(self, flights: dict[int, _Flight], reason: str) -> None:
         for flight in flights.values():
@@ -727,6 +811,7 @@ class Master:
             LOG.info("reload: generation %d serves; generation %d finishes its calls and exits",
                      generation, old)
         self._ready.set()
+        self._settled.set()
         summary = self._summary()
         waiters, self._reload_waiters = self._reload_waiters, []
         for fut in waiters:
@@ -761,6 +846,8 @@ class Master:
         def run() -> None:
             try:
                 result = messages.ReloadResult(msg.token, summary=self.reload_handler())
+            except jsonrpc.RpcError as exc:  # says what failed already
+                result = messages.ReloadResult(msg.token, error=exc.message)
             except Exception as exc:
                 result = messages.ReloadResult(msg.token, error=f"reload failed: {exc}")
             self.loop.call_soon_threadsafe(self._send_control, worker, result)
@@ -802,6 +889,7 @@ class Master:
         for worker in list(self._workers):
             self._retire(worker)
         self._check_drained()
+        self._settled.set()  # a start-up waiting for the first workers gives up
 
     def _check_drained(self) -> None:
         if not any(w.flights for w in self._workers):

@@ -20,8 +20,9 @@ from typing import Any
 from sbusr.smartbus import codec
 
 #: cmd values (with cmdtype 0) of control frames
-READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT, QUERY, QUERY_RESULT = range(101, 109)
-CONTROL_CMDS = frozenset({READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT, QUERY, QUERY_RESULT})
+READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT, QUERY, QUERY_RESULT, FAILED = range(101, 110)
+CONTROL_CMDS = frozenset({READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT, QUERY, QUERY_RESULT,
+                          FAILED})
 #: outcome code of a call that returned a result (any other value is its JSON-RPC error code)
 RESULT = 0
 
@@ -44,6 +45,17 @@ class Ready:
     init_error: str | None = None
     methods: list[str] = field(default_factory=list)
     duplicates: list[list[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Worker -> master, instead of :class:`Ready`: it cannot serve (its worker_init raised, or its
+    start-up did); ``cause`` is one line naming the function and its exception, ``detail`` the
+    traceback. The worker exits right after."""
+
+    pid: int
+    cause: str
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +132,7 @@ class Exit:
     """Master -> worker: finish the calls you hold, then exit (retired, recycled or shutting down)."""
 
 
-Message = Ready | Started | Done | ReloadRequest | ReloadResult | Query | QueryResult | Exit
+Message = Ready | Failed | Started | Done | ReloadRequest | ReloadResult | Query | QueryResult | Exit
 
 
 def _frame(cmd: int, body: bytes) -> bytes:
@@ -146,6 +158,8 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, Ready):
         return _frame(READY, json.dumps({"pid": msg.pid, "init_error": msg.init_error,
                                          "methods": msg.methods, "duplicates": msg.duplicates}).encode())
+    if isinstance(msg, Failed):
+        return _frame(FAILED, json.dumps({"pid": msg.pid, "cause": msg.cause, "detail": msg.detail}).encode())
     if isinstance(msg, ReloadRequest):
         return _frame(RELOAD_REQUEST, json.dumps({"token": msg.token}).encode())
     if isinstance(msg, ReloadResult):
@@ -196,6 +210,8 @@ def decode(cmd: int, body: bytes) -> Message:
         if cmd == READY:
             return Ready(int(data["pid"]), data.get("init_error"), list(data.get("methods") or []),
                          list(data.get("duplicates") or []))
+        if cmd == FAILED:
+            return Failed(int(data["pid"]), str(data["cause"]), str(data.get("detail") or ""))
         if cmd == RELOAD_REQUEST:
             return ReloadRequest(int(data["token"]))
         if cmd == RELOAD_RESULT:

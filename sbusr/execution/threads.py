@@ -174,16 +174,16 @@ class ThreadExecutor(Executor):
         self._watchdog = Watchdog()
 
     def start(self) -> None:
-        # Same config in both modes: the hook runs once, in the server process, before any call.
-        error = hooks.run_hook(self.worker_init)
-        if error is not None:
-            LOG.error("worker_init %s failed in the server process: %s", self.worker_init, error)
+        """Run the hook once, in the server process, before any call; hooks.BootFailed if it raises
+        (as a process-mode worker whose hook raises, the server cannot serve)."""
+        hooks.require_hook(self.worker_init)
 
     def reconfigure(self, conf: Any) -> None:
-        super().reconfigure(conf)
+        """hooks.BootFailed when a changed hook raises: the reload stops there, nothing changed."""
         if conf.execution.worker_init != self.worker_init:
+            hooks.require_hook(conf.execution.worker_init)  # a new hook runs once, as at start-up
             self.worker_init = conf.execution.worker_init
-            self.start()  # a new hook runs once, as at start-up
+        super().reconfigure(conf)
 
     def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         default = self.default_timeout(adapter)

@@ -21,12 +21,13 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import oslo_messaging
 
-from sbusr import connection, dispatch, jsonrpc
+from sbusr import connection, dispatch
 from sbusr.dispatch.context import CallContext
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
@@ -46,13 +47,12 @@ RELOAD_WAIT = 120.0
 
 class WorkerExecutor(Executor):
     """Invokers of a worker: no watchdog (the master enforces limits by killing the process); each
-    call tells its packet's exchange its limit, and a failed worker_init answers every call."""
+    call tells its packet's exchange its limit."""
 
     mode = "process"
 
-    def __init__(self, call_timeout: float, init_error: str | None) -> None:
+    def __init__(self, call_timeout: float) -> None:
         super().__init__(1, call_timeout)
-        self.init_error = init_error
 
     def system_invoker(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
@@ -63,15 +63,12 @@ class WorkerExecutor(Executor):
 
     def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         default = self.default_timeout(adapter)
-        init_error = self.init_error
 
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
             timeout = call_timeout(fn, default)
             _report(timeout)
             if isinstance(ctxt, CallContext):
                 ctxt.set_timeout(timeout)
-            if init_error is not None:
-                raise jsonrpc.InternalError(f"worker start-up hook failed: {init_error}")
             return fn(ctxt, *args, **kwargs)
 
         return invoke
@@ -88,6 +85,37 @@ def _watch_parent(parent_pid: int) -> None:
         if os.getppid() != parent_pid:
             os._exit(link.ORPHAN_EXIT)
         threading.Event().wait(PARENT_CHECK_INTERVAL)
+
+
+def _boot(conf: Any, transport_url: str, links: list[link.LinkClient]) -> tuple[Any, link.LinkClient,
+                                                                               dispatch.Registry]:
+    """worker_init, the endpoints, the RPCServer on the link: everything before Ready."""
+    hooks.require_hook(conf.execution.worker_init)
+    registry = dispatch.load_endpoints(conf, duplicates_level=logging.DEBUG)  # the master reports them
+    WorkerExecutor(conf.execution.call_timeout).bind(registry)
+    system.bind_registry(registry)
+
+    url = oslo_messaging.TransportURL.parse(conf, transport_url)
+    identity = client_config_from_url(conf, url)
+    transport = oslo_messaging.get_rpc_transport(conf, url=url)
+    target = oslo_messaging.Target(topic=conf.server.topic, server=f"{identity.unit_id}:{identity.client_id}")
+    server = dispatch.rpc_server(transport, target, registry.adapters)
+    server.start()  # the driver's connection is the link: its client exists from here on
+    the_link = links[0]
+    system.set_reload_handler(lambda: the_link.request_reload(RELOAD_WAIT))
+    for report in MASTER_REPORTS:  # their state lives in the master
+        system.set_report(report, lambda name=report: the_link.query(name))
+    return server, the_link, registry
+
+
+def _boot_failed(sock: socket.socket, exc: hooks.BootFailed) -> NoReturn:
+    """Tell the master why this worker cannot serve (it logs it) and exit."""
+    try:
+        sock.sendall(messages.encode(messages.Failed(os.getpid(), exc.cause, exc.detail)))
+    except OSError:
+        pass
+    logging.shutdown()
+    os._exit(hooks.BOOT_FAILED_EXIT)
 
 
 def serve(conf: Any, link_fd: int, transport_url: str) -> int:
@@ -113,26 +141,15 @@ def serve(conf: Any, link_fd: int, transport_url: str) -> int:
     threads = conf.execution.threads
     conf.set_override("executor_thread_pool_size", threads)
 
-    init_error = hooks.run_hook(conf.execution.worker_init)
-    if init_error is not None:
-        LOG.error("worker pid %d: worker_init %s failed (%s); its calls get an error", os.getpid(),
-                  conf.execution.worker_init, init_error)
-    registry = dispatch.load_endpoints(conf)
-    WorkerExecutor(conf.execution.call_timeout, init_error).bind(registry)
-    system.bind_registry(registry)
-
-    url = oslo_messaging.TransportURL.parse(conf, transport_url)
-    identity = client_config_from_url(conf, url)
-    transport = oslo_messaging.get_rpc_transport(conf, url=url)
-    target = oslo_messaging.Target(topic=conf.server.topic, server=f"{identity.unit_id}:{identity.client_id}")
-    server = dispatch.rpc_server(transport, target, registry.adapters)
-    server.start()  # the driver's connection is the link: its client exists from here on
-    the_link = links[0]
-    system.set_reload_handler(lambda: the_link.request_reload(RELOAD_WAIT))
-    for report in MASTER_REPORTS:  # their state lives in the master
-        system.set_report(report, lambda name=report: the_link.query(name))
-    the_link.send(messages.Ready(os.getpid(), init_error, registry.methods(),
-                                 [list(d) for d in registry.duplicates]))
+    try:
+        server, the_link, registry = _boot(conf, transport_url, links)
+    except hooks.BootFailed as exc:
+        _boot_failed(sock, exc)
+    except Exception as exc:  # a crash while loading: the master names it when it gives up
+        _boot_failed(sock, hooks.BootFailed(f"worker start-up raised {hooks.describe(exc)}",
+                                            traceback.format_exc()))
+    the_link.send(messages.Ready(os.getpid(), None, registry.methods(),
+                                 [d.as_row() for d in registry.duplicates]))
     LOG.debug("worker pid %d serving %d methods", os.getpid(), len(registry.methods()))
     leaving.wait()
     server.stop()

@@ -179,6 +179,7 @@ class SmartBusClient:
     backoff_max = 2.0
     duplicate_retry = 2.0  # after REGISTER_ACK ERR_CONNECTED, like the vendor
     connect_timeout = 5.0
+    close_timeout = 1.0  # stop(): how long the link may take to send what is written, then it is cut
     max_packet_size = codec.DEFAULT_MAX_PACKET_SIZE
 
     def __init__(self, config: ClientConfig, handlers: ClientHandlers | None = None, *,
@@ -231,8 +232,14 @@ class SmartBusClient:
         self._stopping = True
         task, self._task = self._task, None
         current = self._current
-        if current is not None:
-            current.abort()
+        if current is not None and current.transport is not None:
+            # close, not abort: the replies already written (a stopping server's last answers) go out
+            current.transport.close()
+            try:
+                async with asyncio.timeout(self.close_timeout):
+                    await asyncio.shield(current.done)
+            except TimeoutError:
+                current.abort()
         if task is not None:
             task.cancel()
             try:

@@ -53,6 +53,8 @@ class ThreadedClient:
         self._outq: list[bytes] = []
         self._flush_scheduled = False
         self._started = False
+        #: start() and stop() from different threads (a signal during start-up) run one at a time
+        self._lifecycle = threading.Lock()
 
     # ------------------------------------------------------------------ state
     @property
@@ -112,18 +114,19 @@ class ThreadedClient:
             thread = threading.Thread(target=run, name=f"smartbus-{cfg.unit_id}-{cfg.client_id}", daemon=True)
             self._outq = []
             self._flush_scheduled = False
+            thread.start()  # before it is published: stop() may join it at once
             self._loop, self._thread = loop, thread
-            thread.start()
         started.wait()
         return loop
 
     def start(self) -> None:
         """Start the loop thread and begin connecting in the background; idempotent."""
-        if self._started:
-            return
-        self._started = True
-        loop = self._ensure_loop()
-        asyncio.run_coroutine_threadsafe(self._client.start(), loop).result()
+        with self._lifecycle:
+            if self._started:
+                return
+            self._started = True
+            loop = self._ensure_loop()
+            asyncio.run_coroutine_threadsafe(self._client.start(), loop).result()
 
     def stop(self) -> None:
         """Disconnect, fail pending flows and join the loop thread; idempotent.
@@ -131,18 +134,31 @@ class ThreadedClient:
         Called from a handler (the loop thread itself) it only schedules the
         shutdown, since a thread cannot join itself.
         """
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self._loop = self._thread = None
-        self._started = False
-        self._connected.clear()
         if threading.get_ident() == self._loop_tid:
+            with self._lock:
+                loop, thread = self._loop, self._thread
+                self._loop = self._thread = None
+            if loop is None or thread is None:
+                return
+            self._started = False
+            self._connected.clear()
+
             async def shutdown() -> None:
                 await self._client.stop()
                 loop.stop()
             loop.create_task(shutdown())
             return
+        with self._lifecycle:
+            self._stop_from_outside()
+
+    def _stop_from_outside(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        self._started = False
+        self._connected.clear()
         try:
             asyncio.run_coroutine_threadsafe(self._client.stop(), loop).result(_STOP_TIMEOUT)
         except Exception:

@@ -73,8 +73,9 @@ class ApiProcess:
         """Start and wait until the HTTP port answers.
 
         Readiness is probed with GET /api/ipsc (answered from the local peer table), not /health,
-        which also pings sbusr-server and takes its ping timeout when none runs.  The CLI opens
-        the bus connection (waiting up to ``connect_timeout``) before it listens.
+        which also pings sbusr-server and takes its ping timeout when none runs.  The CLI listens
+        first, then opens the bus connection (waiting up to ``connect_timeout``) and logs its
+        "SmartBus identity" line: start() waits for that line too.
         """
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
@@ -85,7 +86,8 @@ class ApiProcess:
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode
                 raise RuntimeError(f"sbusr-api exited with {self.returncode} during start:\n{self.output()}")
-            if self.try_request("GET", "/api/ipsc", timeout=2.0) is not None:
+            if "SmartBus identity" in self.output() and \
+                    self.try_request("GET", "/api/ipsc", timeout=2.0) is not None:
                 return self
             time.sleep(0.05)
         self.stop()
