@@ -61,9 +61,10 @@ endpoint_opts = [
     cfg.ListOpt("legacy_packages", mutable=True, default=[],
                 help="Original-sbusr style 'methods' packages served unchanged: the JSON-RPC method "
                      "a.b.c calls <package>.a.b.c (functions, classmethods and staticmethods)."),
-    cfg.BoolOpt("watch", default=False,
-                help="Reload the endpoints (as SIGHUP does) about a second after an endpoint file is "
-                     "saved. A saved file that does not import is reported and the previous code "
+    cfg.BoolOpt("watch", mutable=True, default=False,
+                help="Reload the endpoints (as SIGHUP does) about a second after a *.py file in one "
+                     "of the directories is saved; a reload that changes the directories moves the "
+                     "watch. A saved file that does not import is reported and the previous code "
                      "keeps serving. For development machines."),
 ]
 
