@@ -113,7 +113,7 @@ def serve(conf: Any, link_fd: int, transport_url: str) -> int:
     if init_error is not None:
         LOG.error("worker pid %d: worker_init %s failed (%s); its calls get an error", os.getpid(),
                   conf.execution.worker_init, init_error)
-    registry = dispatch.load_endpoints(conf)
+    registry = dispatch.load_endpoints(conf, report=False)  # the master reports the load, once
     WorkerExecutor(conf.execution.call_timeout, init_error).bind(registry)
     system.bind_registry(registry)
 
