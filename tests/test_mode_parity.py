@@ -59,6 +59,41 @@ DUPLICATE_ECHO = textwrap.dedent('''
             return "mine: " + text
 ''')
 
+LIMITED = textwrap.dedent('''
+    import time
+
+    import oslo_messaging
+
+    from sbusr.decorators import limits
+
+
+    @limits(timeout=0.5)
+    class Lim:
+        target = oslo_messaging.Target(namespace="lim")
+
+        def by_class(self, ctxt, seconds):
+            time.sleep(seconds)
+            return "done"
+
+        @limits(timeout=0)
+        def unlimited(self, ctxt, seconds):
+            time.sleep(seconds)
+            return "done"
+
+
+    class Plain:
+        target = oslo_messaging.Target(namespace="plain")
+
+        def by_config(self, ctxt, seconds):
+            time.sleep(seconds)
+            return "done"
+
+        @limits(timeout=0.5)
+        def by_method(self, ctxt, seconds):
+            time.sleep(seconds)
+            return "done"
+''')
+
 MODES = ["thread", "process"]
 
 
@@ -167,3 +202,21 @@ def test_sighup_sys_reload_and_sys_reset_reload_the_same_way(tmp_path, layout, m
         assert "geo.where" in json.dumps(body["reloaded"])
         assert call("geo.where", ["x"])["result"]["version"] == "v4"
         assert "Traceback" not in stack.server.output()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_time_limits_of_config_class_and_method_give_the_same_answers(tmp_path, mode):
+    methods = tmp_path / "methods"
+    methods.mkdir()
+    (methods / "lim.py").write_text(LIMITED)
+    config = {"execution": {"mode": mode, "workers": 2, "call_timeout": 1.5}}
+    with Stack([methods], config, workdir=tmp_path) as stack:
+        call = stack.ipsc.call
+        for method, limit in [("plain.by_config", 1.5), ("plain.by_method", 0.5), ("lim.by_class", 0.5)]:
+            reply = call(method, [5], timeout=60)
+            assert reply["error"]["code"] == -32001, reply
+            assert reply["error"]["data"] == {"timeout": limit}, reply
+            assert f"within {limit:g} s" in reply["error"]["message"], reply
+        assert call("lim.unlimited", [2], timeout=60)["result"] == "done"  # 0 = no limit, beats the class
+        assert call("plain.by_method", [0], timeout=60)["result"] == "done"
+        assert call("sys.ping")["result"] == "pong"  # and the server goes on serving
