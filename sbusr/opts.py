@@ -37,7 +37,8 @@ smartbus_opts = [
                help="Lifetime (ms) of the NOTIFY messages that carry JSON-RPC replies to IPSC flows."),
     cfg.BoolOpt("embedded_bus", default=False,
                 help="Start a development SmartBus in this process on the transport URL's host and "
-                     "port before connecting (for a machine with no IPSC; never in production)."),
+                     "port before connecting (for a machine with no IPSC; never in production). When "
+                     "the port is taken, the server joins the bus listening there, with a WARNING."),
     cfg.StrOpt("encoding", default="gbk",
                help="Text encoding of SmartBus string fields (project, title, add_info) and the "
                     "fallback for JSON payloads that are not valid UTF-8."),
