@@ -82,8 +82,8 @@ class ReloadOnSave:
         if existing:
             LOG.info("reloading on save of *.py files in %s", ", ".join(existing))
         elif not missing:
-            LOG.warning("[endpoints] watch is on but [endpoints] directories is empty; nothing to watch "
-                        "until a reload adds a folder")
+            LOG.info("[endpoints] watch is on but [endpoints] directories is empty; nothing to watch "
+                     "until a reload adds a folder")
         if missing:
             LOG.warning("[endpoints] watch: %s %s not exist; not watched until a reload after %s created",
                         ", ".join(missing), "does" if len(missing) == 1 else "do",
