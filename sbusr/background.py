@@ -17,7 +17,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import jsonrpc, schedule
+from sbusr import jsonrpc, opts, schedule
 from sbusr.connection import BusConnection
 from sbusr.endpoints import system
 from sbusr.endpoints.timers import ADDRESS_ENV
@@ -60,7 +60,9 @@ class Background:
                           conf.spooler.directory, exc)
         if self.spooler is not None:  # .spool() in this process and in every worker stores jobs there
             os.environ[DIRECTORY_ENV] = self.spooler.store.directory
-        self.watcher = (ReloadOnSave(conf.endpoints.directories, reload) if conf.endpoints.watch else None)
+        self._reload = reload
+        self.watcher: ReloadOnSave | None = None
+        self._halted = False
         self._conn: BusConnection | None = None
 
     def start(self, registry: Any) -> None:
@@ -75,17 +77,41 @@ class Background:
         self.scheduler.update(schedule.find_timers(registry.modules))
         self.scheduler.start()
         system.set_report("timers", self.scheduler.describe)
-        if self.watcher is not None:
+        if self.conf.endpoints.watch:
+            self.watcher = ReloadOnSave(self._watched_folders(), self._reload)
             self.watcher.start()
 
+    def _watched_folders(self) -> list[str]:
+        """``[endpoints] directories`` as the loader reads them (relative to their config file)."""
+        return [opts.config_relative(self.conf, folder, "directories", "endpoints")
+                for folder in self.conf.endpoints.directories]
+
     def reloaded(self, registry: Any) -> None:
-        """After a reload: timers of the new code, spooler processes with the new code."""
+        """After a reload: timers of the new code, spooler processes with the new code, reload on
+        save as the configuration now says (on or off, the folders it names)."""
         self.scheduler.update(schedule.find_timers(registry.modules))
         if self.spooler is not None:
             self.spooler.reload()
+        self._follow_watch_option()
+
+    def _follow_watch_option(self) -> None:
+        watcher = self.watcher
+        if self._halted:
+            return
+        if self.conf.endpoints.watch and watcher is None:
+            LOG.info("[endpoints] watch turned on")
+            self.watcher = ReloadOnSave(self._watched_folders(), self._reload)
+            self.watcher.start()
+        elif self.conf.endpoints.watch and watcher is not None:
+            watcher.watch(self._watched_folders())
+        elif watcher is not None:
+            self.watcher = None
+            watcher.stop()
+            LOG.info("[endpoints] watch turned off: reload on save is off")
 
     def halt(self) -> None:
         """First step of a shutdown: no more ticks or reloads on save."""
+        self._halted = True
         if self.watcher is not None:
             self.watcher.stop()
         self.scheduler.halt()

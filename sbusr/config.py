@@ -4,7 +4,8 @@
   without ``--config-file``, oslo.config looks for ``sbusr.conf`` and ``<prog>.conf`` in
   ``~/.sbusr/``, ``~/``, ``/etc/sbusr/``, ``/etc/`` (:func:`search_paths`).
 * :func:`problems` turns every bad value into one line an operator can act on (section, option,
-  file, reason) and refuses any transport but ``smartbus://``; :func:`unknown_options` names
+  file, reason), refuses values that hold an inline comment (oslo.config would keep it in the
+  value) and any transport but ``smartbus://``; :func:`unknown_options` names
   options in sbusr's sections that nothing reads, with the closest known name.
 * :class:`Reloader` re-reads the files of a running process (SIGHUP, ``sys.reload``): the new files
   are checked first (a bad edit changes nothing), then ``ConfigOpts.mutate_config_files()`` applies
@@ -121,10 +122,36 @@ def own_options() -> Iterator[tuple[str, cfg.Opt]]:
             yield group, opt
 
 
+#: `` #`` or `` ;`` after a value: meant as a comment, but oslo.config (like Python's configparser)
+#: has no inline comments and keeps it in the value
+_INLINE_COMMENT = re.compile(r"\s[#;]")
+
+
+def inline_comments(conf: cfg.ConfigOpts) -> dict[Key, str]:
+    """``(section, option dest)`` -> one line, for every value in the files that holds an inline comment."""
+    found: dict[Key, str] = {}
+    for path in files(conf):
+        for section, options in _sections_in(path).items():
+            for name, values in options.items():
+                for value in values:
+                    match = _INLINE_COMMENT.search(value) if isinstance(value, str) else None
+                    if match is None:
+                        continue
+                    mark = value[match.start() + 1]
+                    found.setdefault((section, name.replace("-", "_")), (
+                        f"[{section}] {name} in {path}: the value {value!r} holds an inline comment; "
+                        f"oslo.config keeps everything after '=' (the {mark!r} and what follows too), so "
+                        f"put the comment on a line of its own"))
+    return found
+
+
 def problems(conf: cfg.ConfigOpts) -> list[str]:
     """One line per reason ``conf`` cannot be used; empty when it can."""
-    found: list[str] = []
+    commented = inline_comments(conf)
+    found: list[str] = list(commented.values())
     for section, opt in own_options():
+        if (section, opt.dest) in commented:
+            continue  # said above, in words that name the cause
         try:
             getattr(conf if section == "DEFAULT" else conf[section], opt.dest)
         except (cfg.Error, ValueError) as exc:  # oslo.config checks values lazily, on first use

@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,45 @@ RequestSink = Callable[[Packet], None]
 #: (a second server with the same identity) takes over this soon after the first one leaves.
 STANDBY_RETRY = 1.0
 ClientFactory = Callable[[cfg.ConfigOpts, ClientConfig, ClientHandlers], BusClient]
+#: Seconds between two "still standing by" lines of a hot standby
+STANDBY_SUMMARY_INTERVAL = 60.0
+
+
+class Standby:
+    """What a hot standby says: one WARNING when the bus first reports its identity taken, then one
+    summary line a minute while it stays refused, and one line when it registers at last."""
+
+    def __init__(self, where: str, address: object, clock: Callable[[], float] = time.monotonic) -> None:
+        self.where = where
+        self.address = address
+        self._clock = clock
+        self.since: float | None = None
+        self._refused = 0
+        self._reported = 0.0
+
+    @property
+    def standing_by(self) -> bool:
+        return self.since is not None
+
+    def refused(self) -> None:
+        now = self._clock()
+        if self.since is None:
+            self.since, self._reported, self._refused = now, now, 0
+            LOG.warning("SmartBus %s: identity %s is taken by another process; standing by and retrying "
+                        "every %g s (hot standby)", self.where, self.address, STANDBY_RETRY)
+            return
+        self._refused += 1
+        if now - self._reported >= STANDBY_SUMMARY_INTERVAL:
+            LOG.info("SmartBus %s: still standing by as %s for %.0f s (%d registrations refused in the "
+                     "last %.0f s)", self.where, self.address, now - self.since, self._refused,
+                     now - self._reported)
+            self._reported, self._refused = now, 0
+
+    def registered(self) -> None:
+        if self.since is not None:
+            LOG.warning("SmartBus %s: identity %s is free again; taking over after %.0f s standing by",
+                        self.where, self.address, self._clock() - self.since)
+            self.since = None
 
 
 class Exchange:
@@ -190,8 +230,8 @@ def ensure_embedded_bus(host: str, port: int, encoding: str) -> None:
         try:
             bus.start()
         except OSError as exc:
-            LOG.info("embedded bus not started, %s:%s is taken (%s); using the bus already there",
-                     host, port, exc)
+            LOG.warning("[smartbus] embedded_bus: not started, %s:%s is taken (%s); joining whatever bus "
+                        "listens there, which this process did not start", host, port, exc)
             return
         LOG.warning("embedded development SmartBus listening on %s:%s (not for production)", host, port)
         _embedded_bus = bus
@@ -217,7 +257,7 @@ class BusConnection:
         self._replies_lock = threading.Lock()
         self._request_sink: RequestSink | None = None
         self._fallback_sink: RequestSink | None = None
-        self._standing_by = False
+        self._standby = Standby(f"{config.host}:{config.port}", config.address)
         self._released = False  # for good: a released connection never registers again
         self._metrics = metrics.bus()
         self.client = make_client(conf, config, ClientHandlers(
@@ -304,18 +344,14 @@ class BusConnection:
     # ------------------------------------------------------------------ events (backend thread)
 
     def _on_connect(self, access_point: int) -> None:
-        self._standing_by = False
+        self._standby.registered()
         LOG.info("registered on SmartBus %s:%s as %s, access point unit %s", self.config.host,
                  self.config.port, self.config.address, access_point)
         self._metrics.bus_connected(True)
 
     def _on_connect_failed(self, code: int) -> None:
-        if code == codec.ERR_CONNECTED:  # retried every STANDBY_RETRY s: say it once
-            if not self._standing_by:
-                self._standing_by = True
-                LOG.warning("SmartBus %s:%s: identity %s is taken by another process; standing by and "
-                            "retrying every %g s (hot standby)", self.config.host, self.config.port,
-                            self.config.address, STANDBY_RETRY)
+        if code == codec.ERR_CONNECTED:  # retried every STANDBY_RETRY s: said once, then once a minute
+            self._standby.refused()
             return
         LOG.warning("SmartBus registration at %s:%s failed with code %s", self.config.host,
                     self.config.port, code)

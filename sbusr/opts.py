@@ -37,7 +37,8 @@ smartbus_opts = [
                help="Lifetime (ms) of the NOTIFY messages that carry JSON-RPC replies to IPSC flows."),
     cfg.BoolOpt("embedded_bus", default=False,
                 help="Start a development SmartBus in this process on the transport URL's host and "
-                     "port before connecting (for a machine with no IPSC; never in production)."),
+                     "port before connecting (for a machine with no IPSC; never in production). When "
+                     "the port is taken, the server joins the bus listening there, with a WARNING."),
     cfg.StrOpt("encoding", default="gbk",
                help="Text encoding of SmartBus string fields (project, title, add_info) and the "
                     "fallback for JSON payloads that are not valid UTF-8."),
@@ -61,9 +62,10 @@ endpoint_opts = [
     cfg.ListOpt("legacy_packages", mutable=True, default=[],
                 help="Original-sbusr style 'methods' packages served unchanged: the JSON-RPC method "
                      "a.b.c calls <package>.a.b.c (functions, classmethods and staticmethods)."),
-    cfg.BoolOpt("watch", default=False,
-                help="Reload the endpoints (as SIGHUP does) about a second after an endpoint file is "
-                     "saved. A saved file that does not import is reported and the previous code "
+    cfg.BoolOpt("watch", mutable=True, default=False,
+                help="Reload the endpoints (as SIGHUP does) about a second after a *.py file in one "
+                     "of the directories is saved; a reload that changes the directories moves the "
+                     "watch. A saved file that does not import is reported and the previous code "
                      "keeps serving. For development machines."),
 ]
 

@@ -188,7 +188,8 @@ def test_mutable_options_are_the_documented_ones():
                if opt.mutable}
     assert mutable == {
         "[endpoints] directories", "[endpoints] modules", "[endpoints] entry_points",
-        "[endpoints] legacy_packages", "[execution] call_timeout", "[execution] max_tasks_per_child",
+        "[endpoints] legacy_packages", "[endpoints] watch", "[execution] call_timeout",
+        "[execution] max_tasks_per_child",
         "[execution] worker_init", "[smartbus] notify_ttl", "[server] graceful_timeout", "[api] auth_token",
     }
     readme = (ROOT / "README.md").read_text()

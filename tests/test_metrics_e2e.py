@@ -165,19 +165,22 @@ def test_server_metrics_and_sys_stats(bus: BusProcess, ipsc: FakeIpsc, tmp_path:
     assert server.proc is not None and server.proc.returncode == 0, server.output()[-3000:]
 
 
+@pytest.mark.parametrize("mode", ["thread", "process"])
 def test_metrics_port_taken_or_off_never_stops_the_server(bus: BusProcess, ipsc: FakeIpsc,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, mode: str) -> None:
+    execution = {"mode": mode, "workers": 1}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         (tmp_path / "shop.py").write_text(ENDPOINTS)
         conf = write_config(tmp_path / "taken.conf", bus.port, {"endpoints": {"directories": [tmp_path]},
-                                                                "metrics": {"port": port}})
+                                                                "metrics": {"port": port},
+                                                                "execution": execution})
         with ServerProcess(conf) as server:
             assert call(ipsc, "shop.price", "x")["result"]["price"] == 3
             assert re.search(rf"metrics not served: cannot listen on 127\.0\.0\.1:{port}", server.output())
-    conf = write_config(tmp_path / "off.conf", bus.port, {"metrics": {"port": 0}})
+    conf = write_config(tmp_path / "off.conf", bus.port, {"metrics": {"port": 0}, "execution": execution})
     with ServerProcess(conf) as server:
         assert call(ipsc, "echo", "x")["result"] == "x"
         assert "metrics on" not in server.output() and "metrics not served" not in server.output()

@@ -156,6 +156,7 @@ def write_server_config(path: Path, bus_port: int, mode: str, workers: int | Non
                                      f"&client_id={SERVER_CLIENT}"},
         "smartbus": {"backend": client},
         "execution": {"mode": mode},
+        "metrics": {"port": "0"},  # no fixed port: the bench reads its figures, not the metrics listener
     }
     if workers is not None:
         sections["execution"]["workers"] = str(workers)

@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--memory-budget", type=_int_in(1, 2**42), default=DEFAULT_MEMORY_BUDGET // 2**20,
                    metavar="MIB",
-                   help="MiB buffered across all connections (input being framed, output queued); beyond "
-                        "it the connection holding the most is dropped first (default %(default)s)")
+                   help="bound on this process's resident memory (RSS, what top shows) in MiB: connection "
+                        "buffers (input being framed, output queued) get what the bus does not use at rest, "
+                        "less room for the copies they cost, and packets get a third of that; when the "
+                        "buffers or the resident set reach it, the connections buffering the most are "
+                        "dropped first (default %(default)s)")
     p.add_argument("--idle-timeout", type=_float, default=30.0,
                    help="drop a connection silent for this many seconds, 0 = never (default %(default)s)")
     p.add_argument("--encoding", default=codec.DEFAULT_ENCODING,
@@ -90,12 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         bus = Bus(host=args.host, port=args.port, unit_id=args.unit_id, users=users,
                   max_packet_size=args.max_packet_size, max_write_buffer=args.max_write_buffer,
                   idle_timeout=args.idle_timeout, encoding=args.encoding,
-                  memory_budget=args.memory_budget * 2**20)
+                  memory_budget=args.memory_budget * 2**20, process_budget=args.memory_budget * 2**20)
     except (ValueError, LookupError) as exc:
         LOG.error("bad configuration: %s", exc)
         return 2
     try:
         asyncio.run(_serve(bus))
+    except ValueError as exc:  # a memory budget the bus does not fit in
+        LOG.error("bad configuration: %s", exc)
+        return 2
     except OSError as exc:
         LOG.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         return 1

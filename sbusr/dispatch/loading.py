@@ -188,14 +188,28 @@ class _Loader:
             self.add_module(module.__name__, kind)
 
 
-def load_endpoints(conf: Any, fresh: bool = False, duplicates_level: int = logging.WARNING) -> Registry:
+class _Silent(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def load_endpoints(conf: Any, fresh: bool = False, duplicates_level: int = logging.WARNING,
+                   report: bool = True) -> Registry:
     """Load every configured endpoint source (``conf.endpoints``) into a :class:`Registry`.
 
     With ``fresh`` (what :func:`reload` uses) module code is executed again: directory files are
     re-run from source, named modules and third-party entry-point modules go through
     ``importlib.reload``, and legacy packages are dropped from ``sys.modules`` and imported anew.
-    sbusr's own built-in modules are only re-instantiated.
+    sbusr's own built-in modules are only re-instantiated. ``report=False`` logs nothing about the
+    load (a process-mode worker: its master loads the same code and reports it once).
     """
+    if not report:
+        silent = _Silent()
+        LOG.addFilter(silent)
+        try:
+            return load_endpoints(conf, fresh, duplicates_level)
+        finally:
+            LOG.removeFilter(silent)
     group = conf.endpoints
     loader = _Loader(fresh)
     for name in group.modules:

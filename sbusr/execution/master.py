@@ -846,7 +846,7 @@ class Master:
         def run() -> None:
             try:
                 result = messages.ReloadResult(msg.token, summary=self.reload_handler())
-            except jsonrpc.RpcError as exc:  # says what failed already
+            except jsonrpc.RpcError as exc:  # a refusal that says why (a bad configuration): as thread mode
                 result = messages.ReloadResult(msg.token, error=exc.message)
             except Exception as exc:
                 result = messages.ReloadResult(msg.token, error=f"reload failed: {exc}")

@@ -91,7 +91,8 @@ def _boot(conf: Any, transport_url: str, links: list[link.LinkClient]) -> tuple[
                                                                                dispatch.Registry]:
     """worker_init, the endpoints, the RPCServer on the link: everything before Ready."""
     hooks.require_hook(conf.execution.worker_init)
-    registry = dispatch.load_endpoints(conf, duplicates_level=logging.DEBUG)  # the master reports them
+    # the master loads the same code and reports it once
+    registry = dispatch.load_endpoints(conf, duplicates_level=logging.DEBUG, report=False)
     WorkerExecutor(conf.execution.call_timeout).bind(registry)
     system.bind_registry(registry)
 

@@ -385,7 +385,7 @@ class SmartBusClient:
             return
         link.reject_code = result
         if result == codec.ERR_CONNECTED:
-            LOG.info("SmartBus: bus reports %s already connected (%d); retrying in %.0f s",
+            LOG.debug("SmartBus: bus reports %s already connected (%d); retrying in %.0f s",
                      self.address, result, self.duplicate_retry)
         else:
             # retried every <= backoff_max seconds: warn when the code changes, then once a minute

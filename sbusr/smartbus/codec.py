@@ -283,6 +283,11 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def clear(self) -> None:
+        """Forget the partial packet (its stream is being dropped)."""
+        self._buf = bytearray()
+        self._fields = None
+
     def feed(self, data: bytes) -> list[tuple[Packet, bytes]]:
         """Return ``(packet, raw_bytes)`` pairs completed by ``data``.
 
@@ -322,8 +327,11 @@ class FrameDecoder:
             size = fields[9]
             if end - pos < size:
                 break
-            raw = src[pos:pos + size]
-            out.append((raw if src is not buf else bytes(raw), fields))
+            if src is buf:  # one copy out of the buffer (a slice of a bytearray would be a second)
+                with memoryview(buf) as view:
+                    out.append((bytes(view[pos:pos + size]), fields))
+            else:
+                out.append((src[pos:pos + size], fields))
             pos += size
             fields = None
         self._fields = fields

@@ -119,10 +119,14 @@ class BusProcess:
 
 def write_config(path: Path, bus_port: int, sections: dict[str, dict[str, Any]] | None = None,
                  unit: int = SERVER_UNIT, client: int = SERVER_CLIENT) -> Path:
-    """A config file whose transport_url points at the test bus; ``sections`` add options."""
+    """A config file whose transport_url points at the test bus; ``sections`` add options.
+
+    No fixed port: the metrics listener is off (``[metrics] port = 0``) unless ``sections`` set one.
+    """
     sections = {k: dict(v) for k, v in (sections or {}).items()}
     default = sections.setdefault("DEFAULT", {})
     default.setdefault("transport_url", f"smartbus://127.0.0.1:{bus_port}/?unit_id={unit}&client_id={client}")
+    sections.setdefault("metrics", {}).setdefault("port", 0)
     lines: list[str] = []
     for section, options in sections.items():
         lines.append(f"[{section}]")

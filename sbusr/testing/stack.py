@@ -12,7 +12,14 @@ from typing import Any
 
 from sbusr.testing.api import ApiProcess
 from sbusr.testing.ipsc import FakeIpsc
-from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, BusProcess, ServerProcess, write_config
+from sbusr.testing.processes import (
+    SERVER_CLIENT,
+    SERVER_UNIT,
+    BusProcess,
+    ServerProcess,
+    free_port,
+    write_config,
+)
 
 
 class Stack:
@@ -33,6 +40,8 @@ class Stack:
         self.config = {k: dict(v) for k, v in (config or {}).items()}
         self.ipsc_unit, self.ipsc_process = ipsc_unit, ipsc_process
         self.bus = BusProcess()
+        #: sbusr-server's Prometheus listener (``[metrics] port``), on a free port unless ``config`` sets one
+        self.metrics_port = int(self.config.get("metrics", {}).get("port", free_port()))
         self.server: ServerProcess | None = None
         self.ipsc: FakeIpsc | None = None
         self._apis: list[ApiProcess] = []
@@ -43,6 +52,7 @@ class Stack:
 
     def config_file(self) -> Path:
         sections = {k: dict(v) for k, v in self.config.items()}
+        sections.setdefault("metrics", {}).setdefault("port", self.metrics_port)
         if self.endpoints:
             sections.setdefault("endpoints", {}).setdefault("directories", self.endpoints)
         return write_config(self.workdir / "sbusr.conf", self.bus.port, sections)

@@ -58,7 +58,7 @@ class ServerProcess(processes.ServerProcess):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sbusr-server exited with {self.proc.returncode}:\n{self.output()}")
             out = self.output()
-            if " serving " in out and "already connected" in out:
+            if " serving " in out and "standing by" in out:
                 return self
             time.sleep(0.1)
         self.stop()

@@ -197,8 +197,10 @@ class VendorClient:
                 if h.on_connect:
                     h.on_connect(event.access_point)
             else:
-                LOG.warning("vendor client %s: connection failed with code %d", self.config.address,
-                            event.ack)
+                # a taken identity (a hot standby) is retried for ever: the connection says it, once
+                level = logging.DEBUG if event.ack == codec.ERR_CONNECTED else logging.WARNING
+                LOG.log(level, "vendor client %s: connection failed with code %d", self.config.address,
+                        event.ack)
                 if h.on_connect_failed:
                     h.on_connect_failed(event.ack)
         elif isinstance(event, DisconnectEvent):
