@@ -54,7 +54,8 @@ class Background:
         self.spooler: Spooler | None = None
         if conf.spooler.directory:
             try:
-                self.spooler = Spooler(conf.spooler.directory, conf.spooler.processes, config_args(conf))
+                self.spooler = Spooler(conf.spooler.directory, conf.spooler.processes, config_args(conf),
+                                       conf.spooler.max_retries)
             except OSError as exc:
                 LOG.error("[spooler] directory %s cannot be used (%s); no spooler, .spool() fails",
                           conf.spooler.directory, exc)

@@ -164,7 +164,7 @@ def test_spooled_jobs_can_be_checked_without_a_spooler(tmp_path):
         jobs.configure(None)
     [job] = queued_jobs(tmp_path / "spool")
     assert (job["id"], job["kwargs"]) == (job_id, {"to": "ops@example.org"})
-    assert job["task"].endswith(":mail")
+    assert job["task"].endswith(".mail")
 
 
 def test_the_date_encoding_is_the_servers(folder):

@@ -70,8 +70,9 @@ class Methods:
                 conf.set_override(name, value, group=None if group == "DEFAULT" else group)
         conf.set_override("mode", "thread", group="execution")
         self.conf = conf
-        if conf.spooler.directory:  # .spool() in the methods stores jobs there (see queued_jobs)
-            jobs.configure(os.fspath(conf.spooler.directory))
+        self._spool_dir = os.fspath(conf.spooler.directory) if conf.spooler.directory else None
+        if self._spool_dir:  # .spool() in the methods stores jobs there (see queued_jobs)
+            jobs.configure(self._spool_dir)
         loaded = dispatch.load_endpoints(conf)
         if loaded.errors:
             raise ImportError("; ".join(f"{e.source}: {e.error}" for e in loaded.errors))
@@ -88,6 +89,18 @@ class Methods:
 
     def methods(self) -> list[str]:
         return self.registry.methods()
+
+    def close(self) -> None:
+        """Release what loading opened: the executor's threads, the spool directory of ``.spool()``."""
+        self.executor.shutdown()
+        if self._spool_dir is not None and jobs.configured() == self._spool_dir:
+            jobs.configure(None)
+
+    def __enter__(self) -> Methods:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, *,
              source: dict[str, int] | None = None, request_id: Any = "test") -> Any:
