@@ -22,6 +22,7 @@ from typing import Any
 
 from sbusr import dispatch, jsonrpc
 from sbusr.execution import hooks
+from sbusr.execution.home import HomeThread
 from sbusr.execution.limits import LIMITS_ATTR, class_timeout
 
 LOG = logging.getLogger("sbusr.execution")
@@ -170,10 +171,17 @@ class ThreadExecutor(Executor):
         self._lock = threading.Lock()
         self._abandoned = 0  # expired calls whose slot was handed on and that still run
         self._watchdog = Watchdog()
+        #: with one worker and a worker_init, the thread both run on (sbusr.execution.home)
+        self._home: HomeThread | None = None
 
     def start(self) -> None:
         # Same config in both modes: the hook runs once, in the server process, before any call.
-        error = hooks.run_hook(self.worker_init)
+        if self.worker_init and self.workers == 1:
+            if self._home is None:
+                self._home = HomeThread()
+            error = self._home.run(hooks.run_hook, self.worker_init)
+        else:
+            error = hooks.run_hook(self.worker_init)
         if error is not None:
             LOG.error("worker_init %s failed in the server process: %s", self.worker_init, error)
 
@@ -194,9 +202,15 @@ class ThreadExecutor(Executor):
             if timeout:
                 return limited(fn, ctxt, args, kwargs, timeout)
             with slots:
-                return fn(ctxt, *args, **kwargs)
+                return self._run(fn, ctxt, args, kwargs)
 
         return invoke
+
+    def _run(self, fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
+        home = self._home
+        if home is None:
+            return fn(ctxt, *args, **kwargs)
+        return home.run(fn, ctxt, *args, **kwargs)
 
     def _limited(self, fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict, timeout: float) -> Any:
         """Run in this thread; past the limit the watchdog answers the caller (a thread cannot be killed)."""
@@ -205,7 +219,7 @@ class ThreadExecutor(Executor):
         message = dispatch.current_call()
         entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message))
         try:
-            return fn(ctxt, *args, **kwargs)
+            return self._run(fn, ctxt, args, kwargs)
         finally:
             self._watchdog.disarm(entry)
             with self._lock:
@@ -257,3 +271,5 @@ class ThreadExecutor(Executor):
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self._watchdog.close()
+        if self._home is not None:
+            self._home.close()

@@ -30,6 +30,7 @@ from sbusr import connection, dispatch, jsonrpc
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
 from sbusr.execution import hooks, link, messages
+from sbusr.execution.home import HomeThread
 from sbusr.execution.limits import call_timeout
 from sbusr.execution.threads import Executor
 
@@ -49,9 +50,10 @@ class WorkerExecutor(Executor):
 
     mode = "process"
 
-    def __init__(self, call_timeout: float, init_error: str | None) -> None:
+    def __init__(self, call_timeout: float, init_error: str | None, home: HomeThread | None = None) -> None:
         super().__init__(1, call_timeout)
         self.init_error = init_error
+        self.home = home
 
     def system_invoker(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
@@ -63,11 +65,14 @@ class WorkerExecutor(Executor):
     def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         default = self.default_timeout(adapter)
         init_error = self.init_error
+        home = self.home
 
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
             _report(call_timeout(fn, default))
             if init_error is not None:
                 raise jsonrpc.InternalError(f"worker start-up hook failed: {init_error}")
+            if home is not None:
+                return home.run(fn, ctxt, *args, **kwargs)
             return fn(ctxt, *args, **kwargs)
 
         return invoke
@@ -109,12 +114,15 @@ def serve(conf: Any, link_fd: int, transport_url: str) -> int:
     threads = conf.execution.threads
     conf.set_override("executor_thread_pool_size", threads)
 
-    init_error = hooks.run_hook(conf.execution.worker_init)
+    # one call at a time: worker_init, the endpoint classes and every method share one thread
+    home = HomeThread() if threads == 1 and conf.execution.worker_init else None
+    run = home.run if home is not None else (lambda fn, *args: fn(*args))
+    init_error = run(hooks.run_hook, conf.execution.worker_init)
     if init_error is not None:
         LOG.error("worker pid %d: worker_init %s failed (%s); its calls get an error", os.getpid(),
                   conf.execution.worker_init, init_error)
-    registry = dispatch.load_endpoints(conf)
-    WorkerExecutor(conf.execution.call_timeout, init_error).bind(registry)
+    registry = run(dispatch.load_endpoints, conf)
+    WorkerExecutor(conf.execution.call_timeout, init_error, home).bind(registry)
     system.bind_registry(registry)
 
     url = oslo_messaging.TransportURL.parse(conf, transport_url)

@@ -3,14 +3,22 @@
 The request goes through what sbusr-server uses: ``jsonrpc.parse`` (method-name and params
 rules), the JSON-RPC -> oslo message mapping, oslo.messaging's ``RPCDispatcher`` with sbusr's
 access policy and endpoint adapters (parameter binding), the thread-mode execution layer
-(``@limits``, ``worker_init``) and the reply's JSON encoding. A time limit is reported when the
-method returns (there is no caller to answer early), as on any transport but SmartBus.
+(``@limits``, ``worker_init``) and the reply's JSON encoding.
+
+As on the server, a method that overruns its time limit is answered -32001 at the limit (the test
+goes on; the method's thread is left to finish), and the server's thread rule holds
+(:mod:`sbusr.execution.home`): with one method at a time (process mode's default ``threads = 1``,
+or ``workers = 1``) ``worker_init`` and the methods share one thread; otherwise each call runs on a
+thread of its own, so an object bound to ``worker_init``'s thread fails here as it would there.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import json
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +28,7 @@ from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import dispatch, execution, jsonrpc, opts
+from sbusr.execution.home import one_thread
 from sbusr.spooler import jobs
 
 #: the caller a flow on IPSC 0, process 0 would be
@@ -28,11 +37,20 @@ DEFAULT_SOURCE = {"unit": 0, "client": 0, "type": 2}
 
 @dataclass
 class _Incoming:
-    """What oslo's dispatcher reads of an incoming message."""
+    """What oslo's dispatcher reads of an incoming message; the execution layer answers an
+    overrunning call early through :meth:`answer_early`, as it does on the bus."""
 
     ctxt: dict[str, Any]
     message: dict[str, Any]
     client_timeout: float | None = None
+    answer: concurrent.futures.Future[Any] | None = None
+
+    def answer_early(self, error: BaseException) -> None:
+        if self.answer is not None and not self.answer.done():
+            try:
+                self.answer.set_exception(error)
+            except concurrent.futures.InvalidStateError:
+                pass
 
 
 def _split(endpoints: Any) -> tuple[list[str], list[str], list[Any]]:
@@ -68,6 +86,8 @@ class Methods:
         for group, values in (config or {}).items():
             for name, value in values.items():
                 conf.set_override(name, value, group=None if group == "DEFAULT" else group)
+        if one_thread(conf):  # the thread-mode executor gives worker_init and the methods one thread
+            conf.set_override("workers", 1, group="execution")
         conf.set_override("mode", "thread", group="execution")
         self.conf = conf
         self._spool_dir = os.fspath(conf.spooler.directory) if conf.spooler.directory else None
@@ -89,6 +109,26 @@ class Methods:
 
     def methods(self) -> list[str]:
         return self.registry.methods()
+
+    def _dispatch(self, incoming: _Incoming) -> None:
+        """On a thread of its own, as an executor thread of the server."""
+        answer = incoming.answer
+        assert answer is not None
+        try:
+            with dispatch.serving(incoming):
+                result = self._dispatcher.dispatch(incoming)
+        except BaseException as exc:
+            if not answer.done():
+                try:
+                    answer.set_exception(exc)
+                except concurrent.futures.InvalidStateError:
+                    pass
+        else:
+            if not answer.done():
+                try:
+                    answer.set_result(result)
+                except concurrent.futures.InvalidStateError:
+                    pass
 
     def close(self) -> None:
         """Release what loading opened: the executor's threads, the spool directory of ``.spool()``."""
@@ -113,8 +153,13 @@ class Methods:
         if not isinstance(item, jsonrpc.Call):
             return _raise(item["error"])
         ctxt = {"request_id": request_id, "source": dict(source or DEFAULT_SOURCE)}
+        answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        incoming = _Incoming(ctxt, jsonrpc.oslo_message(item), answer=answer)
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(self._dispatch, incoming), name="sbusr-test-call",
+                         daemon=True).start()
         try:
-            result = self._dispatcher.dispatch(_Incoming(ctxt, jsonrpc.oslo_message(item)))
+            result = answer.result()  # the method's outcome, or -32001 at its time limit
         except Exception as exc:
             code, message, data = jsonrpc.error_from_exception(exc, debug=True)
             if code == jsonrpc.METHOD_NOT_FOUND:
