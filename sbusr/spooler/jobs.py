@@ -129,6 +129,22 @@ def spool(func: Callable[..., Any] | None = None, *, name: str | None = None) ->
     return decorate if func is None else decorate(func)
 
 
+def find_spool_functions(modules: Any) -> tuple[dict[str, Callable[..., Any]], list[tuple[str, Any, Any]]]:
+    """The ``@spool`` functions defined in the given (kind, source, module) triples, by job name,
+    and the clashes (name, kept, ignored) of two functions with one name."""
+    found: dict[str, Callable[..., Any]] = {}
+    clashes: list[tuple[str, Any, Any]] = []
+    for _kind, _source, module in modules:
+        for obj in vars(module).values():
+            task = getattr(obj, SPOOL_ATTR, None)
+            if not isinstance(task, str) or getattr(obj, "__module__", None) != module.__name__:
+                continue  # imported from elsewhere: found in its own module
+            kept = found.setdefault(task, obj)
+            if kept is not obj:
+                clashes.append((task, kept, obj))
+    return found, clashes
+
+
 @dataclass(frozen=True)
 class Job:
     name: str  # file name in queue/ or running/
@@ -226,6 +242,19 @@ class JobStore:
                 continue
             return Job(name, data), None
         return None, None
+
+    def take(self, job_id: str | None = None) -> Job | None:
+        """The first queued job (or the one with ``job_id``), due or not, moved to running/ (tests)."""
+        for name in sorted(os.listdir(self._path("queue"))):
+            if not name.endswith(".json") or (job_id is not None and not name.endswith(f"-{job_id}.json")):
+                continue
+            try:
+                os.rename(self._path("queue", name), self._path("running", name))
+            except FileNotFoundError:
+                continue
+            with open(self._path("running", name), encoding="utf-8") as fh:
+                return Job(name, json.load(fh))
+        return None
 
     def finish(self, job: Job) -> None:
         """Done: the job is removed."""

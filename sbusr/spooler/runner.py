@@ -20,7 +20,15 @@ from typing import Any
 
 from sbusr import dispatch
 from sbusr.limits import own_timeout
-from sbusr.spooler.jobs import DIRECTORY_ENV, SPOOL_ATTR, Job, JobStore, SpoolRetry, configure, normalize_task
+from sbusr.spooler.jobs import (
+    DIRECTORY_ENV,
+    Job,
+    JobStore,
+    SpoolRetry,
+    configure,
+    find_spool_functions,
+    normalize_task,
+)
 
 LOG = logging.getLogger("sbusr.spooler")
 
@@ -51,19 +59,13 @@ class Runner:
         self.retry_delay = retry_delay
         self._report = report
         self._stop = threading.Event()
-        self.tasks: dict[str, Any] = {}
         #: jobs whose function is not loaded in this process: left in the queue, not claimed again
         self._waiting: set[str] = set()
-        for _kind, _source, module in registry.modules:
-            for obj in vars(module).values():
-                task = getattr(obj, SPOOL_ATTR, None)
-                if not isinstance(task, str) or getattr(obj, "__module__", None) != module.__name__:
-                    continue  # imported from elsewhere: found in its own module
-                kept = self.tasks.setdefault(task, obj)
-                if kept is not obj:
-                    LOG.warning("two @spool functions are named %s (%s in %s and %s in %s); its jobs run "
-                                "the first one: give one @spool(name=...)", task, kept.__qualname__,
-                                kept.__module__, obj.__qualname__, obj.__module__)
+        self.tasks, clashes = find_spool_functions(registry.modules)
+        for task, kept, obj in clashes:
+            LOG.warning("two @spool functions are named %s (%s in %s and %s in %s); its jobs run "
+                        "the first one: give one @spool(name=...)", task, kept.__qualname__,
+                        kept.__module__, obj.__qualname__, obj.__module__)
 
     def stop(self) -> None:
         self._stop.set()
@@ -98,27 +100,11 @@ class Runner:
         kwargs = job.data.get("kwargs") or {}
         try:
             func(**kwargs)
-        except SpoolRetry as retry:
-            after = self.retry_delay if retry.after is None else retry.after
-            if job.attempts >= self.max_retries:
-                LOG.warning("spooled job %s asked for a retry after %d retries; moved to failed", label,
-                            job.attempts)
-                self.store.fail(job, f"gave up after {job.attempts} retries: {retry}", "")
-                outcome = "failed"
-            else:
-                LOG.info("spooled job %s will run again in %g s (retry %d of %d): %s", label, after,
-                         job.attempts + 1, self.max_retries, retry)
-                self.store.retry(job, after, str(retry))
-                outcome = "retry"
         except (Exception, SystemExit) as exc:
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            LOG.error("spooled job %s failed; moved to failed/:\n%s", label, text.rstrip())
-            self.store.fail(job, f"{type(exc).__name__}: {exc}", text)
-            outcome = "failed"
+            outcome = settle(self.store, job, label, exc, self.max_retries, self.retry_delay)
         else:
             LOG.info("spooled job %s done in %.2f s", label, time.monotonic() - started)
-            self.store.finish(job)
-            outcome = "done"
+            outcome = settle(self.store, job, label, None, self.max_retries, self.retry_delay)
         self.send({"end": job.name, "outcome": outcome})
 
     def wait_for_function(self, job: Job) -> None:
@@ -132,6 +118,29 @@ class Runner:
                     "%s until the function is back (a reload) or it is removed", job.id, job.task,
                     os.path.join(self.store.directory, "queue", job.name))
         self.store.put_back(job, waiting_for=job.task)
+
+
+def settle(store: JobStore, job: Job, label: str, error: BaseException | None, max_retries: int,
+           retry_delay: float) -> str:
+    """Record how a run of ``job`` ended (``error`` None: it returned); "done", "retry" or "failed"."""
+    if error is None:
+        store.finish(job)
+        return "done"
+    if isinstance(error, SpoolRetry):
+        after = retry_delay if error.after is None else error.after
+        if job.attempts >= max_retries:
+            LOG.warning("spooled job %s asked for a retry after %d retries; moved to failed", label,
+                        job.attempts)
+            store.fail(job, f"gave up after {job.attempts} retries: {error}", "")
+            return "failed"
+        LOG.info("spooled job %s will run again in %g s (retry %d of %d): %s", label, after,
+                 job.attempts + 1, max_retries, error)
+        store.retry(job, after, str(error))
+        return "retry"
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    LOG.error("spooled job %s failed; moved to failed/:\n%s", label, text.rstrip())
+    store.fail(job, f"{type(error).__name__}: {error}", text)
+    return "failed"
 
 
 def main(conf: Any) -> int:

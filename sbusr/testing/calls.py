@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import functools
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +28,10 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
-from sbusr import dispatch, execution, jsonrpc, opts
+from sbusr import dispatch, execution, jsonrpc, opts, schedule
 from sbusr.execution.home import one_thread
 from sbusr.spooler import jobs
+from sbusr.spooler.runner import settle
 
 #: the caller a flow on IPSC 0, process 0 would be
 DEFAULT_SOURCE = {"unit": 0, "client": 0, "type": 2}
@@ -72,6 +74,12 @@ def _split(endpoints: Any) -> tuple[list[str], list[str], list[Any]]:
     return folders, modules, objects
 
 
+class _Kit:
+    """Stands for the endpoint a tick or a job runs under (no class limits: ``call_timeout``)."""
+
+    target = oslo_messaging.Target(namespace="sbusr.testing")
+
+
 class Methods:
     """Endpoints loaded once, called many times (module-level state lives on between calls)."""
 
@@ -104,19 +112,99 @@ class Methods:
         self.executor = execution.create_executor(conf)
         self.executor.start()
         self.executor.bind(self.registry)
+        #: what timer ticks and spooled jobs run as (for the executor's invoker)
+        self._kit_adapter = dispatch.EndpointAdapter(
+            _Kit(), dispatch.EndpointOrigin("instance", __name__, "_Kit"))
         self._dispatcher = rpc_dispatcher.RPCDispatcher(
             self.registry.adapters, oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy)
 
     def methods(self) -> list[str]:
         return self.registry.methods()
 
-    def _dispatch(self, incoming: _Incoming) -> None:
-        """On a thread of its own, as an executor thread of the server."""
+    # ------------------------------------------------------------------ timers and spooled jobs
+
+    def timers(self) -> list[str]:
+        """The names of the loaded ``@timer``/``@cron`` functions (as ``sys.timers`` shows them)."""
+        return [entry.name for entry in schedule.find_timers(self.registry.modules)]
+
+    def run_timer(self, name: str) -> None:
+        """Run one tick of timer ``name`` (``"housekeeping.refresh"`` or just ``"refresh"``) as the
+        server does: on a method thread, with ``call_timeout``. Raises what the function raised, or
+        RpcError -32001 at the limit."""
+        entries = [e for e in schedule.find_timers(self.registry.modules) if name in (e.name, e.qualname)]
+        if len(entries) != 1:
+            raise LookupError(f"{len(entries) or 'no'} timers named {name!r}; loaded: {self.timers()}")
+        module = next(m for _k, _s, m in self.registry.modules if m.__name__ == entries[0].module)
+        func = getattr(module, entries[0].qualname)
+
+        def tick(ctxt: Any) -> None:
+            func()
+
+        tick.__qualname__ = entries[0].name
+        self._run_as_call(tick, {}, f"sbusr.timer.run {entries[0].name}")
+
+    def run_job(self, job_id: str | None = None) -> dict[str, Any]:
+        """Run the first queued job (or ``job_id``), due or not, as a spooler process does: with its
+        function's time limit, then done (removed), retried (back in the queue) or failed (in
+        ``failed/``). Returns ``{"id", "task", "outcome": "done"|"retry"|"failed", "error"}``."""
+        if self._spool_dir is None:
+            raise RuntimeError('no spool directory: Methods(..., config={"spooler": {"directory": d}})')
+        store = jobs.JobStore(self._spool_dir)
+        job = store.take(job_id)
+        if job is None:
+            raise LookupError(f"no queued job{f' {job_id}' if job_id else ''} in {self._spool_dir}")
+        functions, _clashes = jobs.find_spool_functions(self.registry.modules)
+        func = functions.get(jobs.normalize_task(job.task))
+        if func is None:
+            store.put_back(job)
+            raise LookupError(f"no @spool function named {job.task}; loaded: {sorted(functions)}")
+        label = f"{func.__qualname__}[{job.id}]"
+
+        def run(ctxt: Any, **kwargs: Any) -> None:
+            func(**kwargs)
+
+        functools.update_wrapper(run, func)  # its @limits
+        error: BaseException | None = None
+        try:
+            self._run_as_call(run, job.data.get("kwargs") or {}, label)
+        except (Exception, SystemExit) as exc:
+            error = exc
+        if isinstance(error, jsonrpc.CallTimeout):  # the spooler kills the process: failed/
+            store.fail(job, "time limit exceeded", "")
+            return {"id": job.id, "task": job.task, "outcome": "failed", "error": "time limit exceeded"}
+        spooler = self.conf.spooler
+        outcome = settle(store, job, label, error, spooler.max_retries, spooler.retry_delay)
+        return {"id": job.id, "task": job.task, "outcome": outcome,
+                "error": None if error is None else f"{type(error).__name__}: {error}"}
+
+    def _run_as_call(self, fn: Callable[..., Any], kwargs: dict[str, Any], label: str) -> Any:
+        """``fn(ctxt, **kwargs)`` the way the executor runs a method: its thread rule, its limit."""
+        invoke = self.executor.invoker_for(self._kit_adapter)
+        ctxt = {"request_id": label, "source": dict(DEFAULT_SOURCE)}
+        answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        incoming = _Incoming(ctxt, {"method": label, "args": kwargs}, answer=answer)
+
+        def work() -> Any:
+            return invoke(fn, ctxt, (), kwargs)
+
+        self._start(incoming, work)
+        return answer.result()
+
+    @staticmethod
+    def _start(incoming: _Incoming, work: Callable[[], Any]) -> None:
+        """``work()`` on a thread of its own, as on an executor thread of the server, serving
+        ``incoming``; its outcome goes to ``incoming.answer`` unless it was answered early."""
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(Methods._serve, incoming, work), name="sbusr-test-call",
+                         daemon=True).start()
+
+    @staticmethod
+    def _serve(incoming: _Incoming, work: Callable[[], Any]) -> None:
         answer = incoming.answer
         assert answer is not None
         try:
             with dispatch.serving(incoming):
-                result = self._dispatcher.dispatch(incoming)
+                result = work()
         except BaseException as exc:
             if not answer.done():
                 try:
@@ -155,9 +243,7 @@ class Methods:
         ctxt = {"request_id": request_id, "source": dict(source or DEFAULT_SOURCE)}
         answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
         incoming = _Incoming(ctxt, jsonrpc.oslo_message(item), answer=answer)
-        context = contextvars.copy_context()
-        threading.Thread(target=context.run, args=(self._dispatch, incoming), name="sbusr-test-call",
-                         daemon=True).start()
+        self._start(incoming, lambda: self._dispatcher.dispatch(incoming))
         try:
             result = answer.result()  # the method's outcome, or -32001 at its time limit
         except Exception as exc:
