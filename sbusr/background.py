@@ -50,11 +50,16 @@ class Background:
         self.conf = conf
         self.identity = identity
         os.environ[ADDRESS_ENV] = f"{identity.unit_id}:{identity.client_id}"  # sbusr.timer.run checks it
-        self.scheduler = Scheduler(self._call_self, conf.execution.call_timeout, self._on_bus)
+        self.scheduler = Scheduler(self._call_self, conf.execution.call_timeout, self._on_bus,
+                                   self._call_each)
+        #: process mode: one request sink per worker (``Master.worker_sinks``), for timers with
+        #: ``target="workers"``; None in thread mode, where the server is the one process
+        self.worker_sinks: Callable[[], list[Callable[[Any], None]]] | None = None
         self.spooler: Spooler | None = None
         if conf.spooler.directory:
             try:
-                self.spooler = Spooler(conf.spooler.directory, conf.spooler.processes, config_args(conf))
+                self.spooler = Spooler(conf.spooler.directory, conf.spooler.processes, config_args(conf),
+                                       conf.spooler.max_retries)
             except OSError as exc:
                 LOG.error("[spooler] directory %s cannot be used (%s); no spooler, .spool() fails",
                           conf.spooler.directory, exc)
@@ -141,7 +146,34 @@ class Background:
             raise RuntimeError("not started")
         request_id = f"sbusr-timer-{uuid.uuid4().hex}"
         body = jsonrpc.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        reply = json.loads(conn.request_self(body, request_id, timeout))
+        return self._result(conn.request_self(body, request_id, timeout))
+
+    def _call_each(self, method: str, params: dict[str, Any], timeout: float | None) -> list[Any]:
+        """The call in every worker process at once (thread mode: the one call); per worker, its
+        result or the exception that stands for its error."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("not started")
+        if self.worker_sinks is None:
+            return [self._call_self(method, params, timeout)]
+        pending = []
+        for sink in self.worker_sinks():
+            request_id = f"sbusr-timer-{uuid.uuid4().hex}"
+            body = jsonrpc.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            pending.append((request_id, conn.send_self(body, request_id, sink)))
+        results: list[Any] = []
+        for request_id, reply in pending:
+            try:
+                results.append(self._result(reply.result(timeout)))
+            except Exception as exc:
+                results.append(exc)
+            finally:
+                conn.forget_reply(request_id)
+        return results
+
+    @staticmethod
+    def _result(raw: bytes) -> Any:
+        reply = json.loads(raw)
         if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
             error = reply["error"]
             raise jsonrpc.RpcError(error.get("code", jsonrpc.INTERNAL_ERROR), str(error.get("message", "")),

@@ -536,6 +536,17 @@ class BusConnection:
         route a client's packets back to it. Raises BusError when nothing serves requests here and
         concurrent.futures.TimeoutError when no reply comes within ``timeout``.
         """
+        reply = self.send_self(body, title)
+        try:
+            return reply.result(timeout)
+        finally:
+            self.forget_reply(title)
+
+    def send_self(self, body: bytes, title: str,
+                  sink: Callable[[Packet], None] | None = None) -> concurrent.futures.Future[bytes]:
+        """:meth:`request_self` without the wait: the future of the reply's body (call
+        :meth:`forget_reply` after). ``sink`` takes the packet instead of this connection's request
+        sink (process mode: one given worker, see ``Master.worker_sinks``)."""
         if self._request_sink is None:
             raise BusError("this process serves no methods")
         me = Address(self.config.unit_id, self.config.client_id, self.config.client_type)
@@ -543,10 +554,11 @@ class BusConnection:
                               packet_size=codec.HEADER_SIZE + len(body), datalen=len(body))
         reply = self.expect_reply(title)
         try:
-            self._on_packet(Packet(header, body))
-            return reply.result(timeout)
-        finally:
+            (sink or self._on_packet)(Packet(header, body))
+        except BaseException:
             self.forget_reply(title)
+            raise
+        return reply
 
     def forget_reply(self, title: str) -> None:
         with self._replies_lock:

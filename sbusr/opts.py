@@ -86,8 +86,10 @@ execution_opts = [
     cfg.FloatOpt("call_timeout", mutable=True, default=30.0, min=0,
                  help="Default per-call time limit in seconds (0 = none)."),
     cfg.StrOpt("worker_init", mutable=True,
-               help="Process mode: 'module:function' called once in every new worker (open DB "
-                    "connections and the like)."),
+               help="'module:function' called once in every new worker process (thread mode: once "
+                    "in the server process) to open DB connections and the like. With one call at a "
+                    "time (process mode's threads = 1, thread mode's workers = 1) it runs on the "
+                    "thread that runs the methods."),
 ]
 
 server_opts = [

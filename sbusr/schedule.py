@@ -22,6 +22,9 @@ from types import ModuleType
 from typing import Any
 
 TIMER_ATTR = "__sbusr_timer__"
+#: where each tick runs: "server" (once per server) or "workers" (in every worker process)
+TARGET_ATTR = "__sbusr_timer_target__"
+TARGETS = ("server", "workers")
 
 
 class Schedule:
@@ -63,7 +66,15 @@ class Crontab(Schedule):
         return f"cron {self.expression}"
 
 
-def _mark(schedule: Schedule) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise ValueError(f"timer target must be one of {', '.join(TARGETS)}, got {target!r}")
+    return target
+
+
+def _mark(schedule: Schedule, target: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    _check_target(target)
+
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         if not inspect.isfunction(func) or "." in func.__qualname__ or "<" in func.__qualname__:
             raise TypeError("@timer and @cron go on module-level functions")
@@ -74,17 +85,24 @@ def _mark(schedule: Schedule) -> Callable[[Callable[..., Any]], Callable[..., An
         except TypeError:
             raise TypeError(f"timer function {func.__qualname__} must take no arguments") from None
         setattr(func, TIMER_ATTR, schedule)
+        setattr(func, TARGET_ATTR, target)
         return func
 
     return decorate
 
 
-def timer(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run the decorated module-level function every ``seconds`` seconds (uWSGI's ``@timer``)."""
+def timer(seconds: float, target: str = "server") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run the decorated module-level function every ``seconds`` seconds (uWSGI's ``@timer``).
+
+    ``target="server"`` (the default): each tick runs once per server, in one worker.
+    ``target="workers"``: each tick runs in every worker process (uWSGI's signal target
+    "workers"), e.g. to refresh a per-process cache; in thread mode, where the server is one
+    process, that is once.
+    """
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
             or seconds <= 0:
         raise ValueError(f"timer interval must be a number of seconds > 0, got {seconds!r}")
-    return _mark(Every(float(seconds)))
+    return _mark(Every(float(seconds)), target)
 
 
 def _field(value: Any, name: str) -> str:
@@ -98,12 +116,14 @@ def _field(value: Any, name: str) -> str:
 
 
 def cron(minute: int | str = -1, hour: int = -1, day: int = -1, month: int = -1,
-         weekday: int = -1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+         weekday: int = -1, target: str = "server") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Run the decorated function at the given times (uWSGI's ``@cron`` fields or a crontab string).
 
     ``@cron(40, 2)`` runs at 02:40 every day, ``@cron(-5)`` every five minutes, and
     ``@cron("*/5 * * * 1-5")`` every five minutes on weekdays. Weekday 0 is Sunday.
+    ``target`` as for :func:`timer`.
     """
+    _check_target(target)
     if isinstance(minute, str):
         if (hour, day, month, weekday) != (-1, -1, -1, -1):
             raise ValueError("give either a crontab string or the fields, not both")
@@ -115,7 +135,7 @@ def cron(minute: int | str = -1, hour: int = -1, day: int = -1, month: int = -1,
 
     if len(expression.split()) != 5 or not croniter.is_valid(expression):
         raise ValueError(f"not a valid five-field crontab expression: {expression!r}")
-    return _mark(Crontab(expression))
+    return _mark(Crontab(expression), target)
 
 
 # --------------------------------------------------------------------------- discovery (server side)
@@ -134,6 +154,7 @@ class TimerEntry:
     kind: str
     source: str
     schedule: Schedule
+    target: str = "server"
 
     def params(self) -> dict[str, str]:
         """The params of the ``sbusr.timer.run`` call that runs one tick."""
@@ -156,7 +177,7 @@ def find_timers(modules: Iterable[tuple[str, str, ModuleType]]) -> list[TimerEnt
             if isinstance(schedule, Schedule) and obj.__module__ == module.__name__ \
                     and obj.__qualname__ == attr:
                 found.append(TimerEntry(display_name(kind, source, attr), module.__name__, attr, kind, source,
-                                        schedule))
+                                        schedule, getattr(obj, TARGET_ATTR, "server")))
     return found
 
 

@@ -1,4 +1,5 @@
-"""The timer scheduler of sbusr-server: one per server, so each tick runs exactly once.
+"""The timer scheduler of sbusr-server: one per server, so each tick runs exactly once (once in
+every worker process for a timer with ``target="workers"``).
 
 It lives in the server process and knows nothing about threads or worker processes: a tick is a
 JSON-RPC call of ``sbusr.timer.run`` handed to ``call`` (sbusr-server sends it to its own SmartBus
@@ -23,6 +24,8 @@ LOG = logging.getLogger("sbusr.timer")
 
 #: ``call(method, params, timeout)`` -> the call's result; raises RpcError or TimeoutError
 Caller = Callable[[str, dict[str, Any], float | None], Any]
+#: ``call_each(method, params, timeout)`` -> one result or exception per worker process
+EachCaller = Callable[[str, dict[str, Any], float | None], list[Any]]
 
 RUN_METHOD = "sbusr.timer.run"
 #: seconds on top of the call time limit to wait for a tick's reply before calling it lost
@@ -50,11 +53,13 @@ class _Timer:
 class Scheduler:
     """Fires each timer's ticks through ``call``; :meth:`update` swaps the timer table (reload)."""
 
-    def __init__(self, call: Caller, call_timeout: float, on_bus: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, call: Caller, call_timeout: float, on_bus: Callable[[], bool] = lambda: True,
+                 call_each: EachCaller | None = None) -> None:
         self._call = call
+        self._call_each = call_each
         self._on_bus = on_bus
         self._reply_timeout = call_timeout + REPLY_MARGIN if call_timeout else None
-        self._timers: dict[tuple[str, str, Schedule], _Timer] = {}
+        self._timers: dict[tuple[str, str, Schedule, str], _Timer] = {}
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -67,14 +72,15 @@ class Scheduler:
         now = time.time()
         with self._cond:
             old = self._timers
-            table: dict[tuple[str, str, Schedule], _Timer] = {}
+            table: dict[tuple[str, str, Schedule, str], _Timer] = {}
             for entry in entries:
-                key = (entry.module, entry.qualname, entry.schedule)
+                key = (entry.module, entry.qualname, entry.schedule, entry.target)
                 timer = old.get(key)
                 if timer is None:
                     timer = _Timer(entry, 0.0, 0.0)
                     timer.plan(now)
-                    LOG.info("timer %s: %s, first run %s", entry.name, entry.schedule.describe(),
+                    LOG.info("timer %s: %s%s, first run %s", entry.name, entry.schedule.describe(),
+                             " in every worker" if entry.target == "workers" else "",
                              wall_to_iso(timer.next_wall))
                 else:
                     timer.entry = entry
@@ -147,17 +153,14 @@ class Scheduler:
         started_wall = time.time()
         started = time.monotonic()
         outcome: dict[str, Any]
-        try:
-            result = self._call(RUN_METHOD, timer.entry.params(), self._reply_timeout)
-            outcome = result if isinstance(result, dict) and "outcome" in result else {
-                "outcome": "error", "error": f"unexpected answer {result!r:.200}"}
-        except jsonrpc.RpcError as exc:
-            outcome = {"outcome": "error", "error": f"{exc.code}: {exc.message}"}
-            LOG.warning("timer %s: the tick was answered with error %s %s", timer.entry.name, exc.code,
-                        exc.message)
-        except Exception as exc:  # no reply (timeout), not serving, bus errors
-            outcome = {"outcome": "error", "error": f"{type(exc).__name__}: {exc}"}
-            LOG.warning("timer %s: the tick got no answer: %s", timer.entry.name, outcome["error"])
+        if timer.entry.target == "workers" and self._call_each is not None:
+            outcome = self._tick_each(timer)
+        else:
+            try:
+                result: Any = self._call(RUN_METHOD, timer.entry.params(), self._reply_timeout)
+            except Exception as exc:
+                result = exc
+            outcome = self._outcome(timer, result)
         outcome["started"] = wall_to_iso(started_wall)
         outcome["seconds"] = round(time.monotonic() - started, 3)
         with self._cond:
@@ -169,6 +172,38 @@ class Scheduler:
             timer.running_since = None
             self._ticks.discard(threading.current_thread())
 
+    def _tick_each(self, timer: _Timer) -> dict[str, Any]:
+        """One tick in every worker process: ok when all of them ran it."""
+        assert self._call_each is not None
+        try:
+            results = self._call_each(RUN_METHOD, timer.entry.params(), self._reply_timeout)
+        except Exception as exc:
+            results = [exc]
+        outcomes = [self._outcome(timer, result) for result in results]
+        failed = [o for o in outcomes if o["outcome"] != "ok"]
+        outcome: dict[str, Any] = {"outcome": "error" if failed or not outcomes else "ok",
+                                   "workers": len(outcomes), "workers_failed": len(failed)}
+        if failed:
+            outcome["error"] = failed[0].get("error")
+        elif not outcomes:
+            outcome["error"] = "no worker process serves"
+        return outcome
+
+    @staticmethod
+    def _outcome(timer: _Timer, result: Any) -> dict[str, Any]:
+        """The outcome of one ``sbusr.timer.run`` call: its result, or the exception it raised."""
+        if isinstance(result, jsonrpc.RpcError):
+            LOG.warning("timer %s: the tick was answered with error %s %s", timer.entry.name, result.code,
+                        result.message)
+            return {"outcome": "error", "error": f"{result.code}: {result.message}"}
+        if isinstance(result, Exception):  # no reply (timeout), not serving, bus errors
+            error = f"{type(result).__name__}: {result}"
+            LOG.warning("timer %s: the tick got no answer: %s", timer.entry.name, error)
+            return {"outcome": "error", "error": error}
+        if isinstance(result, dict) and "outcome" in result:
+            return dict(result)
+        return {"outcome": "error", "error": f"unexpected answer {result!r:.200}"}
+
     # ------------------------------------------------------------------ reporting
 
     @staticmethod
@@ -178,7 +213,7 @@ class Scheduler:
     def describe(self) -> list[dict[str, Any]]:
         """What ``sys.timers`` answers."""
         with self._cond:
-            return [{"name": t.entry.name, "schedule": t.entry.schedule.describe(),
+            return [{"name": t.entry.name, "schedule": t.entry.schedule.describe(), "target": t.entry.target,
                      "next_run": wall_to_iso(t.next_wall), "running": t.running_since is not None,
                      "runs": t.runs, "ok": t.ok, "failed": t.errors, "skipped": t.skipped,
                      "not_on_bus": t.off_bus,

@@ -32,6 +32,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"background": ("sbusr.background",)},  # sbusr-server's timers, spooler and reload on save
     {"benchmarks": ("sbusr.bench",)},
     {"testing": ("sbusr.testing",)},  # the test kit for method writers; its processes reuse bench's
+    {"project template": ("sbusr.scaffold",)},  # what sbusr-init writes
     {"programs": ("sbusr.cmd",)},
 ]
 

@@ -205,4 +205,6 @@ def test_readme_timer_example_loads_with_its_schedules(tmp_path):
         "housekeeping.purge_old_sessions": "cron 40 2 * * *",
         "housekeeping.five_minutes": "cron */5 * * * *",
         "housekeeping.office_hours": "cron 0 8-18 * * 1-5",
+        "housekeeping.reload_price_cache": "every 60 s",
     }
+    assert {t.name for t in found if t.target == "workers"} == {"housekeeping.reload_price_cache"}

@@ -171,6 +171,7 @@ class ProcessService:
         self.metrics.sample_executor(self.master.stats)
         self._metrics_listener: metrics.MetricsListener | None = None
         self.master.reload_handler = self.reload  # sys.reload from a worker reloads the timers too
+        self.background.worker_sinks = self.master.worker_sinks  # timers with target="workers"
         system.set_report("stats", self.stats)  # a worker's sys.stats asks the master
         self._lifecycle = Lifecycle()
         self._reload_lock = threading.Lock()

@@ -103,6 +103,8 @@ class _Worker:
         self.start_timer: asyncio.TimerHandle | None = None
         self.ready: messages.Ready | None = None
         self.failed: messages.Failed | None = None  # why it cannot boot, as it said before exiting
+        #: packets for this worker only (timer ticks with target="workers"), before the shared queue
+        self.pinned: collections.deque[tuple[Packet, float]] = collections.deque()
 
     def __repr__(self) -> str:
         return f"<worker pid {self.pid} gen {self.generation} {self.state}>"
@@ -279,6 +281,23 @@ class Master:
     def pids(self) -> list[int]:
         return sorted(w.pid for w in list(self._workers) if w.pid and w.state != "dead")
 
+    def worker_sinks(self) -> list[Callable[[Packet], None]]:
+        """One request sink per ready worker of the serving generation: a packet handed to one runs
+        in that worker, once it has a free slot (before the shared queue). How a timer with
+        ``target="workers"`` reaches every worker; a worker gone meanwhile answers -32002."""
+        fut: concurrent.futures.Future[list[_Worker]] = concurrent.futures.Future()
+
+        def pick() -> None:
+            fut.set_result([w for w in self._workers
+                            if w.generation == self._generation and w.state == "ready"])
+
+        if self._on_loop():
+            pick()
+        else:
+            self.loop.call_soon_threadsafe(pick)
+        return [lambda packet, worker=worker: self.loop.call_soon_threadsafe(self._route_to, worker, packet)
+                for worker in fut.result(5.0)]
+
     # ------------------------------------------------------------------ relay (loop)
 
     def _on_loop(self) -> bool:
@@ -318,6 +337,23 @@ class Master:
             self.events.refused("busy")
             self.driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later")
 
+    def _route_to(self, worker: _Worker, packet: Packet) -> None:
+        """A request packet for ``worker`` only (:meth:`worker_sinks`)."""
+        if self._state != "running" or worker.state != "ready" or worker.killed is not None:
+            reason = "server is shutting down" if self._state == "stopping" else \
+                f"worker pid {worker.pid} no longer serves"
+            self.driver.reject(packet, jsonrpc.SERVER_BUSY, reason)
+        elif len(worker.flights) < self.threads and not worker.pinned:
+            self._dispatch(worker, packet, 0.0)
+        else:
+            worker.pinned.append((packet, time.monotonic()))
+
+    def _drop_pinned(self, worker: _Worker) -> None:
+        """``worker`` takes no more packets: answer those waiting for it alone."""
+        pinned, worker.pinned = worker.pinned, collections.deque()
+        for packet, _ in pinned:
+            self.driver.reject(packet, jsonrpc.SERVER_BUSY, f"worker pid {worker.pid} no longer serves")
+
     def _take(self) -> _Worker | None:
         idle = self._idle
         generation = self._generation
@@ -340,7 +376,10 @@ class Master:
 
     def _free_slot(self, worker: _Worker) -> None:
         """``worker`` can take one more packet: the oldest queued one, else it waits in ``_idle``."""
-        if self._queue:
+        if worker.pinned:
+            packet, queued_at = worker.pinned.popleft()
+            self._dispatch(worker, packet, queued_at)
+        elif self._queue:
             packet, queued_at = self._queue.popleft()
             self.events.queue_length(len(self._queue))
             self._dispatch(worker, packet, queued_at)
@@ -470,6 +509,7 @@ class Master:
         """SIGKILL ``worker``; its other calls are answered as crashed; a replacement starts."""
         worker.killed = reason
         _kill(worker)
+        self._drop_pinned(worker)
         if worker.transport is not None:
             worker.transport.abort()
         flights, worker.flights = worker.flights, {}
@@ -583,6 +623,7 @@ class Master:
         if worker.state in ("retiring", "dead"):
             return
         worker.state = "retiring"
+        self._drop_pinned(worker)
         self.events.worker_state(worker.pid, worker.generation, "retiring")
         if worker.transport is not None and not worker.transport.is_closing():
             worker.transport.write(messages.encode(messages.Exit()))
@@ -599,6 +640,7 @@ class Master:
         """The worker exited, crashed or was killed: its link is gone."""
         was = worker.state
         worker.state = "dead"
+        self._drop_pinned(worker)
         if worker.start_timer is not None:
             worker.start_timer.cancel()
         if worker in self._workers:

@@ -24,6 +24,7 @@ from sbusr import dispatch, jsonrpc
 from sbusr.dispatch import aio
 from sbusr.dispatch.context import CallContext
 from sbusr.execution import hooks
+from sbusr.execution.home import HomeThread
 from sbusr.execution.limits import LIMITS_ATTR, class_timeout
 
 LOG = logging.getLogger("sbusr.execution")
@@ -172,16 +173,27 @@ class ThreadExecutor(Executor):
         self._lock = threading.Lock()
         self._abandoned = 0  # expired calls whose slot was handed on and that still run
         self._watchdog = Watchdog()
+        #: with one worker and a worker_init, the thread both run on (sbusr.execution.home)
+        self._home: HomeThread | None = None
 
     def start(self) -> None:
         """Run the hook once, in the server process, before any call; hooks.BootFailed if it raises
         (as a process-mode worker whose hook raises, the server cannot serve)."""
-        hooks.require_hook(self.worker_init)
+        self._require_hook(self.worker_init)
+
+    def _require_hook(self, spec: str | None) -> None:
+        """The hook on the methods' own thread when there is one worker (sbusr.execution.home)."""
+        if spec and self.workers == 1:
+            if self._home is None:
+                self._home = HomeThread()
+            self._home.run(hooks.require_hook, spec)
+        else:
+            hooks.require_hook(spec)
 
     def reconfigure(self, conf: Any) -> None:
         """hooks.BootFailed when a changed hook raises: the reload stops there, nothing changed."""
         if conf.execution.worker_init != self.worker_init:
-            hooks.require_hook(conf.execution.worker_init)  # a new hook runs once, as at start-up
+            self._require_hook(conf.execution.worker_init)  # a new hook runs once, as at start-up
             self.worker_init = conf.execution.worker_init
         super().reconfigure(conf)
 
@@ -198,9 +210,15 @@ class ThreadExecutor(Executor):
                     ctxt.set_timeout(timeout)
                 return limited(fn, ctxt, args, kwargs, timeout)
             with slots:
-                return fn(ctxt, *args, **kwargs)
+                return self._run(fn, ctxt, args, kwargs)
 
         return invoke
+
+    def _run(self, fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
+        home = self._home
+        if home is None:
+            return fn(ctxt, *args, **kwargs)
+        return home.run(fn, ctxt, *args, **kwargs)
 
     def _limited(self, fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict, timeout: float) -> Any:
         """Run in this thread; past the limit the watchdog answers the caller (a thread cannot be killed)."""
@@ -211,7 +229,7 @@ class ThreadExecutor(Executor):
         token = aio.enter_scope(scope)
         entry = self._watchdog.arm(timeout, lambda: self._expire(call, fn, timeout, message, scope))
         try:
-            return fn(ctxt, *args, **kwargs)
+            return self._run(fn, ctxt, args, kwargs)
         finally:
             aio.leave_scope(token)
             self._end_limited(call, fn, timeout, entry)
@@ -271,3 +289,5 @@ class ThreadExecutor(Executor):
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self._watchdog.close()
+        if self._home is not None:
+            self._home.close()

@@ -32,6 +32,7 @@ from sbusr.dispatch.context import CallContext
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
 from sbusr.execution import hooks, link, messages
+from sbusr.execution.home import HomeThread
 from sbusr.execution.limits import call_timeout
 from sbusr.execution.threads import Executor
 
@@ -51,8 +52,9 @@ class WorkerExecutor(Executor):
 
     mode = "process"
 
-    def __init__(self, call_timeout: float) -> None:
+    def __init__(self, call_timeout: float, home: HomeThread | None = None) -> None:
         super().__init__(1, call_timeout)
+        self.home = home
 
     def system_invoker(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
@@ -63,12 +65,15 @@ class WorkerExecutor(Executor):
 
     def invoker_for(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         default = self.default_timeout(adapter)
+        home = self.home
 
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
             timeout = call_timeout(fn, default)
             _report(timeout)
             if isinstance(ctxt, CallContext):
                 ctxt.set_timeout(timeout)
+            if home is not None:
+                return home.run(fn, ctxt, *args, **kwargs)
             return fn(ctxt, *args, **kwargs)
 
         return invoke
@@ -90,10 +95,17 @@ def _watch_parent(parent_pid: int) -> None:
 def _boot(conf: Any, transport_url: str, links: list[link.LinkClient]) -> tuple[Any, link.LinkClient,
                                                                                dispatch.Registry]:
     """worker_init, the endpoints, the RPCServer on the link: everything before Ready."""
-    hooks.require_hook(conf.execution.worker_init)
+    # one call at a time: worker_init, the endpoint classes and every method share one thread
+    threads = conf.execution.threads
+    home = HomeThread() if threads == 1 and conf.execution.worker_init else None
+
+    def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return home.run(fn, *args, **kwargs) if home is not None else fn(*args, **kwargs)
+
+    run(hooks.require_hook, conf.execution.worker_init)
     # the master loads the same code and reports it once
-    registry = dispatch.load_endpoints(conf, duplicates_level=logging.DEBUG, report=False)
-    WorkerExecutor(conf.execution.call_timeout).bind(registry)
+    registry = run(dispatch.load_endpoints, conf, duplicates_level=logging.DEBUG, report=False)
+    WorkerExecutor(conf.execution.call_timeout, home).bind(registry)
     system.bind_registry(registry)
 
     url = oslo_messaging.TransportURL.parse(conf, transport_url)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -56,6 +57,11 @@ def configure(directory: str | None) -> None:
     _configured = directory
 
 
+def configured() -> str | None:
+    """The directory :func:`configure` set in this process (None: the environment's)."""
+    return _configured
+
+
 def current_directory() -> str:
     directory = _configured or os.environ.get(DIRECTORY_ENV)
     if not directory:
@@ -63,29 +69,80 @@ def current_directory() -> str:
     return directory
 
 
-def spool(func: Callable[..., Any]) -> Callable[..., Any]:
+#: the module name sbusr's loader gives an endpoint file (``sbusr.dispatch.loading``): the folder's
+#: hash, then the file's stem
+_FILE_MODULE = re.compile(r"sbusr_ep_[0-9a-f]{10}_(\w+)")
+
+
+def module_label(module_name: str) -> str:
+    """The name a module goes by in job names: an endpoint file's stem, else the module's name."""
+    match = _FILE_MODULE.fullmatch(module_name)
+    return match.group(1) if match else module_name
+
+
+def task_name(func: Callable[..., Any]) -> str:
+    """``module.function``: the same wherever the endpoint folder is deployed, release after release."""
+    return f"{module_label(func.__module__)}.{func.__qualname__}"
+
+
+def normalize_task(task: str) -> str:
+    """A job's task as a name of today: jobs stored by older releases say ``module:function``, with
+    an endpoint file's module named after its folder's hash (``sbusr_ep_<hash>_sms:deliver``)."""
+    module, sep, function = task.rpartition(":")
+    if not sep:
+        return task
+    return f"{module_label(module)}.{function}"
+
+
+def spool(func: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
     """Give a module-level function ``.spool(**kwargs)``: store a job that calls it later.
 
     ``func.spool(phone="1380000", text="hi")`` returns the job id once the job is on disk; a spooler
     process then calls ``func(phone="1380000", text="hi")``. The arguments must be JSON values.
     Calling ``func(...)`` directly still runs it at once (handy in tests).
+
+    A job names its function ``module.function`` (``sms.deliver`` for ``deliver`` in ``sms.py``),
+    which does not change when the folder moves; ``@spool(name="sms.deliver")`` sets the name
+    explicitly, so a function can be renamed or moved to another module and keep its queued jobs.
     """
-    if not inspect.isfunction(func) or "." in func.__qualname__ or "<" in func.__qualname__:
-        raise TypeError("@spool goes on module-level functions")
-    task = f"{func.__module__}:{func.__qualname__}"
-    signature = inspect.signature(func)
+    if name is not None and (not isinstance(name, str) or not name.strip() or ":" in name):
+        raise ValueError(f"@spool(name=...) must be a non-empty name without ':', got {name!r}")
 
-    def enqueue(**kwargs: Any) -> str:
-        try:
-            signature.bind(**kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{func.__qualname__}.spool(): {exc}") from None
-        return JobStore(current_directory()).enqueue(task, kwargs)
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        if not inspect.isfunction(func) or "." in func.__qualname__ or "<" in func.__qualname__:
+            raise TypeError("@spool goes on module-level functions")
+        task = name.strip() if name is not None else task_name(func)
+        signature = inspect.signature(func)
 
-    enqueue.__doc__ = f"Store a job that runs {func.__qualname__}(**kwargs); returns its id."
-    func.spool = enqueue  # type: ignore[attr-defined]
-    setattr(func, SPOOL_ATTR, task)
-    return func
+        def enqueue(**kwargs: Any) -> str:
+            try:
+                signature.bind(**kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{func.__qualname__}.spool(): {exc}") from None
+            return JobStore(current_directory()).enqueue(task, kwargs)
+
+        enqueue.__doc__ = f"Store a job that runs {func.__qualname__}(**kwargs); returns its id."
+        func.spool = enqueue  # type: ignore[attr-defined]
+        setattr(func, SPOOL_ATTR, task)
+        return func
+
+    return decorate if func is None else decorate(func)
+
+
+def find_spool_functions(modules: Any) -> tuple[dict[str, Callable[..., Any]], list[tuple[str, Any, Any]]]:
+    """The ``@spool`` functions defined in the given (kind, source, module) triples, by job name,
+    and the clashes (name, kept, ignored) of two functions with one name."""
+    found: dict[str, Callable[..., Any]] = {}
+    clashes: list[tuple[str, Any, Any]] = []
+    for _kind, _source, module in modules:
+        for obj in vars(module).values():
+            task = getattr(obj, SPOOL_ATTR, None)
+            if not isinstance(task, str) or getattr(obj, "__module__", None) != module.__name__:
+                continue  # imported from elsewhere: found in its own module
+            kept = found.setdefault(task, obj)
+            if kept is not obj:
+                clashes.append((task, kept, obj))
+    return found, clashes
 
 
 @dataclass(frozen=True)
@@ -160,10 +217,13 @@ class JobStore:
 
     # ------------------------------------------------------------------ consuming (spooler processes)
 
-    def claim(self) -> tuple[Job | None, float | None]:
-        """Take the first due job (moved to running/), or (None, when the next one is due)."""
+    def claim(self, skip: frozenset[str] | set[str] = frozenset()) -> tuple[Job | None, float | None]:
+        """Take the first due job (moved to running/), or (None, when the next one is due).
+
+        Jobs whose file name is in ``skip`` are left alone (those this process cannot run).
+        """
         for name in sorted(os.listdir(self._path("queue"))):
-            if not name.endswith(".json"):
+            if not name.endswith(".json") or name in skip:
                 continue
             due = _not_before(name)
             if due > time.time():
@@ -183,6 +243,19 @@ class JobStore:
             return Job(name, data), None
         return None, None
 
+    def take(self, job_id: str | None = None) -> Job | None:
+        """The first queued job (or the one with ``job_id``), due or not, moved to running/ (tests)."""
+        for name in sorted(os.listdir(self._path("queue"))):
+            if not name.endswith(".json") or (job_id is not None and not name.endswith(f"-{job_id}.json")):
+                continue
+            try:
+                os.rename(self._path("queue", name), self._path("running", name))
+            except FileNotFoundError:
+                continue
+            with open(self._path("running", name), encoding="utf-8") as fh:
+                return Job(name, json.load(fh))
+        return None
+
     def finish(self, job: Job) -> None:
         """Done: the job is removed."""
         try:
@@ -196,6 +269,30 @@ class JobStore:
         created = job.name.split("-")[1] if job.name.count("-") >= 2 else str(time.time_ns())
         self._write("queue", _name(time.time() + after, int(created), job.id), data)
         self.finish(job)
+
+    def put_back(self, job: Job, **changes: Any) -> None:
+        """Back in the queue under its own name (its place in the run order), with ``changes``."""
+        self._write("queue", job.name, dict(job.data, **changes))
+        self.finish(job)
+
+    def requeue_running(self, name: str, reason: str, max_retries: int) -> bool:
+        """A job whose spooler process died while running it: back in the queue to run again at
+        once, one more attempt counted; past ``max_retries`` attempts it fails instead. True if
+        it was queued again."""
+        path = self._path("running", name)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            data = None
+        job = Job(name, data if isinstance(data, dict) else {"id": name})
+        if data is None or job.attempts >= max_retries:
+            self.fail(job, f"{reason} (after {job.attempts} retries)", "")
+            return False
+        self.retry(job, 0.0, reason)
+        return True
 
     def fail(self, job: Job, error: str, traceback_text: str) -> None:
         """Move to failed/ with the error; it stays there for an operator to look at."""

@@ -20,7 +20,15 @@ from typing import Any
 
 from sbusr import dispatch
 from sbusr.limits import own_timeout
-from sbusr.spooler.jobs import DIRECTORY_ENV, SPOOL_ATTR, Job, JobStore, SpoolRetry, configure
+from sbusr.spooler.jobs import (
+    DIRECTORY_ENV,
+    Job,
+    JobStore,
+    SpoolRetry,
+    configure,
+    find_spool_functions,
+    normalize_task,
+)
 
 LOG = logging.getLogger("sbusr.spooler")
 
@@ -51,12 +59,13 @@ class Runner:
         self.retry_delay = retry_delay
         self._report = report
         self._stop = threading.Event()
-        self.tasks: dict[str, Any] = {}
-        for _kind, _source, module in registry.modules:
-            for obj in vars(module).values():
-                task = getattr(obj, SPOOL_ATTR, None)
-                if isinstance(task, str) and task.startswith(module.__name__ + ":"):
-                    self.tasks[task] = obj
+        #: jobs whose function is not loaded in this process: left in the queue, not claimed again
+        self._waiting: set[str] = set()
+        self.tasks, clashes = find_spool_functions(registry.modules)
+        for task, kept, obj in clashes:
+            LOG.warning("two @spool functions are named %s (%s in %s and %s in %s); its jobs run "
+                        "the first one: give one @spool(name=...)", task, kept.__qualname__,
+                        kept.__module__, obj.__qualname__, obj.__module__)
 
     def stop(self) -> None:
         self._stop.set()
@@ -71,7 +80,7 @@ class Runner:
     def run_forever(self) -> None:
         self.send({"ready": os.getpid(), "tasks": sorted(self.tasks)})
         while not self._stop.is_set():
-            job, due = self.store.claim()
+            job, due = self.store.claim(self._waiting)
             if job is None:
                 wait = POLL_INTERVAL if due is None else min(POLL_INTERVAL, max(0.0, due - time.time()))
                 self._stop.wait(wait)
@@ -79,11 +88,9 @@ class Runner:
             self.run(job)
 
     def run(self, job: Job) -> None:
-        func = self.tasks.get(job.task)
+        func = self.tasks.get(normalize_task(job.task))
         if func is None:
-            LOG.error("spooled job %s: task %s is not a @spool function of the loaded endpoints", job.id,
-                      job.task)
-            self.store.fail(job, f"task {job.task} not found in the loaded endpoint modules", "")
+            self.wait_for_function(job)
             return
         own = own_timeout(func)
         timeout = self.call_timeout if own is None else own
@@ -93,24 +100,47 @@ class Runner:
         kwargs = job.data.get("kwargs") or {}
         try:
             func(**kwargs)
-        except SpoolRetry as retry:
-            after = self.retry_delay if retry.after is None else retry.after
-            if job.attempts >= self.max_retries:
-                LOG.warning("spooled job %s asked for a retry after %d retries; moved to failed", label,
-                            job.attempts)
-                self.store.fail(job, f"gave up after {job.attempts} retries: {retry}", "")
-            else:
-                LOG.info("spooled job %s will run again in %g s (retry %d of %d): %s", label, after,
-                         job.attempts + 1, self.max_retries, retry)
-                self.store.retry(job, after, str(retry))
         except (Exception, SystemExit) as exc:
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            LOG.error("spooled job %s failed; moved to failed/:\n%s", label, text.rstrip())
-            self.store.fail(job, f"{type(exc).__name__}: {exc}", text)
+            outcome = settle(self.store, job, label, exc, self.max_retries, self.retry_delay)
         else:
             LOG.info("spooled job %s done in %.2f s", label, time.monotonic() - started)
-            self.store.finish(job)
-        self.send({"end": job.name})
+            outcome = settle(self.store, job, label, None, self.max_retries, self.retry_delay)
+        self.send({"end": job.name, "outcome": outcome})
+
+    def wait_for_function(self, job: Job) -> None:
+        """No loaded function for the job's task: it stays queued (this process skips it from now on)
+        until a reload brings the function back or an operator removes the file; one WARNING."""
+        self._waiting.add(job.name)
+        if job.data.get("waiting_for") == job.task:
+            self.store.put_back(job)
+            return
+        LOG.warning("spooled job %s: no @spool function named %s in the loaded endpoints; it stays in "
+                    "%s until the function is back (a reload) or it is removed", job.id, job.task,
+                    os.path.join(self.store.directory, "queue", job.name))
+        self.store.put_back(job, waiting_for=job.task)
+
+
+def settle(store: JobStore, job: Job, label: str, error: BaseException | None, max_retries: int,
+           retry_delay: float) -> str:
+    """Record how a run of ``job`` ended (``error`` None: it returned); "done", "retry" or "failed"."""
+    if error is None:
+        store.finish(job)
+        return "done"
+    if isinstance(error, SpoolRetry):
+        after = retry_delay if error.after is None else error.after
+        if job.attempts >= max_retries:
+            LOG.warning("spooled job %s asked for a retry after %d retries; moved to failed", label,
+                        job.attempts)
+            store.fail(job, f"gave up after {job.attempts} retries: {error}", "")
+            return "failed"
+        LOG.info("spooled job %s will run again in %g s (retry %d of %d): %s", label, after,
+                 job.attempts + 1, max_retries, error)
+        store.retry(job, after, str(error))
+        return "retry"
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    LOG.error("spooled job %s failed; moved to failed/:\n%s", label, text.rstrip())
+    store.fail(job, f"{type(error).__name__}: {error}", text)
+    return "failed"
 
 
 def main(conf: Any) -> int:

@@ -4,8 +4,10 @@ One server at a time owns a directory (an ``flock`` on ``lock``, released by the
 kill -9): a hot standby with the same config waits for it instead of running the same jobs. On
 taking it, jobs left in ``running/`` by a server that died go back to the queue. Each spooler
 process reports the job it starts; one that overruns its time limit is SIGKILLed (uWSGI's
-harakiri) and its job moves to ``failed/``, as does the job of a process that died; the process is
-replaced. Stopping: SIGTERM lets each process finish its job for up to the graceful timeout; a job
+harakiri) and its job moves to ``failed/``. The job of a process that died otherwise (kill -9,
+a crash) goes back to the queue and runs again at once, as after a kill of the whole server: at
+least once, up to ``max_retries`` times. Either way the process is replaced and counted as killed.
+Stopping: SIGTERM lets each process finish its job for up to the graceful timeout; a job
 still running then stays in ``running/`` and runs again at the next start.
 """
 
@@ -53,9 +55,11 @@ class _Child:
 class Spooler:
     """Start with :meth:`start`; :meth:`reload` replaces the processes (new code), :meth:`stop` ends."""
 
-    def __init__(self, directory: str, processes: int, config_args: Sequence[str]) -> None:
+    def __init__(self, directory: str, processes: int, config_args: Sequence[str],
+                 max_retries: int = 3) -> None:
         self.store = JobStore(directory)
         self.processes = processes
+        self.max_retries = max_retries
         self.config_args = list(config_args)
         self._lock_file: Any = None
         self._cond = threading.Condition()
@@ -64,6 +68,8 @@ class Spooler:
         self._children: set[_Child] = set()
         self._threads: list[threading.Thread] = []
         self.done = 0
+        self.retried = 0
+        self.failed = 0
         self.killed = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -214,8 +220,13 @@ class Spooler:
         code = child.proc.wait()
         if child.job is not None and not (child.retiring and self._stopping):
             reason = f"spooler process {child.proc.pid} died ({describe_exit(code)}) while running it"
-            LOG.error("spooled job %s: %s; moved to failed/", child.label, reason)
-            self.store.fail_running(child.job, reason)
+            self.killed += 1
+            if self.store.requeue_running(child.job, reason, self.max_retries):
+                self.retried += 1
+                LOG.error("spooled job %s: %s; it runs again", child.label, reason)
+            else:
+                self.failed += 1
+                LOG.error("spooled job %s: %s; moved to failed/ (no retries left)", child.label, reason)
         elif code not in (0, -signal.SIGTERM) and not child.retiring:
             LOG.error("spooler process %d exited (%s); starting another", child.proc.pid, describe_exit(code))
 
@@ -234,6 +245,7 @@ class Spooler:
                 child.proc.wait()
                 job, child.job = child.job, None
                 if job is not None:
+                    self.failed += 1
                     self.store.fail_running(job, "time limit exceeded")
                 return
             chunk = os.read(pipe.fileno(), 65536)
@@ -256,7 +268,13 @@ class Spooler:
             child.deadline = time.monotonic() + timeout if timeout > 0 else None
         elif "end" in message:
             child.job, child.deadline = None, None
-            self.done += 1
+            outcome = message.get("outcome", "done")
+            if outcome == "done":
+                self.done += 1
+            elif outcome == "retry":  # waiting in the queue again: not finished
+                self.retried += 1
+            elif outcome == "failed":
+                self.failed += 1
         elif "ready" in message:
             LOG.debug("spooler process %s ready with tasks %s", message["ready"], message.get("tasks"))
 
@@ -269,4 +287,5 @@ class Spooler:
             pids = sorted(c.proc.pid for c in self._children if c.proc is not None and c.proc.poll() is None)
         return {"directory": self.store.directory, "active": self._lock_file is not None,
                 "queued": counts["queue"], "running": counts["running"], "failed": counts["failed"],
-                "finished": self.done, "killed": self.killed, "processes": pids}
+                "finished": self.done, "retried": self.retried, "given_up": self.failed,
+                "killed": self.killed, "processes": pids}
