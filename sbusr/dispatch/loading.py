@@ -1,8 +1,9 @@
 """Loading endpoints into a :class:`~sbusr.dispatch.registry.Registry`, and re-creating one elsewhere.
 
 Load order (first offer of a name wins, later ones are logged as duplicates): ``[endpoints] modules``,
-``directories``, ``legacy_packages``, then the ``sbusr.endpoints`` entry points (the built-ins), so
-explicitly configured code can replace a built-in method.
+``directories``, the ``.sql`` files of ``[sql] directories``, ``legacy_packages``, then the
+``sbusr.endpoints`` entry points (the built-ins), so explicitly configured code can replace a
+built-in method.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sbusr import opts
 from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin
 from sbusr.dispatch.legacy import legacy_endpoint, legacy_groups, purge_package
 from sbusr.dispatch.registry import LoadError, Registry
+from sbusr.sql import endpoints as sql_endpoints
 
 LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
@@ -155,6 +157,19 @@ class _Loader:
                 continue
             self.add_module_object(module, "file", path)
 
+    def add_sql(self, conf: Any) -> None:
+        """The ``.sql`` files of ``[sql] directories`` (:mod:`sbusr.sql.endpoints`)."""
+        loaded, problems = sql_endpoints.load(conf)
+        for problem in problems:
+            LOG.error("%s", problem)
+            self.errors.append(LoadError("[sql]", problem))
+        for found in loaded:
+            for problem in found.problems:  # one line each: an operator's mistake, not a bug
+                LOG.error("SQL file %s", problem)
+                self.errors.append(LoadError(found.path, problem))
+            if found.endpoint is not None:
+                self._add(found.endpoint, EndpointOrigin("sql", found.path, found.name))
+
     def add_legacy(self, package_name: str) -> None:
         try:
             if self.fresh:
@@ -202,6 +217,7 @@ def load_endpoints(conf: Any, fresh: bool = False) -> Registry:
         loader.add_module(name)
     for folder in group.directories:
         loader.add_directory(opts.config_relative(conf, folder, "directories", "endpoints"))
+    loader.add_sql(conf)
     for package_name in group.legacy_packages:
         loader.add_legacy(package_name)
     if group.entry_points:
@@ -239,8 +255,12 @@ def check_source(path: str) -> None:
     """Execute an endpoint file once under a throw-away module name; raises what importing it raises.
 
     Reload on save calls it before reloading, so a file saved half-written never replaces working
-    code. The file's module-level code runs once more than usual (class bodies, imports).
+    code. The file's module-level code runs once more than usual (class bodies, imports). A ``.sql``
+    file is parsed instead: it raises if a statement cannot be served.
     """
+    if path.endswith(".sql"):
+        sql_endpoints.check_file(path)
+        return
     name = "sbusr_check_" + _file_module_name(path)
     try:
         _exec_file_module(path, name)
@@ -253,6 +273,8 @@ def create_endpoint(origin: EndpointOrigin) -> Any:
     kind, source, qualname = origin
     if kind in ("module", "entry_point", "builtin", "file"):
         return _resolve_qualname(module_for(kind, source), qualname)()
+    if kind == "sql":
+        return sql_endpoints.rebuild(source)
     if kind == "legacy":
         errors: list[LoadError] = []
         groups = legacy_groups(source, errors)
