@@ -17,7 +17,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import jsonrpc, schedule
+from sbusr import jsonrpc, opts, schedule
 from sbusr.connection import BusConnection
 from sbusr.endpoints import system
 from sbusr.endpoints.timers import ADDRESS_ENV
@@ -60,7 +60,9 @@ class Background:
                           conf.spooler.directory, exc)
         if self.spooler is not None:  # .spool() in this process and in every worker stores jobs there
             os.environ[DIRECTORY_ENV] = self.spooler.store.directory
-        self.watcher = (ReloadOnSave(conf.endpoints.directories, reload) if conf.endpoints.watch else None)
+        sql_folders = [opts.config_relative(conf, f, "directories", "sql") for f in conf.sql.directories]
+        self.watcher = (ReloadOnSave([*conf.endpoints.directories, *sql_folders], reload)
+                        if conf.endpoints.watch else None)
         self._conn: BusConnection | None = None
 
     def start(self, registry: Any) -> None:

@@ -1,6 +1,7 @@
 """``[endpoints] watch``: reload the endpoints shortly after an endpoint file is saved.
 
-watchfiles (inotify through Rust's notify crate) reports changes to the ``[endpoints] directories``;
+watchfiles (inotify through Rust's notify crate) reports changes to the ``[endpoints] directories``
+(``*.py``) and the ``[sql] directories`` (``*.sql``);
 a burst of saves is debounced into one reload. Each saved file is first test-loaded
 (:func:`sbusr.dispatch.check_source`): a file that does not import is reported with one ERROR
 (with its traceback) and nothing is reloaded, so the previous code keeps serving; the next save
@@ -25,7 +26,7 @@ DEBOUNCE_MS = 300
 
 def _is_endpoint_file(path: str, folders: set[str]) -> bool:
     name = os.path.basename(path)
-    return (os.path.dirname(path) in folders and name.endswith(".py")
+    return (os.path.dirname(path) in folders and name.endswith((".py", ".sql"))
             and not name.startswith(("_", ".")))
 
 
@@ -48,7 +49,7 @@ class ReloadOnSave:
             return
         self._thread = threading.Thread(target=self._run, args=(existing,), name="sbusr-watch", daemon=True)
         self._thread.start()
-        LOG.info("reloading on save of *.py files in %s", ", ".join(existing))
+        LOG.info("reloading on save of *.py and *.sql files in %s", ", ".join(existing))
 
     def stop(self) -> None:
         self._stop.set()
@@ -76,8 +77,8 @@ class ReloadOnSave:
             try:
                 self._check(path)
             except (Exception, SystemExit):
-                LOG.exception("%s was saved but does not import; not reloaded, the previous code keeps "
-                              "serving", path)
+                LOG.exception("%s was saved but does not %s; not reloaded, the previous code keeps "
+                              "serving", path, "parse" if path.endswith(".sql") else "import")
                 return False
         LOG.info("endpoint files saved (%s): reloading", ", ".join(os.path.basename(p) for p in paths))
         self._reload()
