@@ -85,7 +85,7 @@ def parse(text: str, source: str = "<string>") -> tuple[list[Statement], list[st
     loader = QueryLoader(_NamedStyle(), None, attribute=None, mandatory_parameters=False)  # type: ignore[arg-type]
     try:
         data = loader.load_query_data_from_sql(text, [], source)
-    except (SQLParseException, SQLLoadException) as exc:
+    except (SQLParseException, SQLLoadException, ValueError) as exc:  # ValueError: a param name
         raise StatementError(f"{source}: {exc}") from None
     statements: list[Statement] = []
     problems: list[str] = []
