@@ -5,6 +5,7 @@ the generated endpoints and one call's transaction, time limit and errors, on SQ
 from __future__ import annotations
 
 import inspect
+import os
 import textwrap
 
 import pytest
@@ -16,6 +17,7 @@ from sbusr.limits import LIMITS_ATTR
 from sbusr.reload_on_save import _is_endpoint_file
 from sbusr.sql import databases, errors, statements
 from sbusr.sql.paramstyle import Prepared, names_in_order
+from sbusr.sql.pools import POOLS
 from sbusr.sql.statements import Shape, StatementError
 
 POSITIONAL = jsonrpc.POSITIONAL_KEY
@@ -230,3 +232,15 @@ def test_saved_sql_files_are_checked_before_a_reload(tmp_path):
     with pytest.raises(StatementError):
         dispatch.check_source(str(bad))
     assert _is_endpoint_file(str(good), {str(tmp_path)})
+
+
+def test_a_forked_child_does_not_inherit_the_parents_connections(tmp_path):
+    adapter = _adapter(dispatch.load_endpoints(_conf(tmp_path)))
+    adapter.setup({})  # the pool now holds an open connection
+    assert POOLS._engines
+    pid = os.fork()
+    if pid == 0:  # the child: no pools until it makes its own
+        os._exit(0 if not POOLS._engines else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert adapter.count({}) == 0  # the parent's pool is untouched
