@@ -61,6 +61,8 @@ def test_statements_have_shapes_params_in_order_docs_and_limits():
     ("-- name: s$\n-- timeout: -1\nselect 1;\n", "must be seconds"),
     ("-- name: s$\nselect :_private;\n", "cannot be a JSON-RPC param name"),
     ("-- name: s$\nselect 1;\n-- name: s$\nselect 2;\n", "a second statement"),
+    ("-- name: __init__$\nselect 1;\n", "cannot be a method"),
+    ("-- name: target$\nselect 1;\n", "cannot be a method"),
 ])
 def test_statements_sbusr_cannot_serve_are_reported_and_the_rest_kept(text, needle):
     found, problems = statements.parse(text + "-- name: fine$\nselect 1;\n", "x.sql")

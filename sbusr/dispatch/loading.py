@@ -159,7 +159,11 @@ class _Loader:
 
     def add_sql(self, conf: Any) -> None:
         """The ``.sql`` files of ``[sql] directories`` (:mod:`sbusr.sql.endpoints`)."""
-        loaded, problems = sql_endpoints.load(conf)
+        try:
+            loaded, problems = sql_endpoints.load(conf)
+        except Exception as exc:
+            self._fail("[sql]", exc, "SQL methods of")
+            return
         for problem in problems:
             LOG.error("%s", problem)
             self.errors.append(LoadError("[sql]", problem))

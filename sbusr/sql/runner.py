@@ -66,9 +66,13 @@ class BoundStatement:
         self.database = database
         self.settings = settings
         self._prepared: Prepared | None = None
+        self._pool: Engine | None = None
 
     def _engine(self) -> Engine:
-        return POOLS.engine(self.database.url, self.settings)
+        engine = self._pool
+        if engine is None:  # first call: the process's pool for this database (shared by its statements)
+            engine = self._pool = POOLS.engine(self.database.url, self.settings)
+        return engine
 
     def _prepare(self, engine: Engine) -> Prepared:
         prepared = self._prepared

@@ -98,6 +98,9 @@ def parse(text: str, source: str = "<string>") -> tuple[list[Statement], list[st
             if shape is None:
                 raise StatementError(f"{where}: the suffix of this statement (a script or executemany) "
                                      "cannot be a JSON-RPC method; use ^, $, ! or none")
+            if datum.query_name.startswith("_") or datum.query_name == "target":
+                raise StatementError(f"{where}: this name cannot be a method (private, or the endpoint's "
+                                     "target)")
             if datum.query_name in seen:
                 raise StatementError(f"{where}: a second statement of this name; the first is used")
             doc, timeout = _split_doc(datum.doc_comments, where)
