@@ -167,7 +167,7 @@ def test_missing_unknown_and_extra_params_are_invalid_params(stack):
     assert error(stack, "pg.no_such_statement", [])["code"] == -32601
 
 
-def test_a_failed_call_is_rolled_back_and_answers_the_database_error(stack):
+def test_a_failed_call_is_rolled_back_and_answers_the_database_error(stack, postgres):
     phone = f"{stack.mode}-rollback"
     failed = error(stack, "pg.log_then_fail", [phone])
     assert failed["code"] == -32050
@@ -178,6 +178,9 @@ def test_a_failed_call_is_rolled_back_and_answers_the_database_error(stack):
 
     duplicate = {"phone": f"{stack.mode}-dup", "name": "x", "vip": False, "balance": 0, "since": "2020-01-01"}
     assert result(stack, "pg.add_customer", duplicate) == 1
+    with postgres.connect() as conn:  # committed: another session sees it
+        row = conn.execute("select name from customers where phone = %s", (duplicate["phone"],)).fetchone()
+    assert row == ("x",)
     assert error(stack, "pg.add_customer", duplicate)["data"]["sqlstate"] == "23505"  # unique_violation
 
 
@@ -238,8 +241,10 @@ def test_sql_methods_are_listed_and_counted_like_any_other(stack):
     methods = result(stack, "sys.methods")
     assert {"pg.lookup_caller", "pg.add_customer", "lite.notes", "sys.ping"} <= set(methods)
     result(stack, "lite.version")
-    stats = result(stack, "sys.stats")
-    assert "lite.version" in str(stats)
+    assert error(stack, "pg.log_then_fail", ["stats"])["code"] == -32050
+    by_method = {m["method"]: m for m in result(stack, "sys.stats")["methods"]}  # the status page's figures
+    assert by_method["lite.version"]["calls"] >= 1
+    assert by_method["pg.log_then_fail"]["minute"]["errors"].get("-32050", 0) >= 1
 
 
 def _save(path: Path, text: str) -> None:
