@@ -21,7 +21,7 @@ from typing import Any
 
 import pymysql
 
-from sbusr.testing.processes import free_port
+from sbusr.testing.processes import die_with_parent, free_port
 
 INSTALL_TIMEOUT = 900.0
 START_TIMEOUT = 90.0
@@ -92,10 +92,12 @@ class MariaDbServer:
         self.log_path = os.path.join(self.folder, "mariadb.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self._user: list[str] = []
-        if os.geteuid() == 0:
+        self._as: dict[str, Any] = {}
+        if os.geteuid() == 0:  # the server runs as the mysql user from the start (not switching itself)
             user = pwd.getpwnam(SYSTEM_USER)
             os.chown(self.folder, user.pw_uid, user.pw_gid)
             self._user = [f"--user={SYSTEM_USER}"]
+            self._as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         install_db = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
         if install_db is None:
             raise RuntimeError("mariadb-install-db is missing")
@@ -111,12 +113,13 @@ class MariaDbServer:
         log = open(self.log_path, "ab")  # the child keeps writing to it
         try:
             self.proc = subprocess.Popen(
-                [self.mariadbd, "--no-defaults", f"--datadir={self.data}", *self._user,
+                [self.mariadbd, "--no-defaults", f"--datadir={self.data}",
                  f"--port={self.port}", f"--bind-address={self.host}",
                  f"--socket={os.path.join(self.folder, 'mysqld.sock')}",
                  f"--pid-file={os.path.join(self.folder, 'mysqld.pid')}", "--skip-name-resolve",
                  "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.folder)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.folder,
+                preexec_fn=die_with_parent(os.getpid()), **self._as)  # a killed test run leaves no server
         finally:
             log.close()
         deadline = time.monotonic() + START_TIMEOUT

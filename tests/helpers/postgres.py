@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from sbusr.testing.processes import free_port
+from sbusr.testing.processes import die_with_parent, free_port
 
 INSTALL_TIMEOUT = 900.0
 START_TIMEOUT = 90.0
@@ -116,7 +116,8 @@ class PostgresCluster:
                 [os.path.join(self.bin_dir, "postgres"), "-D", self.data, "-p", str(self.port),
                  "-k", self.folder, "-c", f"listen_addresses={self.host}", "-c", "fsync=off",
                  "-c", "full_page_writes=off", "-c", "synchronous_commit=off"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.folder, **self._as)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.folder,
+                preexec_fn=die_with_parent(os.getpid()), **self._as)  # a killed test run leaves no server
         finally:
             log.close()
         deadline = time.monotonic() + START_TIMEOUT
