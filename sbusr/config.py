@@ -131,7 +131,15 @@ def problems(conf: cfg.ConfigOpts) -> list[str]:
             found.append(_describe_value_error(section, opt.name, exc))
     if not found:
         found.extend(transport_problems(conf))
+        found.extend(sql_problems(conf))
     return found
+
+
+def sql_problems(conf: cfg.ConfigOpts) -> list[str]:
+    """Bad ``[sql] databases`` entries (names, URLs, dialects, drivers not installed)."""
+    from sbusr.sql import databases
+
+    return databases.parse(list(conf.sql.databases))[1]
 
 
 def transport_problems(conf: cfg.ConfigOpts) -> list[str]:

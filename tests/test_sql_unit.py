@@ -12,7 +12,7 @@ import pytest
 from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
-from sbusr import dispatch, jsonrpc, opts
+from sbusr import config, dispatch, jsonrpc, opts
 from sbusr.limits import LIMITS_ATTR
 from sbusr.reload_on_save import _is_endpoint_file
 from sbusr.sql import databases, errors, statements
@@ -99,13 +99,22 @@ def test_databases_get_their_drivers_and_bad_entries_are_reported():
     found, problems = databases.parse([
         "crm:postgresql://ivr:secret@db.example/crm", "shop:mysql://ivr@db/shop", "m:mariadb://u@h/d",
         "local:sqlite:////var/lib/sbusr/local.db", "odbc:mssql+pymssql://u@h/d",
-        "sys:sqlite://", "bad name:sqlite://", "nourl", "crm:sqlite://", "x:not a url"])
+        "sys:sqlite://", "bad name:sqlite://", "nourl", "crm:sqlite://", "x:not a url",
+        "y:nosuchdb://u:pw@h/d", "z:mssql+nosuchdriver://u:pw@h/d"])
     assert {n: d.url.drivername for n, d in found.items()} == {
         "crm": "postgresql+psycopg", "shop": "mysql+pymysql", "m": "mariadb+pymysql",
-        "local": "sqlite", "odbc": "mssql+pymssql"}
+        "local": "sqlite"}
     assert "secret" not in str(found["crm"])
-    assert len(problems) == 5
+    assert len(problems) == 8  # pymssql is not installed: that one too
+    assert not any("pw" in p for p in problems)
     assert any("reserved" in p for p in problems) and any("twice" in p for p in problems)
+
+
+def test_bad_database_entries_are_configuration_problems(tmp_path):
+    conf = _conf(tmp_path, ["crm:postgresql://ivr:secret@db/crm", "sys:sqlite://", "odd:nosuchdb://x"])
+    found = config.problems(conf)
+    assert len(found) == 2 and any("reserved" in p for p in found) and any("nosuchdb" in p for p in found)
+    assert not any("secret" in p for p in found)
 
 
 # --------------------------------------------------------------------------- endpoints on SQLite

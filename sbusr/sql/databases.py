@@ -52,11 +52,22 @@ def parse_entry(entry: str) -> Database:
                                   "(it is a JSON-RPC namespace)")
     if name in RESERVED:
         raise DatabaseConfigError(f"[sql] databases name {name!r} is reserved for sbusr's own methods")
+    try:  # the messages leave out the URL: it may hold a password
+        url = with_driver(make_url(raw_url.strip()))
+    except ArgumentError:
+        raise DatabaseConfigError(f"[sql] databases {name}: not a database URL "
+                                  "(dialect[+driver]://user:password@host:port/database)") from None
     try:
-        url = make_url(raw_url.strip())
-    except ArgumentError as exc:
-        raise DatabaseConfigError(f"[sql] databases {name}: not a database URL ({exc})") from None
-    return Database(name, with_driver(url))
+        dialect = url.get_dialect()
+    except Exception:  # NoSuchModuleError and the like
+        raise DatabaseConfigError(f"[sql] databases {name}: no SQLAlchemy dialect "
+                                  f"{url.drivername!r}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise DatabaseConfigError(f"[sql] databases {name}: the driver of {url.drivername} is not installed "
+                                  f"({exc})") from None
+    return Database(name, url)
 
 
 def parse(entries: list[str]) -> tuple[dict[str, Database], list[str]]:
