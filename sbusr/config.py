@@ -137,9 +137,12 @@ def problems(conf: cfg.ConfigOpts) -> list[str]:
 
 def sql_problems(conf: cfg.ConfigOpts) -> list[str]:
     """Bad ``[sql] databases`` entries (names, URLs, dialects, drivers not installed)."""
+    entries = list(conf.sql.databases)
+    if not entries:  # no SQLAlchemy import for a server without SQL methods
+        return []
     from sbusr.sql import databases
 
-    return databases.parse(list(conf.sql.databases))[1]
+    return databases.parse(entries)[1]
 
 
 def transport_problems(conf: cfg.ConfigOpts) -> list[str]:

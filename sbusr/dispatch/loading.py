@@ -26,7 +26,6 @@ from sbusr import opts
 from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin
 from sbusr.dispatch.legacy import legacy_endpoint, legacy_groups, purge_package
 from sbusr.dispatch.registry import LoadError, Registry
-from sbusr.sql import endpoints as sql_endpoints
 
 LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
@@ -34,6 +33,14 @@ ENTRY_POINT_GROUP = "sbusr.endpoints"
 _BUILTIN_PREFIX = "sbusr.endpoints."
 #: The built-in ``sys`` endpoint: it works on the server's own registry, so it runs in the server process.
 SYSTEM_ENDPOINT_MODULE = "sbusr.endpoints.system"
+
+
+def _sql() -> ModuleType:
+    """:mod:`sbusr.sql.endpoints`, imported on first need: SQLAlchemy costs a process that serves no
+    SQL methods about 0.2 s at start-up."""
+    from sbusr.sql import endpoints
+
+    return endpoints
 
 
 def is_system_endpoint(adapter: EndpointAdapter) -> bool:
@@ -159,8 +166,13 @@ class _Loader:
 
     def add_sql(self, conf: Any) -> None:
         """The ``.sql`` files of ``[sql] directories`` (:mod:`sbusr.sql.endpoints`)."""
+        if not conf.sql.directories and not conf.sql.databases:
+            pools = sys.modules.get("sbusr.sql.pools")
+            if pools is not None:  # SQL was configured before this reload: close its connections
+                pools.POOLS.keep_only(set())
+            return
         try:
-            loaded, problems = sql_endpoints.load(conf)
+            loaded, problems = _sql().load(conf)
         except Exception as exc:
             self._fail("[sql]", exc, "SQL methods of")
             return
@@ -263,7 +275,7 @@ def check_source(path: str) -> None:
     file is parsed instead: it raises if a statement cannot be served.
     """
     if path.endswith(".sql"):
-        sql_endpoints.check_file(path)
+        _sql().check_file(path)
         return
     name = "sbusr_check_" + _file_module_name(path)
     try:
@@ -278,7 +290,7 @@ def create_endpoint(origin: EndpointOrigin) -> Any:
     if kind in ("module", "entry_point", "builtin", "file"):
         return _resolve_qualname(module_for(kind, source), qualname)()
     if kind == "sql":
-        return sql_endpoints.rebuild(source)
+        return _sql().rebuild(source)
     if kind == "legacy":
         errors: list[LoadError] = []
         groups = legacy_groups(source, errors)
