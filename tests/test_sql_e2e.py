@@ -259,7 +259,8 @@ def test_reload_picks_up_changed_sql_files(stack):
     lite = stack.sql / "lite.sql"
     text = lite.read_text()
     # [endpoints] watch: a saved file with a statement sbusr cannot serve changes nothing
-    broken = text.replace("select 'v1';", "select 'broken';") + "\n-- name: script#\ncreate table t (a int);\n"
+    script = "\n-- name: script#\ncreate table t (a int);\n"
+    broken = text.replace("select 'v1';", "select 'broken';") + script
     _save(lite, broken)
     wait_for(lambda: "lite.sql was saved but does not parse" in stack.server.output(), "the refused save")
     assert result(stack, "lite.version") == "v1"
