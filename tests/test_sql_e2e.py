@@ -156,6 +156,9 @@ def test_each_suffix_and_both_param_styles(stack):
     assert result(stack, "pg.customers_like", [f"{stack.mode}-10"]) == [
         {"phone": phone, "name": "Li Lei"}, {"phone": f"{stack.mode}-101", "name": "Han Meimei"}]
     assert result(stack, "pg.customers_like", ["nobody"]) == []
+    hostile = "O'Brien %(name)s %s :phone'); drop table customers; --"
+    assert result(stack, "pg.add_customer", [f"{stack.mode}-102", hostile, None, None, None]) == 1
+    assert result(stack, "pg.lookup_caller", [f"{stack.mode}-102"])["name"] == hostile  # bound, not SQL
 
     assert result(stack, "lite.setup") in (-1, 0)
     assert result(stack, "lite.add", {"body": f"{stack.mode} 50% done"}) == 1

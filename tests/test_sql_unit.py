@@ -202,6 +202,15 @@ def test_calls_answer_by_suffix_commit_and_roll_back(tmp_path):
     assert adapter.count({}) == 4
 
 
+def test_values_are_bound_never_part_of_the_sql(tmp_path):
+    adapter = _adapter(dispatch.load_endpoints(_conf(tmp_path)))
+    adapter.setup({})
+    hostile = "x', 1); drop table notes; --"
+    assert adapter.add({}, body=hostile, n=":n %s %(n)s") == 1
+    assert adapter.note({}, body=hostile) == {"body": hostile, "n": ":n %s %(n)s"}
+    assert adapter.count({}) == 1  # the table is still there
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"body": "x"}, {"body": "x", "n": 1, "other": 2},
                                     {POSITIONAL: ["x", 1, 2]}, {"body": {"a": 1}, "n": 1}])
 def test_missing_unknown_extra_or_unbindable_params_are_invalid_params(tmp_path, kwargs):
