@@ -87,9 +87,11 @@ class Background:
             self.watcher.start()
 
     def _watched_folders(self) -> list[str]:
-        """``[endpoints] directories`` as the loader reads them (relative to their config file)."""
-        return [opts.config_relative(self.conf, folder, "directories", "endpoints")
-                for folder in self.conf.endpoints.directories]
+        """``[endpoints]`` and ``[sql] directories`` as the loaders read them (relative to their config file)."""
+        return [*(opts.config_relative(self.conf, folder, "directories", "endpoints")
+                  for folder in self.conf.endpoints.directories),
+                *(opts.config_relative(self.conf, folder, "directories", "sql")
+                  for folder in self.conf.sql.directories)]
 
     def reloaded(self, registry: Any) -> None:
         """After a reload: timers of the new code, spooler processes with the new code, reload on

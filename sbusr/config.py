@@ -158,7 +158,18 @@ def problems(conf: cfg.ConfigOpts) -> list[str]:
             found.append(_describe_value_error(section, opt.name, exc))
     if not found:
         found.extend(transport_problems(conf))
+        found.extend(sql_problems(conf))
     return found
+
+
+def sql_problems(conf: cfg.ConfigOpts) -> list[str]:
+    """Bad ``[sql] databases`` entries (names, URLs, dialects, drivers not installed)."""
+    entries = list(conf.sql.databases)
+    if not entries:  # no SQLAlchemy import for a server without SQL methods
+        return []
+    from sbusr.sql import databases
+
+    return databases.parse(entries)[1]
 
 
 def transport_problems(conf: cfg.ConfigOpts) -> list[str]:

@@ -149,6 +149,21 @@ metrics_opts = [
                      "/metrics on its own HTTP port.)"),
 ]
 
+sql_opts = [
+    cfg.ListOpt("databases", mutable=True, default=[], secret=True,
+                help="Databases of SQL methods, each NAME:URL with a SQLAlchemy-style URL, e.g. "
+                     "crm:postgresql://ivr@db.example/crm, local:sqlite:////var/lib/sbusr/local.db. "
+                     "postgresql:// uses psycopg (v3), mysql:// and mariadb:// use PyMySQL; a URL that "
+                     "names its driver (dialect+driver://) keeps it. Secret: URLs may hold passwords."),
+    cfg.ListOpt("directories", mutable=True, default=[],
+                help="Folders of NAME.sql files (aiosql's format): the statements of NAME.sql run on "
+                     "database NAME and are the JSON-RPC methods NAME.<statement>. A relative folder "
+                     "is relative to the folder of the config file that names it."),
+    cfg.FloatOpt("connect_timeout", mutable=True, default=5.0, min=1,
+                 help="Seconds to wait for a new database connection before the call gets "
+                      "-32051 'database unavailable'."),
+]
+
 GROUPS = {
     "smartbus": smartbus_opts,
     "endpoints": endpoint_opts,
@@ -157,6 +172,7 @@ GROUPS = {
     "spooler": spooler_opts,
     "api": api_opts,
     "metrics": metrics_opts,
+    "sql": sql_opts,
 }
 
 

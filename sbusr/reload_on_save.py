@@ -1,8 +1,8 @@
 """``[endpoints] watch``: reload the endpoints shortly after an endpoint file is saved.
 
 watchfiles (inotify through Rust's notify crate) reports changes to the ``[endpoints] directories``
-as the loader resolves them (a relative folder is relative to its config file); a reload that
-changes the folders moves the watch (:meth:`ReloadOnSave.watch`). Changes are grouped until the
+(``*.py``) and the ``[sql] directories`` (``*.sql``) as the loader resolves them (a relative folder
+is relative to its config file); a reload that changes the folders moves the watch (:meth:`ReloadOnSave.watch`). Changes are grouped until the
 folders have been quiet for :data:`QUIET_MS`, so an editor's several writes make one reload. A
 saved file that is empty (an editor that truncates, then writes) is skipped until its content
 arrives; each other saved file is first test-loaded (:func:`sbusr.dispatch.check_source`): a file
@@ -31,7 +31,7 @@ MAX_GROUP_MS = 3000
 
 def _is_endpoint_file(path: str, folders: set[str]) -> bool:
     name = os.path.basename(path)
-    return (os.path.dirname(path) in folders and name.endswith(".py")
+    return (os.path.dirname(path) in folders and name.endswith((".py", ".sql"))
             and not name.startswith(("_", ".")))
 
 
@@ -80,7 +80,7 @@ class ReloadOnSave:
         existing = sorted(f for f in self.folders if os.path.isdir(f))
         missing = sorted(self.folders - set(existing))
         if existing:
-            LOG.info("reloading on save of *.py files in %s", ", ".join(existing))
+            LOG.info("reloading on save of *.py and *.sql files in %s", ", ".join(existing))
         elif not missing:
             LOG.info("[endpoints] watch is on but [endpoints] directories is empty; nothing to watch "
                      "until a reload adds a folder")
@@ -125,8 +125,8 @@ class ReloadOnSave:
             try:
                 self._check(path)
             except (Exception, SystemExit):
-                LOG.exception("%s was saved but does not import; not reloaded, the previous code keeps "
-                              "serving", path)
+                LOG.exception("%s was saved but does not %s; not reloaded, the previous code keeps "
+                              "serving", path, "parse" if path.endswith(".sql") else "import")
                 return False
         if not saved:
             return False

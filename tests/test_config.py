@@ -191,6 +191,7 @@ def test_mutable_options_are_the_documented_ones():
         "[endpoints] legacy_packages", "[endpoints] watch", "[execution] call_timeout",
         "[execution] max_tasks_per_child",
         "[execution] worker_init", "[smartbus] notify_ttl", "[server] graceful_timeout", "[api] auth_token",
+        "[sql] databases", "[sql] directories", "[sql] connect_timeout",
     }
     readme = (ROOT / "README.md").read_text()
     for name in mutable:

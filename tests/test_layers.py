@@ -17,6 +17,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"connection": ("sbusr.connection",),  # one SmartBus link per identity: replies, flow starts, calls
      # what endpoint code imports: @limits, @timer/@cron, @spool; no bus, no server
      "method kit": ("sbusr.decorators", "sbusr.limits", "sbusr.schedule", "sbusr.spooler.jobs")},
+    {"sql": ("sbusr.sql",)},  # SQL methods from .sql files: statements, pools, their endpoints
     {"transport": ("sbusr.driver_smartbus",),  # the oslo.messaging driver
      "dispatch": ("sbusr.dispatch",)},  # endpoint adapters, registry, loading
     {"endpoints": ("sbusr.endpoints",)},  # the built-in endpoints (sys.timers finds timers via dispatch)

@@ -35,9 +35,9 @@ RESERVED_NAMES = frozenset({"target", "endpoint", "origin", "invoker"})
 class EndpointOrigin(NamedTuple):
     """How to re-create an endpoint in another process (see :func:`create_endpoint`).
 
-    kind: 'module' | 'file' | 'entry_point' | 'legacy' | 'builtin'. ``module_or_path`` is a module
-    name (a file path for 'file', the package name for 'legacy'); ``qualname`` is the class's
-    qualified name (the namespace for 'legacy', '' for the package root).
+    kind: 'module' | 'file' | 'entry_point' | 'legacy' | 'builtin' | 'sql'. ``module_or_path`` is a
+    module name (a file path for 'file' and 'sql', the package name for 'legacy'); ``qualname`` is
+    the class's qualified name (the namespace for 'legacy' and 'sql', '' for the package root).
     """
 
     kind: str

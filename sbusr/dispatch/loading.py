@@ -1,8 +1,9 @@
 """Loading endpoints into a :class:`~sbusr.dispatch.registry.Registry`, and re-creating one elsewhere.
 
 Load order (first offer of a name wins, later ones are logged as duplicates): ``[endpoints] modules``,
-``directories``, ``legacy_packages``, then the ``sbusr.endpoints`` entry points (the built-ins), so
-explicitly configured code can replace a built-in method.
+``directories``, the ``.sql`` files of ``[sql] directories``, ``legacy_packages``, then the
+``sbusr.endpoints`` entry points (the built-ins), so explicitly configured code can replace a
+built-in method.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ ENTRY_POINT_GROUP = "sbusr.endpoints"
 _BUILTIN_PREFIX = "sbusr.endpoints."
 #: The built-in ``sys`` endpoint: it works on the server's own registry, so it runs in the server process.
 SYSTEM_ENDPOINT_MODULE = "sbusr.endpoints.system"
+
+
+def _sql() -> ModuleType:
+    """:mod:`sbusr.sql.endpoints`, imported on first need: SQLAlchemy costs a process that serves no
+    SQL methods about 0.2 s at start-up."""
+    from sbusr.sql import endpoints
+
+    return endpoints
 
 
 def is_system_endpoint(adapter: EndpointAdapter) -> bool:
@@ -155,6 +164,28 @@ class _Loader:
                 continue
             self.add_module_object(module, "file", path)
 
+    def add_sql(self, conf: Any) -> None:
+        """The ``.sql`` files of ``[sql] directories`` (:mod:`sbusr.sql.endpoints`)."""
+        if not conf.sql.directories and not conf.sql.databases:
+            pools = sys.modules.get("sbusr.sql.pools")
+            if pools is not None:  # SQL was configured before this reload: close its connections
+                pools.POOLS.keep_only(set())
+            return
+        try:
+            loaded, problems = _sql().load(conf)
+        except Exception as exc:
+            self._fail("[sql]", exc, "SQL methods of")
+            return
+        for problem in problems:
+            LOG.error("%s", problem)
+            self.errors.append(LoadError("[sql]", problem))
+        for found in loaded:
+            for problem in found.problems:  # one line each: an operator's mistake, not a bug
+                LOG.error("SQL file %s", problem)
+                self.errors.append(LoadError(found.path, problem))
+            if found.endpoint is not None:
+                self._add(found.endpoint, EndpointOrigin("sql", found.path, found.name))
+
     def add_legacy(self, package_name: str) -> None:
         try:
             if self.fresh:
@@ -216,6 +247,7 @@ def load_endpoints(conf: Any, fresh: bool = False, duplicates_level: int = loggi
         loader.add_module(name)
     for folder in group.directories:
         loader.add_directory(opts.config_relative(conf, folder, "directories", "endpoints"))
+    loader.add_sql(conf)
     for package_name in group.legacy_packages:
         loader.add_legacy(package_name)
     if group.entry_points:
@@ -253,8 +285,12 @@ def check_source(path: str) -> None:
     """Execute an endpoint file once under a throw-away module name; raises what importing it raises.
 
     Reload on save calls it before reloading, so a file saved half-written never replaces working
-    code. The file's module-level code runs once more than usual (class bodies, imports).
+    code. The file's module-level code runs once more than usual (class bodies, imports). A ``.sql``
+    file is parsed instead: it raises if a statement cannot be served.
     """
+    if path.endswith(".sql"):
+        _sql().check_file(path)
+        return
     name = "sbusr_check_" + _file_module_name(path)
     try:
         _exec_file_module(path, name)
@@ -267,6 +303,8 @@ def create_endpoint(origin: EndpointOrigin) -> Any:
     kind, source, qualname = origin
     if kind in ("module", "entry_point", "builtin", "file"):
         return _resolve_qualname(module_for(kind, source), qualname)()
+    if kind == "sql":
+        return _sql().rebuild(source)
     if kind == "legacy":
         errors: list[LoadError] = []
         groups = legacy_groups(source, errors)
