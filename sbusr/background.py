@@ -87,7 +87,7 @@ class Background:
             self.watcher.start()
 
     def _watched_folders(self) -> list[str]:
-        """``[endpoints]`` and ``[sql] directories`` as the loaders read them (relative to their config file)."""
+        """``[endpoints]`` and ``[sql] directories`` as the loaders read them (config-relative)."""
         return [*(opts.config_relative(self.conf, folder, "directories", "endpoints")
                   for folder in self.conf.endpoints.directories),
                 *(opts.config_relative(self.conf, folder, "directories", "sql")
