@@ -5,10 +5,10 @@ watchfiles (inotify through Rust's notify crate) reports changes to the ``[endpo
 is relative to its config file); a reload that changes the folders moves the watch
 (:meth:`ReloadOnSave.watch`). Changes are grouped until the folders have been quiet for
 :data:`QUIET_MS`, so an editor's several writes make one reload. A saved file that is empty (an
-editor that truncates, then writes) is skipped until its content arrives; each other saved file is first test-loaded (:func:`sbusr.dispatch.check_source`): a file
-that does not import is reported with one ERROR (with its traceback) and nothing is reloaded, so the
-previous code keeps serving; the next save that imports reloads. The reload itself is the server's
-own (the one SIGHUP runs).
+editor that truncates, then writes) is skipped until its content arrives; each other saved file is
+first test-loaded (:func:`sbusr.dispatch.check_source`): a file that does not import is reported
+with one ERROR (with its traceback) and nothing is reloaded, so the previous code keeps serving; the
+next save that imports reloads. The reload itself is the server's own (the one SIGHUP runs).
 """
 
 from __future__ import annotations
