@@ -11,6 +11,7 @@ import concurrent.futures
 import itertools
 import os
 import queue
+import re
 import signal
 import textwrap
 import threading
@@ -487,12 +488,21 @@ def test_reload_under_load_answers_every_request_exactly_once(request, ipsc, mod
     threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
+    def answered(version: str | None = None) -> int:
+        with lock:
+            return sum(1 for a in answers.values() if version in (None, a.get("result", [None])[0]))
+
+    def answered_after(count: int, version: str | None = None):
+        """A condition: ``count`` more answers than now (of ``version`` when given) have come."""
+        seen = answered(version)
+        return lambda: failures or answered(version) >= seen + count
+
     try:
         for version in versions[1:]:
-            time.sleep(1.0)
+            assert wait_for(answered_after(8), timeout=60)  # calls are flowing before each reload
             served.endpoint.write_text(with_version(version))
             served.proc.signal(signal.SIGHUP)
-        time.sleep(1.5)
+            assert wait_for(answered_after(4, version), timeout=60), f"no answer from {version}"
     finally:
         stop.set()
         for t in threads:
@@ -503,13 +513,12 @@ def test_reload_under_load_answers_every_request_exactly_once(request, ipsc, mod
     got = collections.Counter(reply["result"][0] for reply in answers.values())
     assert set(got) <= set(versions), got
     assert all(reply["id"] == rid for rid, reply in answers.items())
-    time.sleep(0.5)
+    # a marker call's reply comes after any duplicate the server would have sent for the load's calls
+    marker = f"marker-{mode}-{next(_ids)}"
+    assert served.call(ipsc, "ep.add", [1, 1], request_id=marker)["result"] == 2
     titles = collections.Counter()
-    while True:
-        try:
-            titles[ipsc.notifies.get_nowait().title] += 1
-        except queue.Empty:
-            break
+    while (title := ipsc.notifies.get(timeout=WAIT).title) != marker:
+        titles[title] += 1
     assert titles == collections.Counter(sent), "a request was answered twice or not at all"
     assert wait_for(lambda: served.call(ipsc, "ep.info")["result"][0] == versions[-1])
 
@@ -553,15 +562,33 @@ def test_max_tasks_per_child_recycles_and_reimports(small_server, ipsc):
 
 # --------------------------------------------------------------------------- one log line per outcome
 
-def _records_since(served: Served, offset: int, needle: str) -> list[str]:
-    """Log records (not traceback continuation lines) written since ``offset`` that mention ``needle``."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        lines = served.proc.output()[offset:].splitlines()
-        found = [line for line in lines if needle in line and " [-] " in line]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+_RECORD = re.compile(r"^\S+ \S+ \d+ (?P<level>[A-Z]+) (?P<logger>\S+) \[-\] (?P<message>.*)$")
+
+
+def _records(text: str, logger: str, pattern: str) -> list[re.Match[str]]:
+    """Log records (not traceback continuation lines) of a logger matching the regular expression
+    ``logger`` whose message matches ``pattern``."""
+    found = []
+    for line in text.splitlines():
+        record = _RECORD.match(line)
+        if record and re.fullmatch(logger, record["logger"]) and re.search(pattern, record["message"]):
+            found.append(record)
+    return found
+
+
+def _outcome_records(served: Served, ipsc: FakeIpsc, offset: int, pattern: str,
+                     logger: str = r"sbusr\.dispatch") -> list[re.Match[str]]:
+    """``logger``'s records matching ``pattern`` logged after ``offset``: waits for the first, then for
+    the record of a later marker call, and returns those logged before the marker's (a second record of
+    the outcome, if one were written, would be there by then)."""
+    assert wait_for(lambda: _records(served.proc.output()[offset:], logger, pattern)), pattern
+    marker = f"ep.marker_{next(_ids)}"
+    assert served.call(ipsc, marker)["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
+    text = wait_for(lambda: (out := served.proc.output()[offset:])
+                    and _records(out, "sbusr.dispatch", re.escape(marker)) and out)
+    assert text, f"no record of {marker}"
+    end = text.index(marker)
+    return _records(text[:end], logger, pattern)
 
 
 @pytest.mark.parametrize("served", ["thread_server", "process_server"])
@@ -570,18 +597,23 @@ def test_each_outcome_logs_one_line_with_caller_and_code(request, ipsc, served):
     caller = f"0/{IPSC_PROCESS}"
     offset = len(server.proc.output())
     assert server.call(ipsc, "ep.nosuch_typo")["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
-    lines = _records_since(server, offset, "nosuch_typo")
-    assert len(lines) == 1 and " INFO " in lines[0] and caller in lines[0] and "-32601" in lines[0], lines
+    lines = _outcome_records(server, ipsc, offset, "nosuch_typo")
+    assert len(lines) == 1 and lines[0]["level"] == "INFO", lines
+    assert caller in lines[0]["message"] and "-32601" in lines[0]["message"], lines
     assert "UnsupportedVersion" not in server.proc.output()[offset:]
 
     offset = len(server.proc.output())
     assert server.call(ipsc, "ep.short", [20])["error"]["code"] == jsonrpc.CALL_TIMEOUT
-    lines = _records_since(server, offset, "exceeded its")
-    assert len(lines) == 1 and " WARNING " in lines[0] and caller in lines[0] and "-32001" in lines[0], lines
+    lines = _outcome_records(server, ipsc, offset, "exceeded its", r"sbusr\.execution(\.\w+)*")
+    assert len(lines) == 1 and lines[0]["level"] == "WARNING", lines
+    assert caller in lines[0]["message"] and "-32001" in lines[0]["message"], lines
 
     offset = len(server.proc.output())
     assert server.call(ipsc, "ep.fail")["error"]["code"] == jsonrpc.SERVER_ERROR
-    time.sleep(0.5)  # nothing more may follow the reply
-    records = [line for line in server.proc.output()[offset:].splitlines() if " [-] " in line]
-    assert len(records) == 1 and " ERROR " in records[0], records  # one record, with its traceback
+    records = _outcome_records(server, ipsc, offset, r"\bep\.fail\b")  # nothing more follows the reply
+    assert len(records) == 1 and records[0]["level"] == "ERROR", records  # one record, with its traceback
+    assert caller in records[0]["message"], records
+    mentions = [line for line in server.proc.output()[offset:].splitlines()
+                if _RECORD.match(line) and "ep.fail" in line]
+    assert len(mentions) == 1, mentions
     assert "Traceback (most recent call last)" in server.proc.output()[offset:]
