@@ -603,7 +603,7 @@ def test_each_outcome_logs_one_line_with_caller_and_code(request, ipsc, served):
     assert "UnsupportedVersion" not in server.proc.output()[offset:]
 
     offset = len(server.proc.output())
-    assert server.call(ipsc, "ep.short", [20])["error"]["code"] == jsonrpc.CALL_TIMEOUT
+    assert server.call(ipsc, "ep.short", [3])["error"]["code"] == jsonrpc.CALL_TIMEOUT
     lines = _outcome_records(server, ipsc, offset, "exceeded its", r"sbusr\.execution(\.\w+)*")
     assert len(lines) == 1 and lines[0]["level"] == "WARNING", lines
     assert caller in lines[0]["message"] and "-32001" in lines[0]["message"], lines

@@ -79,13 +79,18 @@ _clients = iter(range(30, 120))
 
 
 def _config(folder: Path, port: int, mode: str, client: int, execution: dict | None = None,
-            server: dict | None = None, env_hooks: Path | None = None) -> Path:
+            server: dict | None = None, env_hooks: Path | None = None, smartbus: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "edge.py").write_text(ENDPOINT)
     return write_config(folder / "sbusr.conf", port,
                         {"endpoints": {"directories": [folder]},
                          "execution": {"mode": mode, "workers": 2, **(execution or {})},
-                         "server": {"graceful_timeout": 60, **(server or {})}}, client=client)
+                         "server": {"graceful_timeout": 60, **(server or {})},
+                         "smartbus": dict(smartbus or {})}, client=client)
+
+
+#: a server that cannot register (no bus, or a hot standby) serves after this, not the default 10 s
+UNREGISTERED = {"connect_timeout": 1}
 
 
 def _reply_kind(reply: dict) -> str:
@@ -103,7 +108,7 @@ def test_startup_under_load_answers_every_request_after_registration_once(bus, t
     conf = _config(tmp_path, bus.port, mode, client)
     with LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), process=client % 16, prefix=f"up-{mode}",
                     interval=0.005) as load:
-        time.sleep(0.2)  # requests are already flowing when the server registers
+        assert wait_for(lambda: len(load.snapshot()[0]) >= 20)  # requests flow before the server registers
         proc = ServerProcess(conf).launch()
         try:
             assert load.joined.wait(WAIT * 2), proc.output()
@@ -174,12 +179,17 @@ def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(bu
 def test_hot_standby_takes_over_when_the_first_server_leaves(bus, tmp_path):
     client = next(_clients)
     first = ServerProcess(_config(tmp_path / "a", bus.port, "process", client)).start()
-    second = ServerProcess(_config(tmp_path / "b", bus.port, "process", client), standby=True)
-    third = ServerProcess(_config(tmp_path / "c", bus.port, "thread", client), standby=True)
+    second = ServerProcess(_config(tmp_path / "b", bus.port, "process", client, smartbus=UNREGISTERED),
+                           standby=True)
+    third = ServerProcess(_config(tmp_path / "c", bus.port, "thread", client, smartbus=UNREGISTERED),
+                          standby=True)
     try:
         second.start()
         assert "standing by" in second.output()
-        with FakeIpsc(bus.host, bus.port, unit=2, process=client % 16) as ipsc:
+        # the join and leave notices of the server's identity, as every IPSC on the bus gets them
+        with FakeIpsc(bus.host, bus.port, unit=2, process=client % 16) as ipsc, \
+                LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), unit=3, process=client % 16,
+                           interval=3600) as notices:
             def pid_answer() -> int:
                 return ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": f"p{time.monotonic()}",
                                                            "method": "edge.pid"}, timeout=WAIT)["result"]
@@ -187,14 +197,9 @@ def test_hot_standby_takes_over_when_the_first_server_leaves(bus, tmp_path):
             assert pid_answer() in first.children()
             first.signal(signal.SIGTERM)
             assert first.proc.wait(WAIT) == 0
-
-            def answered_by_second() -> bool:
-                try:
-                    return pid_answer() in second.children()
-                except TimeoutError:
-                    return False
-
-            assert wait_for(answered_by_second, interval=0.2), second.output()
+            assert wait_for(notices.left.is_set), "no leave notice of the first server"
+            assert wait_for(lambda: notices.present), f"the standby did not take over:\n{second.output()}"
+            assert pid_answer() in second.children(), second.output()
             assert "registered on SmartBus" in second.output()
             # a standby refused by the bus stops on SIGTERM like any server
             third.start()
@@ -210,7 +215,7 @@ def test_hot_standby_takes_over_when_the_first_server_leaves(bus, tmp_path):
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_sigterm_without_a_bus_ends_the_server(tmp_path, mode):
-    conf = _config(tmp_path, free_port(), mode, 3)  # nothing listens there: never connected
+    conf = _config(tmp_path, free_port(), mode, 3, smartbus=UNREGISTERED)  # nothing listens: never connected
     proc = ServerProcess(conf).launch()
     try:
         assert wait_for(lambda: " serving " in proc.output()), proc.output()
