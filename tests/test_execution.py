@@ -24,10 +24,9 @@ import pytest
 from sbusr import dispatch, execution, jsonrpc
 from sbusr.execution import messages, threads
 from sbusr.smartbus import codec
-from tests.helpers.busproc import BusProcess
 from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.processes import eventually, pid_alive
-from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
+from tests.helpers.server import ServerProcess, write_config
 
 WAIT = 15.0  # generous bound for anything that should happen "soon"
 
@@ -281,41 +280,41 @@ def test_control_messages_round_trip_and_bad_frames_are_refused():
 
 # =========================================================================== end to end
 
-IPSC_PROCESS = 5
+@pytest.fixture(scope="module")
+def bus(sbusr_bus):
+    """The session's development bus: this module's clients take their addresses from sbusr_identities."""
+    return sbusr_bus
 
 
 @pytest.fixture(scope="module")
-def bus():
-    with BusProcess() as bus:
-        yield bus
-
-
-@pytest.fixture(scope="module")
-def ipsc(bus):
-    with FakeIpsc(bus.host, bus.port, unit=0, process=IPSC_PROCESS) as fake:
+def ipsc(bus, sbusr_identities):
+    unit, process = sbusr_identities.ipsc()
+    with FakeIpsc(bus.host, bus.port, unit=unit, process=process) as fake:
         yield fake
 
 
 class Served:
     """One sbusr-server under test: its process, endpoint file and address."""
 
-    def __init__(self, proc: ServerProcess, endpoint: Path, client: int, extra: dict | None = None):
+    def __init__(self, proc: ServerProcess, endpoint: Path, address: tuple[int, int],
+                 extra: dict | None = None):
         self.proc = proc
         self.endpoint = endpoint
-        self.client = client
+        self.unit, self.client = address
         self.extra = extra or {}
 
     def call(self, ipsc: FakeIpsc, method: str, params=None, request_id=None, timeout: float = WAIT):
         rid = request_id if request_id is not None else f"r{next(_ids)}"
         request = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or []}
-        return ipsc.call_rpc(SERVER_UNIT, self.client, request, timeout=timeout)
+        return ipsc.call_rpc(self.unit, self.client, request, timeout=timeout)
 
 
-def _serve(bus, folder: Path, client: int, execution_opts: dict, env: dict | None = None) -> ServerProcess:
+def _serve(bus, folder: Path, address: tuple[int, int], execution_opts: dict,
+           env: dict | None = None) -> ServerProcess:
     (folder / "ep.py").write_text(ENDPOINT)
     conf = write_config(folder / "sbusr.conf", bus.port,
                         {"endpoints": {"directories": [folder], "entry_points": True},
-                         "execution": execution_opts}, client=client)
+                         "execution": execution_opts}, unit=address[0], client=address[1])
     with pytest.MonkeyPatch.context() as mp:
         for key, value in (env or {}).items():
             mp.setenv(key, value)
@@ -323,37 +322,40 @@ def _serve(bus, folder: Path, client: int, execution_opts: dict, env: dict | Non
 
 
 @pytest.fixture(scope="module")
-def thread_server(bus, ipsc, tmp_path_factory):
+def thread_server(bus, ipsc, tmp_path_factory, sbusr_identities):
     folder = tmp_path_factory.mktemp("thread-ep")
-    proc = _serve(bus, folder, 11, {"mode": "thread", "workers": 2, "call_timeout": 1.0})
+    address = sbusr_identities.server()
+    proc = _serve(bus, folder, address, {"mode": "thread", "workers": 2, "call_timeout": 1.0})
     try:
-        yield Served(proc, folder / "ep.py", 11)
+        yield Served(proc, folder / "ep.py", address)
     finally:
         proc.stop()
 
 
 @pytest.fixture(scope="module")
-def process_server(bus, ipsc, tmp_path_factory):
+def process_server(bus, ipsc, tmp_path_factory, sbusr_identities):
     folder = tmp_path_factory.mktemp("process-ep")
     hooks = tmp_path_factory.mktemp("hooks")
     init_log = hooks / "init.log"
     (hooks / "sbusr_test_hook.py").write_text(HOOK.format(path=str(init_log)))
     pythonpath = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
-    proc = _serve(bus, folder, 12, {"mode": "process", "workers": 2, "call_timeout": 1.0,
-                                    "worker_init": "sbusr_test_hook:init"}, {"PYTHONPATH": pythonpath})
+    address = sbusr_identities.server()
+    proc = _serve(bus, folder, address, {"mode": "process", "workers": 2, "call_timeout": 1.0,
+                                         "worker_init": "sbusr_test_hook:init"}, {"PYTHONPATH": pythonpath})
     try:
-        yield Served(proc, folder / "ep.py", 12, {"init_log": init_log})
+        yield Served(proc, folder / "ep.py", address, {"init_log": init_log})
     finally:
         proc.stop()
 
 
 @pytest.fixture(scope="module")
-def small_server(bus, ipsc, tmp_path_factory):
+def small_server(bus, ipsc, tmp_path_factory, sbusr_identities):
     folder = tmp_path_factory.mktemp("small-ep")
-    proc = _serve(bus, folder, 13, {"mode": "process", "workers": 1, "queue_size": 1,
-                                    "max_tasks_per_child": 3, "call_timeout": 0})
+    address = sbusr_identities.server()
+    proc = _serve(bus, folder, address, {"mode": "process", "workers": 1, "queue_size": 1,
+                                         "max_tasks_per_child": 3, "call_timeout": 0})
     try:
-        yield Served(proc, folder / "ep.py", 13)
+        yield Served(proc, folder / "ep.py", address)
     finally:
         proc.stop()
 
@@ -594,7 +596,7 @@ def _outcome_records(served: Served, ipsc: FakeIpsc, offset: int, pattern: str,
 @pytest.mark.parametrize("served", ["thread_server", "process_server"])
 def test_each_outcome_logs_one_line_with_caller_and_code(request, ipsc, served):
     server: Served = request.getfixturevalue(served)
-    caller = f"0/{IPSC_PROCESS}"
+    caller = f"{ipsc.unit}/{ipsc.process}"
     offset = len(server.proc.output())
     assert server.call(ipsc, "ep.nosuch_typo")["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
     lines = _outcome_records(server, ipsc, offset, "nosuch_typo")
