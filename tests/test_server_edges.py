@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from sbusr import jsonrpc
-from tests.helpers.busproc import BusProcess, free_port
+from tests.helpers.busproc import free_port
 from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.load import LoadCaller
 from tests.helpers.processes import eventually, pid_alive
-from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
+from tests.helpers.server import ServerProcess, write_config
 
 WAIT = 30.0  # generous bound for anything that should happen "soon" on a busy machine
 
@@ -70,15 +70,19 @@ def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
 
 
 @pytest.fixture(scope="module")
-def bus():
-    with BusProcess() as bus:
-        yield bus
+def bus(sbusr_bus):
+    """The session's development bus: addresses on it come from ``ids`` (sbusr_identities)."""
+    return sbusr_bus
 
 
-_clients = iter(range(30, 120))
+@pytest.fixture
+def ids(sbusr_identities):
+    return sbusr_identities
 
 
-def _config(folder: Path, port: int, mode: str, client: int, execution: dict | None = None,
+
+
+def _config(folder: Path, port: int, mode: str, address: tuple[int, int], execution: dict | None = None,
             server: dict | None = None, env_hooks: Path | None = None, smartbus: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "edge.py").write_text(ENDPOINT)
@@ -86,11 +90,17 @@ def _config(folder: Path, port: int, mode: str, client: int, execution: dict | N
                         {"endpoints": {"directories": [folder]},
                          "execution": {"mode": mode, "workers": 2, **(execution or {})},
                          "server": {"graceful_timeout": 60, **(server or {})},
-                         "smartbus": dict(smartbus or {})}, client=client)
+                         "smartbus": dict(smartbus or {})}, unit=address[0], client=address[1])
 
 
 #: a server that cannot register (no bus, or a hot standby) serves after this, not the default 10 s
 UNREGISTERED = {"connect_timeout": 1}
+
+
+def ipsc_address(ids) -> dict[str, int]:
+    """A free IPSC-role address on the shared bus, as keyword arguments."""
+    unit, process = ids.ipsc()
+    return {"unit": unit, "process": process}
 
 
 def _reply_kind(reply: dict) -> str:
@@ -103,10 +113,10 @@ def _reply_kind(reply: dict) -> str:
 # --------------------------------------------------------------------------- start and stop under load
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_startup_under_load_answers_every_request_after_registration_once(bus, tmp_path, mode):
-    client = next(_clients)
-    conf = _config(tmp_path, bus.port, mode, client)
-    with LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), process=client % 16, prefix=f"up-{mode}",
+def test_startup_under_load_answers_every_request_after_registration_once(ids, bus, tmp_path, mode):
+    server = ids.server()
+    conf = _config(tmp_path, bus.port, mode, server)
+    with LoadCaller(bus.host, bus.port, server, **ipsc_address(ids), prefix=f"up-{mode}",
                     interval=0.005) as load:
         assert wait_for(lambda: len(load.snapshot()[0]) >= 20)  # requests flow before the server registers
         proc = ServerProcess(conf).launch()
@@ -131,18 +141,18 @@ def test_startup_under_load_answers_every_request_after_registration_once(bus, t
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(bus, tmp_path, mode):
-    client = next(_clients)
-    conf = _config(tmp_path / "ep", bus.port, mode, client)
+def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(ids, bus, tmp_path, mode):
+    server = ids.server()
+    conf = _config(tmp_path / "ep", bus.port, mode, server)
     proc = ServerProcess(conf).start()
     release, started = tmp_path / "release", tmp_path / "started"
     try:
-        with FakeIpsc(bus.host, bus.port, unit=1, process=client % 16) as ipsc, \
-                LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), process=client % 16,
+        with FakeIpsc(bus.host, bus.port, **ipsc_address(ids)) as ipsc, \
+                LoadCaller(bus.host, bus.port, server, **ipsc_address(ids),
                            prefix=f"down-{mode}", interval=0.005) as load:
             blocked: dict = {}
             caller = threading.Thread(target=lambda: blocked.update(ipsc.call_rpc(
-                SERVER_UNIT, client, {"jsonrpc": "2.0", "id": "blocked", "method": "edge.wait_file",
+                *server, {"jsonrpc": "2.0", "id": "blocked", "method": "edge.wait_file",
                                       "params": [str(release), str(started)]}, timeout=120)))
             caller.start()
             assert wait_for(started.exists)
@@ -176,23 +186,23 @@ def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(bu
 
 # --------------------------------------------------------------------------- hot standby
 
-def test_hot_standby_takes_over_when_the_first_server_leaves(bus, tmp_path):
-    client = next(_clients)
-    first = ServerProcess(_config(tmp_path / "a", bus.port, "process", client)).start()
-    second = ServerProcess(_config(tmp_path / "b", bus.port, "process", client, smartbus=UNREGISTERED),
+def test_hot_standby_takes_over_when_the_first_server_leaves(ids, bus, tmp_path):
+    server = ids.server()
+    first = ServerProcess(_config(tmp_path / "a", bus.port, "process", server)).start()
+    second = ServerProcess(_config(tmp_path / "b", bus.port, "process", server, smartbus=UNREGISTERED),
                            standby=True)
-    third = ServerProcess(_config(tmp_path / "c", bus.port, "thread", client, smartbus=UNREGISTERED),
+    third = ServerProcess(_config(tmp_path / "c", bus.port, "thread", server, smartbus=UNREGISTERED),
                           standby=True)
     try:
         second.start()
         assert "standing by" in second.output()
         # the join and leave notices of the server's identity, as every IPSC on the bus gets them
-        with FakeIpsc(bus.host, bus.port, unit=2, process=client % 16) as ipsc, \
-                LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), unit=3, process=client % 16,
+        with FakeIpsc(bus.host, bus.port, **ipsc_address(ids)) as ipsc, \
+                LoadCaller(bus.host, bus.port, server, **ipsc_address(ids),
                            interval=3600) as notices:
             def pid_answer() -> int:
-                return ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": f"p{time.monotonic()}",
-                                                           "method": "edge.pid"}, timeout=WAIT)["result"]
+                return ipsc.call_rpc(*server, {"jsonrpc": "2.0", "id": f"p{time.monotonic()}",
+                                               "method": "edge.pid"}, timeout=WAIT)["result"]
 
             assert pid_answer() in first.children()
             first.signal(signal.SIGTERM)
@@ -214,8 +224,8 @@ def test_hot_standby_takes_over_when_the_first_server_leaves(bus, tmp_path):
 # --------------------------------------------------------------------------- SIGTERM in every state
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_sigterm_without_a_bus_ends_the_server(tmp_path, mode):
-    conf = _config(tmp_path, free_port(), mode, 3, smartbus=UNREGISTERED)  # nothing listens: never connected
+def test_sigterm_without_a_bus_ends_the_server(ids, tmp_path, mode):
+    conf = _config(tmp_path, free_port(), mode, ids.server(), smartbus=UNREGISTERED)  # nothing listens there
     proc = ServerProcess(conf).launch()
     try:
         assert wait_for(lambda: " serving " in proc.output()), proc.output()
@@ -226,11 +236,11 @@ def test_sigterm_without_a_bus_ends_the_server(tmp_path, mode):
         proc.stop()
 
 
-def test_sigterm_while_workers_are_still_starting_ends_the_server(bus, tmp_path):
+def test_sigterm_while_workers_are_still_starting_ends_the_server(ids, bus, tmp_path):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sbusr_blocking_hook.py").write_text(BLOCKING_HOOK.format(path=str(tmp_path / "never")))
-    conf = _config(tmp_path / "ep", bus.port, "process", next(_clients),
+    conf = _config(tmp_path / "ep", bus.port, "process", ids.server(),
                    {"worker_init": "sbusr_blocking_hook:init"}, {"graceful_timeout": 2})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
@@ -247,32 +257,32 @@ def test_sigterm_while_workers_are_still_starting_ends_the_server(bus, tmp_path)
 
 # --------------------------------------------------------------------------- process-mode workers
 
-def test_failed_worker_init_answers_every_call_with_an_internal_error(bus, tmp_path):
+def test_failed_worker_init_answers_every_call_with_an_internal_error(ids, bus, tmp_path):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sbusr_failing_hook.py").write_text(FAILING_HOOK)
-    client = next(_clients)
-    conf = _config(tmp_path / "ep", bus.port, "process", client, {"worker_init": "sbusr_failing_hook:init"})
+    server = ids.server()
+    conf = _config(tmp_path / "ep", bus.port, "process", server, {"worker_init": "sbusr_failing_hook:init"})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
         proc = ServerProcess(conf).start()
     try:
-        with FakeIpsc(bus.host, bus.port, unit=3, process=client % 16) as ipsc:
+        with FakeIpsc(bus.host, bus.port, **ipsc_address(ids)) as ipsc:
             for i in range(4):
-                reply = ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": f"h{i}",
-                                                            "method": "edge.pid"}, timeout=WAIT)
+                reply = ipsc.call_rpc(*server, {"jsonrpc": "2.0", "id": f"h{i}", "method": "edge.pid"},
+                                      timeout=WAIT)
                 assert reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
                 assert reply["error"]["message"] == ("worker start-up hook failed: "
                                                      "RuntimeError: no database today")
-            assert ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": "ping",
-                                                       "method": "sys.ping"})["result"] == "pong"
+            assert ipsc.call_rpc(*server, {"jsonrpc": "2.0", "id": "ping",
+                                           "method": "sys.ping"})["result"] == "pong"
         assert proc.output().count("worker_init sbusr_failing_hook:init failed") >= 2
     finally:
         proc.stop()
 
 
-def test_workers_exit_when_the_master_is_killed(bus, tmp_path):
-    proc = ServerProcess(_config(tmp_path, bus.port, "process", next(_clients))).start()
+def test_workers_exit_when_the_master_is_killed(ids, bus, tmp_path):
+    proc = ServerProcess(_config(tmp_path, bus.port, "process", ids.server())).start()
     try:
         workers = proc.children()
         assert len(workers) == 2
