@@ -26,8 +26,11 @@ run: $(RUN_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check sbusr tests
 
+# the suite waits far more than it computes: TEST_WORKERS pytest-xdist workers, a test file per worker
+TEST_WORKERS ?= 4
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(RUN_STAMP)
 	$(BIN)/sbusr-bench
