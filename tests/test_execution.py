@@ -24,7 +24,7 @@ import pytest
 from sbusr import dispatch, execution, jsonrpc
 from sbusr.execution import messages, threads
 from sbusr.smartbus import codec
-from tests.helpers.ipsc import FakeIpsc
+from sbusr.testing.ipsc import FakeIpsc
 from tests.helpers.processes import eventually, pid_alive
 from tests.helpers.server import ServerProcess, write_config
 

@@ -13,7 +13,7 @@ import pytest
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import ClientConfig, ClientHandlers
 from sbusr.smartbus.threaded import ThreadedClient
-from tests.helpers.busproc import BusProcess
+from sbusr.testing.processes import BusProcess
 from tests.helpers.server import ServerProcess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent

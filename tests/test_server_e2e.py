@@ -14,9 +14,9 @@ import time
 import pytest
 
 from sbusr.smartbus import codec
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import BusProcess
 from sbusr.testing.waiting import wait_for
-from tests.helpers.busproc import BusProcess
-from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 from tests.helpers.vendorproc import vendor_unavailable
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from sbusr import jsonrpc
-from tests.helpers.busproc import free_port
-from tests.helpers.ipsc import FakeIpsc
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import free_port
 from tests.helpers.load import LoadCaller
 from tests.helpers.processes import eventually, pid_alive
 from tests.helpers.server import ServerProcess, write_config
