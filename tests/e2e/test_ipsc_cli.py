@@ -16,7 +16,7 @@ from sbusr.smartbus.threaded import ThreadedClient
 from sbusr.testing.processes import BusProcess
 from tests.helpers.server import ServerProcess, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_section(title: str) -> str:

@@ -23,7 +23,7 @@ from sbusr.testing.processes import BusProcess
 from tests.helpers.browser import Browser, find_or_install_chromium, wait_until
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 TOKEN = "status-page-token"
 IPSC_UNIT, IPSC_PROCESS = 3, 7

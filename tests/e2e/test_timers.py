@@ -199,7 +199,7 @@ def test_timers_go_on_module_level_functions_without_arguments():
 def test_readme_timer_example_loads_with_its_schedules(tmp_path):
     from sbusr.testing import Methods
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     match = re.search(r"```python\n(# methods/housekeeping.py\n.*?)```", text, re.S)
     assert match, "README lost its timer example"
     (tmp_path / "housekeeping.py").write_text(match.group(1))

@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import readme_flow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 VENV = Path(sys.prefix)
 UNITS = ["sbusr-server.service", "sbusr-api.service"]
