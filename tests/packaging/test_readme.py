@@ -52,7 +52,7 @@ def test_readme_commands_name_the_venv_programs():
             assert not re.match(r"(sbusr-\w+|pip3?|tox|pytest|ruff|oslo-config-generator)$", program), command
     # inline examples with options, e.g. `.venv/bin/sbusr-api --config-file ...`
     for span in re.findall(r"`([^`\n]+)`", README):
-        if re.match(r"(sbusr-\w+|pip3?|tox) +(-|\w+ -|install)", span):
+        if re.match(r"(sbusr-\w+|pip3?|tox) +(-|\w+ -|install)", span) or re.match(r"python3? -m ", span):
             pytest.fail(f"README shows a command without its .venv/bin/ path: {span}")
 
 
