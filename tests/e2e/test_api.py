@@ -328,7 +328,6 @@ def test_forged_global_connect_notices_do_not_fool_the_api(api, ipscs):
         # a later joiner becomes visible only after the bus passed on what the attacker sent earlier
         ipscs(0, 2)
         api.wait_ipsc({(0, 1), (0, 2), (9, 9)})
-        time.sleep(0.5)
         code, body = api.call("GET", "/api/ipsc")
         assert code == 200 and {(p["unit"], p["client"]) for p in body["ipsc"]} == {(0, 1), (0, 2), (9, 9)}
         code, body = api.flow({"project": "P", "flow": "F", "server": 0, "process": 1})
