@@ -11,7 +11,7 @@ RUN_STAMP := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.installed-stamp
 INSTALL := flock $(LOCK)
 
-.PHONY: run test lint bench genconfig clean
+.PHONY: run test tools lint bench genconfig clean
 
 $(RUN_STAMP): setup.cfg setup.py requirements.txt
 	$(INSTALL) sh -c '$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q --upgrade pip && \
@@ -20,14 +20,20 @@ $(RUN_STAMP): setup.cfg setup.py requirements.txt
 $(TEST_STAMP): $(RUN_STAMP) test-requirements.txt
 	$(INSTALL) sh -c '$(BIN)/python -m pip install -q -e . -r test-requirements.txt && touch $@'
 
+# the test tools in .venv, without running anything (`.venv/bin/python -m pytest ...` afterwards)
+tools: $(TEST_STAMP)
+
 run: $(RUN_STAMP)
 	$(BIN)/python -m sbusr.cmd.stack --config-file etc/sbusr.conf
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check sbusr tests
 
+# the suite waits far more than it computes: TEST_WORKERS pytest-xdist workers, a test file per worker
+TEST_WORKERS ?= 4
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(RUN_STAMP)
 	$(BIN)/sbusr-bench

@@ -40,15 +40,17 @@ class Response:
 class ApiProcess:
     """``sbusr-api`` with its own config file and a free HTTP port; start() waits until it answers HTTP.
 
-    The config's transport URL is the sbusr-server's identity (SERVER_UNIT:SERVER_CLIENT), as in a
-    shared production config; the API's own identity is ``[api] unit_id``/``client_id``.
+    The config's transport URL is the sbusr-server's identity (``server``, by default
+    SERVER_UNIT:SERVER_CLIENT), as in a shared production config; the API's own identity is
+    ``[api] unit_id``/``client_id``.
     """
 
     host = "127.0.0.1"
 
     def __init__(self, config_dir: Path, bus_port: int, *, backend: str = "native", client_id: int,
                  unit_id: int = API_UNIT, api: dict[str, Any] | None = None,
-                 smartbus: dict[str, Any] | None = None) -> None:
+                 smartbus: dict[str, Any] | None = None,
+                 server: tuple[int, int] = (SERVER_UNIT, SERVER_CLIENT)) -> None:
         self.port = free_port(self.host)
         self.unit_id, self.client_id = unit_id, client_id
         self.backend = backend
@@ -58,7 +60,7 @@ class ApiProcess:
                     "client_id": client_id, **(api or {})},
         }
         self.config_file = write_config(config_dir / f"api-{backend}-{unit_id}-{client_id}.conf", bus_port,
-                                        sections, unit=SERVER_UNIT, client=SERVER_CLIENT)
+                                        sections, unit=server[0], client=server[1])
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="sbusr-api-", suffix=".log", delete=False)

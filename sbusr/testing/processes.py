@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -121,12 +122,14 @@ def write_config(path: Path, bus_port: int, sections: dict[str, dict[str, Any]] 
                  unit: int = SERVER_UNIT, client: int = SERVER_CLIENT) -> Path:
     """A config file whose transport_url points at the test bus; ``sections`` add options.
 
-    No fixed port: the metrics listener is off (``[metrics] port = 0``) unless ``sections`` set one.
+    Unless ``sections`` say otherwise, the metrics listener takes a free port (the default port,
+    9465, would be shared by every server of a parallel test run); rewriting a file keeps its port,
+    so a reload sees no change there.
     """
     sections = {k: dict(v) for k, v in (sections or {}).items()}
     default = sections.setdefault("DEFAULT", {})
     default.setdefault("transport_url", f"smartbus://127.0.0.1:{bus_port}/?unit_id={unit}&client_id={client}")
-    sections.setdefault("metrics", {}).setdefault("port", 0)
+    sections.setdefault("metrics", {}).setdefault("port", _metrics_port_of(path) or free_port())
     lines: list[str] = []
     for section, options in sections.items():
         lines.append(f"[{section}]")
@@ -139,6 +142,16 @@ def write_config(path: Path, bus_port: int, sections: dict[str, dict[str, Any]] 
         lines.append("")
     path.write_text("\n".join(lines))
     return path
+
+
+def _metrics_port_of(path: Path) -> int | None:
+    """The ``[metrics] port`` an earlier :func:`write_config` wrote to ``path``."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    found = re.search(r"^\[metrics\]\n(?:(?!\[).*\n)*?port = (\d+)$", text, re.MULTILINE)
+    return int(found.group(1)) if found else None
 
 
 class ServerProcess:

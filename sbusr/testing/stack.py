@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sbusr.testing.api import ApiProcess
+from sbusr.testing.identities import Identities
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import (
     SERVER_CLIENT,
@@ -27,19 +28,36 @@ class Stack:
 
     ``endpoints``: folders of endpoint files (``[endpoints] directories``); ``config``: more options,
     ``{"section": {"option": value}}`` (e.g. ``{"execution": {"mode": "process"}}``). The IPSC
-    stand-in is unit 0, process 0; it acknowledges flow starts (see ``FakeIpsc.on_flow``).
+    stand-in acknowledges flow starts (see ``FakeIpsc.on_flow``).
+
+    By default the stack starts its own bus: the server is 19:1 and the IPSC stand-in unit 0,
+    process 0. With ``bus`` (a running :class:`BusProcess` shared by many stacks, e.g. the
+    ``sbusr_bus`` fixture's) and ``identities`` (that bus's :class:`Identities`), the stack neither
+    starts nor stops the bus and takes free addresses for its server, IPSC stand-in and APIs
+    (``server_address``, ``ipsc_unit``/``ipsc_process`` say which).
     """
 
     def __init__(self, endpoints: list[str | os.PathLike[str]] | None = None,
                  config: dict[str, dict[str, Any]] | None = None,
                  workdir: str | os.PathLike[str] | None = None,
-                 ipsc_unit: int = 0, ipsc_process: int = 0) -> None:
+                 ipsc_unit: int | None = None, ipsc_process: int | None = None, *,
+                 bus: BusProcess | None = None, identities: Identities | None = None) -> None:
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="sbusr-stack-")
         self.workdir = Path(workdir if workdir is not None else self._tmp.name)  # type: ignore[union-attr]
         self.endpoints = [os.fspath(Path(e).resolve()) for e in endpoints or []]
         self.config = {k: dict(v) for k, v in (config or {}).items()}
-        self.ipsc_unit, self.ipsc_process = ipsc_unit, ipsc_process
-        self.bus = BusProcess()
+        self._own_bus = bus is None
+        if bus is not None and identities is None:
+            raise ValueError("a shared bus needs the Identities that hand out its addresses")
+        self.identities = identities
+        self.bus = bus if bus is not None else BusProcess()
+        if identities is not None:
+            self._server_address = identities.server()
+            unit, process = identities.ipsc()
+        else:
+            self._server_address, (unit, process) = (SERVER_UNIT, SERVER_CLIENT), (0, 0)
+        self.ipsc_unit = ipsc_unit if ipsc_unit is not None else unit
+        self.ipsc_process = ipsc_process if ipsc_process is not None else process
         #: sbusr-server's Prometheus listener (``[metrics] port``), on a free port unless ``config`` sets one
         self.metrics_port = int(self.config.get("metrics", {}).get("port", free_port()))
         self.server: ServerProcess | None = None
@@ -48,18 +66,20 @@ class Stack:
 
     @property
     def server_address(self) -> tuple[int, int]:
-        return SERVER_UNIT, SERVER_CLIENT
+        return self._server_address
 
     def config_file(self) -> Path:
         sections = {k: dict(v) for k, v in self.config.items()}
         sections.setdefault("metrics", {}).setdefault("port", self.metrics_port)
         if self.endpoints:
             sections.setdefault("endpoints", {}).setdefault("directories", self.endpoints)
-        return write_config(self.workdir / "sbusr.conf", self.bus.port, sections)
+        unit, client = self.server_address
+        return write_config(self.workdir / "sbusr.conf", self.bus.port, sections, unit=unit, client=client)
 
     def start(self) -> Stack:
         try:
-            self.bus.start()
+            if self._own_bus:
+                self.bus.start()
             self.start_server()
             self.ipsc = FakeIpsc(self.bus.host, self.bus.port, unit=self.ipsc_unit, process=self.ipsc_process,
                                  server=self.server_address).start()
@@ -86,8 +106,9 @@ class Stack:
 
     def start_api(self, **api_options: Any) -> ApiProcess:
         """sbusr-api on a free port, talking to this bus; ``api.start_flow(...)`` starts flows."""
-        api = ApiProcess(self.workdir, self.bus.port, client_id=len(self._apis) + 10,
-                         api=api_options or None).start()
+        client_id = self.identities.api_client() if self.identities is not None else len(self._apis) + 10
+        api = ApiProcess(self.workdir, self.bus.port, client_id=client_id, api=api_options or None,
+                         server=self.server_address).start()
         self._apis.append(api)
         return api
 
@@ -99,7 +120,8 @@ class Stack:
             self.ipsc.stop()
             self.ipsc = None
         self.stop_server()
-        self.bus.stop()
+        if self._own_bus:
+            self.bus.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 

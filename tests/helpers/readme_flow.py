@@ -1,7 +1,7 @@
 """Run the README's walk-through as a reader would, and report every command's output.
 
 ``python -m tests.helpers.readme_flow CHECKOUT`` must run in a private network namespace
-(``unshare --user --map-root-user --net``, see tests/test_readme.py): the README's commands use
+(``unshare --user --map-root-user --net``, see tests/packaging/test_readme.py): the README's commands use
 the shipped configuration's fixed ports (SmartBus 8089, HTTP 8080), which would collide with other
 test runs on a shared machine. In order, in a copy of the checkout whose ``.venv`` is the test
 venv, it:

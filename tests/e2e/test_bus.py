@@ -18,7 +18,7 @@ import pytest
 
 from sbusr.smartbus import codec as c
 from sbusr.smartbus.bus import BusThread
-from tests.helpers.busproc import BusProcess
+from sbusr.testing.processes import BusProcess
 
 A = c.Address
 WAIT = 10.0

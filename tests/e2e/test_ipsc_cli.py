@@ -13,10 +13,10 @@ import pytest
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import ClientConfig, ClientHandlers
 from sbusr.smartbus.threaded import ThreadedClient
-from tests.helpers.busproc import BusProcess
+from sbusr.testing.processes import BusProcess
 from tests.helpers.server import ServerProcess, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_section(title: str) -> str:

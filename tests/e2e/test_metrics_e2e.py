@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers.api import ApiProcess
+from sbusr.testing.api import ApiProcess
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import BusProcess, free_port
 from tests.helpers.browser import wait_until
-from tests.helpers.busproc import BusProcess, free_port
-from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 
 TOKEN = "metrics-e2e-token"

@@ -57,7 +57,13 @@ def test_short_run_reports_every_phase_with_answered_calls():
             assert (cpu["workers"] > 0) == (mode == "process"), row
     targets = result["targets"]
     assert targets["concurrency"] == 2 and targets["process_over_thread"] > 0
-    assert targets["master_us_per_call"] > 0 and targets["errors"] == 0
+    assert targets["master_us_per_call"] > 0
+    # every request of every phase and open loop, in both modes, is answered: a loaded machine may
+    # make the server refuse some ("busy"), and those are the only errors the targets may count
+    for row in [*result["phases"], *result["open_loop_by_mode"].values()]:
+        _assert_every_request_accounted_for(row)
+    assert targets["errors"] == sum(row["error_replies"] for row in [
+        *result["phases"], *result["open_loop_by_mode"].values()])
     assert targets["master_over_thread_server"] > 0
     assert set(result["open_loop_by_mode"]) == {"thread", "process"}
     rows = {(p["name"], p["concurrency"]): p for p in result["phases"] if p["mode"] == "process"}
@@ -102,7 +108,7 @@ def test_ctrl_c_stops_every_child():
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 130  # the children are stopped at once, not one after another
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 90  # generous: on a busy machine an interpreter exits slowly
         while time.monotonic() < deadline and any(_alive(k) for k in kids):
             time.sleep(0.1)
         assert not [k for k in kids if _alive(k)]

@@ -19,7 +19,7 @@ from sbusr.spooler.jobs import JobStore, SpoolRetry, spool
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 

@@ -16,8 +16,8 @@ from sbusr.connection import BusConnection, FlowRejected, IpscUnavailable, Reply
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
-from tests.helpers.busproc import BusProcess
-from tests.helpers.ipsc import FakeIpsc
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import BusProcess
 
 WAIT = 20.0
 SHORT = 0.3  # a timeout that must expire: the stand-in IPSC stays silent on purpose

@@ -16,7 +16,7 @@ import pytest
 
 from sbusr.testing import Methods, RpcError, call
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 ENDPOINT = textwrap.dedent('''
     import datetime

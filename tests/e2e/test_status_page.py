@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.api import ApiProcess
+from sbusr.testing.api import ApiProcess
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import BusProcess
 from tests.helpers.browser import Browser, find_or_install_chromium, wait_until
-from tests.helpers.busproc import BusProcess
-from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 TOKEN = "status-page-token"
 IPSC_UNIT, IPSC_PROCESS = 3, 7

@@ -17,9 +17,9 @@ from sbusr import config, execution, opts
 from sbusr.connection import BusConnection
 from sbusr.execution.master import Master
 from sbusr.smartbus.interface import ClientConfig
+from sbusr.testing.api import ApiProcess
+from sbusr.testing.processes import BusProcess
 from sbusr.testing.waiting import wait_for
-from tests.helpers.api import ApiProcess
-from tests.helpers.busproc import BusProcess
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 
 ENDPOINT = '''

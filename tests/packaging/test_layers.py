@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sbusr"
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "sbusr"
 
 #: Bottom-up. A module may import from its own part and from any part of a lower layer; the parts of
 #: one layer know nothing of each other. Every sbusr module belongs to the part with its longest prefix.

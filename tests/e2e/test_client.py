@@ -17,7 +17,7 @@ from sbusr.smartbus.client import SmartBusClient
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers, FlowTimeout, NotConnected
 from sbusr.smartbus.threaded import ThreadedClient
-from tests.helpers.busproc import BusProcess, free_port
+from sbusr.testing.processes import BusProcess, free_port
 
 WAIT = 10.0
 BUS_UNIT = 3

@@ -1,7 +1,7 @@
 """sbusr-api end to end: a real development bus, FakeIpsc stand-ins, the API as a real process.
 
 The suite runs once per SmartBus client backend of the API (``native`` and ``vendor``).  The API
-always runs as ``python -m sbusr.cmd.api`` (:class:`tests.helpers.api.ApiProcess`): the vendor
+always runs as ``python -m sbusr.cmd.api`` (:class:`sbusr.testing.api.ApiProcess`): the vendor
 library must never be loaded into the pytest process (one unit id per process, one start per
 client id, an abort at interpreter exit), and both backends then run identical tests.
 
@@ -37,9 +37,9 @@ from tornado.testing import AsyncHTTPTestCase
 from sbusr import api as api_module
 from sbusr.cmd import common
 from sbusr.smartbus import codec
-from tests.helpers.api import API_UNIT, ApiProcess
-from tests.helpers.busproc import BusProcess, free_port
-from tests.helpers.ipsc import FakeIpsc
+from sbusr.testing.api import API_UNIT, ApiProcess
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import BusProcess, free_port
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 from tests.helpers.vendorproc import vendor_unavailable
 
@@ -328,7 +328,6 @@ def test_forged_global_connect_notices_do_not_fool_the_api(api, ipscs):
         # a later joiner becomes visible only after the bus passed on what the attacker sent earlier
         ipscs(0, 2)
         api.wait_ipsc({(0, 1), (0, 2), (9, 9)})
-        time.sleep(0.5)
         code, body = api.call("GET", "/api/ipsc")
         assert code == 200 and {(p["unit"], p["client"]) for p in body["ipsc"]} == {(0, 1), (0, 2), (9, 9)}
         code, body = api.flow({"project": "P", "flow": "F", "server": 0, "process": 1})

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from sbusr import jsonrpc
-from tests.helpers.busproc import BusProcess, free_port
-from tests.helpers.ipsc import FakeIpsc
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import free_port
 from tests.helpers.load import LoadCaller
 from tests.helpers.processes import eventually, pid_alive
-from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
+from tests.helpers.server import ServerProcess, write_config
 
 WAIT = 30.0  # generous bound for anything that should happen "soon" on a busy machine
 
@@ -65,22 +65,37 @@ def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
 
 
 @pytest.fixture(scope="module")
-def bus():
-    with BusProcess() as bus:
-        yield bus
+def bus(sbusr_bus):
+    """The session's development bus: addresses on it come from ``ids`` (sbusr_identities)."""
+    return sbusr_bus
 
 
-_clients = iter(range(30, 120))
+@pytest.fixture
+def ids(sbusr_identities):
+    return sbusr_identities
 
 
-def _config(folder: Path, port: int, mode: str, client: int, execution: dict | None = None,
-            server: dict | None = None, env_hooks: Path | None = None) -> Path:
+
+
+def _config(folder: Path, port: int, mode: str, address: tuple[int, int], execution: dict | None = None,
+            server: dict | None = None, env_hooks: Path | None = None, smartbus: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "edge.py").write_text(ENDPOINT)
     return write_config(folder / "sbusr.conf", port,
                         {"endpoints": {"directories": [folder]},
                          "execution": {"mode": mode, "workers": 2, **(execution or {})},
-                         "server": {"graceful_timeout": 60, **(server or {})}}, client=client)
+                         "server": {"graceful_timeout": 60, **(server or {})},
+                         "smartbus": dict(smartbus or {})}, unit=address[0], client=address[1])
+
+
+#: a server that cannot register (no bus, or a hot standby) serves after this, not the default 10 s
+UNREGISTERED = {"connect_timeout": 1}
+
+
+def ipsc_address(ids) -> dict[str, int]:
+    """A free IPSC-role address on the shared bus, as keyword arguments."""
+    unit, process = ids.ipsc()
+    return {"unit": unit, "process": process}
 
 
 def _reply_kind(reply: dict) -> str:
@@ -93,17 +108,23 @@ def _reply_kind(reply: dict) -> str:
 # --------------------------------------------------------------------------- start and stop under load
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_startup_under_load_answers_every_request_after_registration_once(bus, tmp_path, mode):
-    client = next(_clients)
-    conf = _config(tmp_path, bus.port, mode, client)
-    with LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), process=client % 16, prefix=f"up-{mode}",
+def test_startup_under_load_answers_every_request_after_registration_once(ids, bus, tmp_path, mode):
+    server = ids.server()
+    conf = _config(tmp_path, bus.port, mode, server)
+    with LoadCaller(bus.host, bus.port, server, **ipsc_address(ids), prefix=f"up-{mode}",
                     interval=0.005) as load:
-        time.sleep(0.2)  # requests are already flowing when the server registers
+        assert wait_for(lambda: len(load.snapshot()[0]) >= 20)  # requests flow before the server registers
         proc = ServerProcess(conf).launch()
         try:
             assert load.joined.wait(WAIT * 2), proc.output()
-            # keep the load going well past registration
-            assert wait_for(lambda: load.count_replies(lambda r: "result" in r) >= 50), proc.output()
+            def answered_after_join() -> int:
+                sent, replies = load.snapshot()
+                return sum(1 for rid, present in sent
+                           if present and any("result" in r for r in replies.get(rid, ())))
+
+            # keep the load going well past registration (as this client learns of it: the join
+            # notice can trail the first answers on a busy machine)
+            assert wait_for(lambda: answered_after_join() >= 50), proc.output()
             load.stop_sending()
             sent, _ = load.snapshot()
             after = [rid for rid, present in sent if present]
@@ -121,18 +142,18 @@ def test_startup_under_load_answers_every_request_after_registration_once(bus, t
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(bus, tmp_path, mode):
-    client = next(_clients)
-    conf = _config(tmp_path / "ep", bus.port, mode, client)
+def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(ids, bus, tmp_path, mode):
+    server = ids.server()
+    conf = _config(tmp_path / "ep", bus.port, mode, server)
     proc = ServerProcess(conf).start()
     release, started = tmp_path / "release", tmp_path / "started"
     try:
-        with FakeIpsc(bus.host, bus.port, unit=1, process=client % 16) as ipsc, \
-                LoadCaller(bus.host, bus.port, (SERVER_UNIT, client), process=client % 16,
+        with FakeIpsc(bus.host, bus.port, **ipsc_address(ids)) as ipsc, \
+                LoadCaller(bus.host, bus.port, server, **ipsc_address(ids),
                            prefix=f"down-{mode}", interval=0.005) as load:
             blocked: dict = {}
             caller = threading.Thread(target=lambda: blocked.update(ipsc.call_rpc(
-                SERVER_UNIT, client, {"jsonrpc": "2.0", "id": "blocked", "method": "edge.wait_file",
+                *server, {"jsonrpc": "2.0", "id": "blocked", "method": "edge.wait_file",
                                       "params": [str(release), str(started)]}, timeout=120)))
             caller.start()
             assert wait_for(started.exists)
@@ -166,30 +187,30 @@ def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(bu
 
 # --------------------------------------------------------------------------- hot standby
 
-def test_hot_standby_takes_over_when_the_first_server_leaves(bus, tmp_path):
-    client = next(_clients)
-    first = ServerProcess(_config(tmp_path / "a", bus.port, "process", client)).start()
-    second = ServerProcess(_config(tmp_path / "b", bus.port, "process", client), standby=True)
-    third = ServerProcess(_config(tmp_path / "c", bus.port, "thread", client), standby=True)
+def test_hot_standby_takes_over_when_the_first_server_leaves(ids, bus, tmp_path):
+    server = ids.server()
+    first = ServerProcess(_config(tmp_path / "a", bus.port, "process", server)).start()
+    second = ServerProcess(_config(tmp_path / "b", bus.port, "process", server, smartbus=UNREGISTERED),
+                           standby=True)
+    third = ServerProcess(_config(tmp_path / "c", bus.port, "thread", server, smartbus=UNREGISTERED),
+                          standby=True)
     try:
         second.start()
         assert "standing by" in second.output()
-        with FakeIpsc(bus.host, bus.port, unit=2, process=client % 16) as ipsc:
+        # the join and leave notices of the server's identity, as every IPSC on the bus gets them
+        with FakeIpsc(bus.host, bus.port, **ipsc_address(ids)) as ipsc, \
+                LoadCaller(bus.host, bus.port, server, **ipsc_address(ids),
+                           interval=3600) as notices:
             def pid_answer() -> int:
-                return ipsc.call_rpc(SERVER_UNIT, client, {"jsonrpc": "2.0", "id": f"p{time.monotonic()}",
-                                                           "method": "edge.pid"}, timeout=WAIT)["result"]
+                return ipsc.call_rpc(*server, {"jsonrpc": "2.0", "id": f"p{time.monotonic()}",
+                                               "method": "edge.pid"}, timeout=WAIT)["result"]
 
             assert pid_answer() in first.children()
             first.signal(signal.SIGTERM)
             assert first.proc.wait(WAIT) == 0
-
-            def answered_by_second() -> bool:
-                try:
-                    return pid_answer() in second.children()
-                except TimeoutError:
-                    return False
-
-            assert wait_for(answered_by_second, interval=0.2), second.output()
+            assert wait_for(notices.left.is_set), "no leave notice of the first server"
+            assert wait_for(lambda: notices.present), f"the standby did not take over:\n{second.output()}"
+            assert pid_answer() in second.children(), second.output()
             assert "registered on SmartBus" in second.output()
             # a standby refused by the bus stops on SIGTERM like any server
             third.start()
@@ -204,8 +225,8 @@ def test_hot_standby_takes_over_when_the_first_server_leaves(bus, tmp_path):
 # --------------------------------------------------------------------------- SIGTERM in every state
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_sigterm_without_a_bus_ends_the_server(tmp_path, mode):
-    conf = _config(tmp_path, free_port(), mode, 3)  # nothing listens there: never connected
+def test_sigterm_without_a_bus_ends_the_server(ids, tmp_path, mode):
+    conf = _config(tmp_path, free_port(), mode, ids.server(), smartbus=UNREGISTERED)  # nothing listens there
     proc = ServerProcess(conf).launch()
     try:
         assert wait_for(lambda: " serving " in proc.output()), proc.output()
@@ -216,11 +237,11 @@ def test_sigterm_without_a_bus_ends_the_server(tmp_path, mode):
         proc.stop()
 
 
-def test_sigterm_while_workers_are_still_starting_ends_the_server(bus, tmp_path):
+def test_sigterm_while_workers_are_still_starting_ends_the_server(ids, bus, tmp_path):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sbusr_blocking_hook.py").write_text(BLOCKING_HOOK.format(path=str(tmp_path / "never")))
-    conf = _config(tmp_path / "ep", bus.port, "process", next(_clients),
+    conf = _config(tmp_path / "ep", bus.port, "process", ids.server(),
                    {"worker_init": "sbusr_blocking_hook:init"}, {"graceful_timeout": 2})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
@@ -237,8 +258,8 @@ def test_sigterm_while_workers_are_still_starting_ends_the_server(bus, tmp_path)
 
 # --------------------------------------------------------------------------- process-mode workers
 
-def test_workers_exit_when_the_master_is_killed(bus, tmp_path):
-    proc = ServerProcess(_config(tmp_path, bus.port, "process", next(_clients))).start()
+def test_workers_exit_when_the_master_is_killed(ids, bus, tmp_path):
+    proc = ServerProcess(_config(tmp_path, bus.port, "process", ids.server())).start()
     try:
         workers = proc.children()
         assert len(workers) == 2

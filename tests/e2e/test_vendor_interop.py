@@ -19,7 +19,7 @@ import pytest
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import ClientConfig, ClientHandlers
-from tests.helpers.busproc import BusProcess, free_port
+from sbusr.testing.processes import BusProcess, free_port
 from tests.helpers.vendorproc import VendorAgent, vendor_unavailable
 
 _PROBLEM = vendor_unavailable()

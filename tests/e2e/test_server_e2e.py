@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import json
 import queue
 import signal
@@ -13,9 +14,9 @@ import time
 import pytest
 
 from sbusr.smartbus import codec
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import BusProcess
 from sbusr.testing.waiting import wait_for
-from tests.helpers.busproc import BusProcess
-from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 from tests.helpers.vendorproc import vendor_unavailable
 
@@ -113,6 +114,20 @@ def drain(q: queue.Queue) -> list:
             return items
 
 
+_markers = itertools.count()
+
+
+def titles_until_marker(ipsc: FakeIpsc) -> list[str]:
+    """The titles of the replies ``ipsc`` got before the reply to a marker call made now: a reply the
+    server sent for anything earlier is among them (one server answers in order of what it handled)."""
+    marker = f"marker-{next(_markers)}"
+    assert call(ipsc, "echo", [marker], marker)["result"] == marker
+    titles = []
+    while (title := ipsc.notifies.get(timeout=60).title) != marker:
+        titles.append(title)
+    return titles
+
+
 def test_builtin_methods_positional_and_named(ipsc):
     assert call(ipsc, "echo", ["Hello"], "123456") == {"jsonrpc": "2.0", "id": "123456", "result": "Hello"}
     assert call(ipsc, "add", [1, 2])["result"] == 3
@@ -187,8 +202,7 @@ def test_notification_runs_and_gets_no_reply(ipsc, tmp_path):
     assert call(ipsc, "echo", ["after"], "after")["result"] == "after"
     # the notification's method runs in its own worker: its file may be created before it is written
     wait_for(lambda: marker.exists() and marker.read_text() == "ran\n", "the notified method to run")
-    time.sleep(0.5)  # a reply to the notification, if one were sent, would be here by now
-    assert [n.title for n in drain(ipsc.notifies)] == ["after"]
+    assert titles_until_marker(ipsc) == ["after"]  # and no reply to the notification
 
 
 def test_batch_answered_element_by_element(ipsc):
@@ -216,8 +230,8 @@ def test_batch_of_notifications_gets_no_reply(ipsc, tmp_path):
         {"jsonrpc": "2.0", "method": "mymodule.MyClass.mymethod", "params": [str(marker), "two"]},
     ]).encode())
     assert call(ipsc, "echo", ["x"], "batch-after")["result"] == "x"
-    time.sleep(0.5)
-    assert [n.title for n in drain(ipsc.notifies)] == ["batch-after"]
+    wait_for(lambda: marker.exists() and len(marker.read_text().split()) == 2, "both notified calls to run")
+    assert titles_until_marker(ipsc) == ["batch-after"]
     assert sorted(marker.read_text().split()) == ["one", "two"]
 
 
@@ -234,8 +248,7 @@ def test_200_concurrent_calls_answered_exactly_once(ipsc):
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
         replies = list(pool.map(lambda rid: call(ipsc, "echo", [rid], rid), ids))
     assert [r["result"] for r in replies] == ids
-    time.sleep(0.5)
-    titles = [n.title for n in drain(ipsc.notifies)]
+    titles = titles_until_marker(ipsc)
     assert sorted(titles) == sorted(ids)
 
 
@@ -243,8 +256,7 @@ def test_second_caller_gets_its_own_replies(bus, ipsc):
     with FakeIpsc(bus.host, bus.port, unit=1, process=0) as other:
         drain(ipsc.notifies)
         assert call(other, "echo", ["other"], "o1")["result"] == "other"
-        time.sleep(0.3)
-        assert drain(ipsc.notifies) == []
+        assert titles_until_marker(ipsc) == []
 
 
 def test_graceful_stop_finishes_in_flight_call(bus, flavour, tmp_path):

@@ -12,7 +12,7 @@ from oslo_config import cfg
 from sbusr import config, opts
 from sbusr.driver_smartbus import client_config_from_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sample_config_matches_generator(tmp_path):

@@ -11,6 +11,7 @@ import concurrent.futures
 import itertools
 import os
 import queue
+import re
 import signal
 import textwrap
 import threading
@@ -23,10 +24,9 @@ import pytest
 from sbusr import dispatch, execution, jsonrpc
 from sbusr.execution import messages, threads
 from sbusr.smartbus import codec
-from tests.helpers.busproc import BusProcess
-from tests.helpers.ipsc import FakeIpsc
+from sbusr.testing.ipsc import FakeIpsc
 from tests.helpers.processes import eventually, pid_alive
-from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
+from tests.helpers.server import ServerProcess, write_config
 
 WAIT = 15.0  # generous bound for anything that should happen "soon"
 
@@ -281,41 +281,41 @@ def test_control_messages_round_trip_and_bad_frames_are_refused():
 
 # =========================================================================== end to end
 
-IPSC_PROCESS = 5
+@pytest.fixture(scope="module")
+def bus(sbusr_bus):
+    """The session's development bus: this module's clients take their addresses from sbusr_identities."""
+    return sbusr_bus
 
 
 @pytest.fixture(scope="module")
-def bus():
-    with BusProcess() as bus:
-        yield bus
-
-
-@pytest.fixture(scope="module")
-def ipsc(bus):
-    with FakeIpsc(bus.host, bus.port, unit=0, process=IPSC_PROCESS) as fake:
+def ipsc(bus, sbusr_identities):
+    unit, process = sbusr_identities.ipsc()
+    with FakeIpsc(bus.host, bus.port, unit=unit, process=process) as fake:
         yield fake
 
 
 class Served:
     """One sbusr-server under test: its process, endpoint file and address."""
 
-    def __init__(self, proc: ServerProcess, endpoint: Path, client: int, extra: dict | None = None):
+    def __init__(self, proc: ServerProcess, endpoint: Path, address: tuple[int, int],
+                 extra: dict | None = None):
         self.proc = proc
         self.endpoint = endpoint
-        self.client = client
+        self.unit, self.client = address
         self.extra = extra or {}
 
     def call(self, ipsc: FakeIpsc, method: str, params=None, request_id=None, timeout: float = WAIT):
         rid = request_id if request_id is not None else f"r{next(_ids)}"
         request = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or []}
-        return ipsc.call_rpc(SERVER_UNIT, self.client, request, timeout=timeout)
+        return ipsc.call_rpc(self.unit, self.client, request, timeout=timeout)
 
 
-def _serve(bus, folder: Path, client: int, execution_opts: dict, env: dict | None = None) -> ServerProcess:
+def _serve(bus, folder: Path, address: tuple[int, int], execution_opts: dict,
+           env: dict | None = None) -> ServerProcess:
     (folder / "ep.py").write_text(ENDPOINT)
     conf = write_config(folder / "sbusr.conf", bus.port,
                         {"endpoints": {"directories": [folder], "entry_points": True},
-                         "execution": execution_opts}, client=client)
+                         "execution": execution_opts}, unit=address[0], client=address[1])
     with pytest.MonkeyPatch.context() as mp:
         for key, value in (env or {}).items():
             mp.setenv(key, value)
@@ -323,37 +323,40 @@ def _serve(bus, folder: Path, client: int, execution_opts: dict, env: dict | Non
 
 
 @pytest.fixture(scope="module")
-def thread_server(bus, ipsc, tmp_path_factory):
+def thread_server(bus, ipsc, tmp_path_factory, sbusr_identities):
     folder = tmp_path_factory.mktemp("thread-ep")
-    proc = _serve(bus, folder, 11, {"mode": "thread", "workers": 2, "call_timeout": 1.0})
+    address = sbusr_identities.server()
+    proc = _serve(bus, folder, address, {"mode": "thread", "workers": 2, "call_timeout": 1.0})
     try:
-        yield Served(proc, folder / "ep.py", 11)
+        yield Served(proc, folder / "ep.py", address)
     finally:
         proc.stop()
 
 
 @pytest.fixture(scope="module")
-def process_server(bus, ipsc, tmp_path_factory):
+def process_server(bus, ipsc, tmp_path_factory, sbusr_identities):
     folder = tmp_path_factory.mktemp("process-ep")
     hooks = tmp_path_factory.mktemp("hooks")
     init_log = hooks / "init.log"
     (hooks / "sbusr_test_hook.py").write_text(HOOK.format(path=str(init_log)))
     pythonpath = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
-    proc = _serve(bus, folder, 12, {"mode": "process", "workers": 2, "call_timeout": 1.0,
-                                    "worker_init": "sbusr_test_hook:init"}, {"PYTHONPATH": pythonpath})
+    address = sbusr_identities.server()
+    proc = _serve(bus, folder, address, {"mode": "process", "workers": 2, "call_timeout": 1.0,
+                                         "worker_init": "sbusr_test_hook:init"}, {"PYTHONPATH": pythonpath})
     try:
-        yield Served(proc, folder / "ep.py", 12, {"init_log": init_log})
+        yield Served(proc, folder / "ep.py", address, {"init_log": init_log})
     finally:
         proc.stop()
 
 
 @pytest.fixture(scope="module")
-def small_server(bus, ipsc, tmp_path_factory):
+def small_server(bus, ipsc, tmp_path_factory, sbusr_identities):
     folder = tmp_path_factory.mktemp("small-ep")
-    proc = _serve(bus, folder, 13, {"mode": "process", "workers": 1, "queue_size": 1,
-                                    "max_tasks_per_child": 3, "call_timeout": 0})
+    address = sbusr_identities.server()
+    proc = _serve(bus, folder, address, {"mode": "process", "workers": 1, "queue_size": 1,
+                                         "max_tasks_per_child": 3, "call_timeout": 0})
     try:
-        yield Served(proc, folder / "ep.py", 13)
+        yield Served(proc, folder / "ep.py", address)
     finally:
         proc.stop()
 
@@ -488,12 +491,21 @@ def test_reload_under_load_answers_every_request_exactly_once(request, ipsc, mod
     threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
+    def answered(version: str | None = None) -> int:
+        with lock:
+            return sum(1 for a in answers.values() if version in (None, a.get("result", [None])[0]))
+
+    def answered_after(count: int, version: str | None = None):
+        """A condition: ``count`` more answers than now (of ``version`` when given) have come."""
+        seen = answered(version)
+        return lambda: failures or answered(version) >= seen + count
+
     try:
         for version in versions[1:]:
-            time.sleep(1.0)
+            assert wait_for(answered_after(8), timeout=60)  # calls are flowing before each reload
             served.endpoint.write_text(with_version(version))
             served.proc.signal(signal.SIGHUP)
-        time.sleep(1.5)
+            assert wait_for(answered_after(4, version), timeout=60), f"no answer from {version}"
     finally:
         stop.set()
         for t in threads:
@@ -504,13 +516,12 @@ def test_reload_under_load_answers_every_request_exactly_once(request, ipsc, mod
     got = collections.Counter(reply["result"][0] for reply in answers.values())
     assert set(got) <= set(versions), got
     assert all(reply["id"] == rid for rid, reply in answers.items())
-    time.sleep(0.5)
+    # a marker call's reply comes after any duplicate the server would have sent for the load's calls
+    marker = f"marker-{mode}-{next(_ids)}"
+    assert served.call(ipsc, "ep.add", [1, 1], request_id=marker)["result"] == 2
     titles = collections.Counter()
-    while True:
-        try:
-            titles[ipsc.notifies.get_nowait().title] += 1
-        except queue.Empty:
-            break
+    while (title := ipsc.notifies.get(timeout=WAIT).title) != marker:
+        titles[title] += 1
     assert titles == collections.Counter(sent), "a request was answered twice or not at all"
     assert wait_for(lambda: served.call(ipsc, "ep.info")["result"][0] == versions[-1])
 
@@ -554,35 +565,58 @@ def test_max_tasks_per_child_recycles_and_reimports(small_server, ipsc):
 
 # --------------------------------------------------------------------------- one log line per outcome
 
-def _records_since(served: Served, offset: int, needle: str) -> list[str]:
-    """Log records (not traceback continuation lines) written since ``offset`` that mention ``needle``."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        lines = served.proc.output()[offset:].splitlines()
-        found = [line for line in lines if needle in line and " [-] " in line]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+_RECORD = re.compile(r"^\S+ \S+ \d+ (?P<level>[A-Z]+) (?P<logger>\S+) \[-\] (?P<message>.*)$")
+
+
+def _records(text: str, logger: str, pattern: str) -> list[re.Match[str]]:
+    """Log records (not traceback continuation lines) of a logger matching the regular expression
+    ``logger`` whose message matches ``pattern``."""
+    found = []
+    for line in text.splitlines():
+        record = _RECORD.match(line)
+        if record and re.fullmatch(logger, record["logger"]) and re.search(pattern, record["message"]):
+            found.append(record)
+    return found
+
+
+def _outcome_records(served: Served, ipsc: FakeIpsc, offset: int, pattern: str,
+                     logger: str = r"sbusr\.dispatch") -> list[re.Match[str]]:
+    """``logger``'s records matching ``pattern`` logged after ``offset``: waits for the first, then for
+    the record of a later marker call, and returns those logged before the marker's (a second record of
+    the outcome, if one were written, would be there by then)."""
+    assert wait_for(lambda: _records(served.proc.output()[offset:], logger, pattern)), pattern
+    marker = f"ep.marker_{next(_ids)}"
+    assert served.call(ipsc, marker)["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
+    text = wait_for(lambda: (out := served.proc.output()[offset:])
+                    and _records(out, "sbusr.dispatch", re.escape(marker)) and out)
+    assert text, f"no record of {marker}"
+    end = text.index(marker)
+    return _records(text[:end], logger, pattern)
 
 
 @pytest.mark.parametrize("served", ["thread_server", "process_server"])
 def test_each_outcome_logs_one_line_with_caller_and_code(request, ipsc, served):
     server: Served = request.getfixturevalue(served)
-    caller = f"0/{IPSC_PROCESS}"
+    caller = f"{ipsc.unit}/{ipsc.process}"
     offset = len(server.proc.output())
     assert server.call(ipsc, "ep.nosuch_typo")["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
-    lines = _records_since(server, offset, "nosuch_typo")
-    assert len(lines) == 1 and " INFO " in lines[0] and caller in lines[0] and "-32601" in lines[0], lines
+    lines = _outcome_records(server, ipsc, offset, "nosuch_typo")
+    assert len(lines) == 1 and lines[0]["level"] == "INFO", lines
+    assert caller in lines[0]["message"] and "-32601" in lines[0]["message"], lines
     assert "UnsupportedVersion" not in server.proc.output()[offset:]
 
     offset = len(server.proc.output())
-    assert server.call(ipsc, "ep.short", [20])["error"]["code"] == jsonrpc.CALL_TIMEOUT
-    lines = _records_since(server, offset, "exceeded its")
-    assert len(lines) == 1 and " WARNING " in lines[0] and caller in lines[0] and "-32001" in lines[0], lines
+    assert server.call(ipsc, "ep.short", [3])["error"]["code"] == jsonrpc.CALL_TIMEOUT
+    lines = _outcome_records(server, ipsc, offset, "exceeded its", r"sbusr\.execution(\.\w+)*")
+    assert len(lines) == 1 and lines[0]["level"] == "WARNING", lines
+    assert caller in lines[0]["message"] and "-32001" in lines[0]["message"], lines
 
     offset = len(server.proc.output())
     assert server.call(ipsc, "ep.fail")["error"]["code"] == jsonrpc.SERVER_ERROR
-    time.sleep(0.5)  # nothing more may follow the reply
-    records = [line for line in server.proc.output()[offset:].splitlines() if " [-] " in line]
-    assert len(records) == 1 and " ERROR " in records[0], records  # one record, with its traceback
+    records = _outcome_records(server, ipsc, offset, r"\bep\.fail\b")  # nothing more follows the reply
+    assert len(records) == 1 and records[0]["level"] == "ERROR", records  # one record, with its traceback
+    assert caller in records[0]["message"], records
+    mentions = [line for line in server.proc.output()[offset:].splitlines()
+                if _RECORD.match(line) and "ep.fail" in line]
+    assert len(mentions) == 1, mentions
     assert "Traceback (most recent call last)" in server.proc.output()[offset:]
