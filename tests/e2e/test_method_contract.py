@@ -18,9 +18,9 @@ import pytest
 from sbusr import jsonrpc, testing
 from sbusr.smartbus import codec
 from sbusr.testing.api import ApiProcess
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import BusProcess
 from sbusr.testing.waiting import wait_for
-from tests.helpers.busproc import BusProcess
-from tests.helpers.ipsc import FakeIpsc
 from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
 
 WAIT = 20.0
@@ -463,7 +463,7 @@ def test_testing_call_async_limit_is_call_timeout(tmp_path):
 
 
 def test_readme_method_contract_section_runs_as_written(tmp_path):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## The method contract", 1)[1].split("\n## ", 1)[0]
     blocks = dict(re.findall(r"```python\n# (\S+)\n(.*?)```", section, re.S))
     assert set(blocks) == {"methods/shop.py", "tests/test_shop.py"}
@@ -480,7 +480,7 @@ def test_readme_method_contract_section_runs_as_written(tmp_path):
 def test_readme_shop_endpoint_on_the_bus(ipsc, served, tmp_path):
     """The README's endpoint served for real: its log line carries the request id."""
     proc, client = served
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     code = re.search(r"```python\n# methods/shop.py\n(.*?)```", readme, re.S).group(1)
     assert "shop.buy" not in call(ipsc, served, "sys.methods")["result"]
     folder = Path(str(proc.config_file)).parent

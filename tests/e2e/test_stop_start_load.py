@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.busproc import BusProcess, free_port
+from sbusr.testing.processes import BusProcess, free_port
 from tests.helpers.cpuload import busy_cpus
 from tests.helpers.load import LoadCaller
 from tests.helpers.processes import eventually

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from sbusr import jsonrpc
-from tests.helpers.busproc import BusProcess
-from tests.helpers.ipsc import FakeIpsc
+from sbusr.testing.ipsc import FakeIpsc
+from sbusr.testing.processes import BusProcess
 from tests.helpers.processes import eventually
 from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
 

@@ -11,7 +11,7 @@ import pytest
 from sbusr.smartbus import codec, threaded
 from sbusr.smartbus.interface import ClientConfig
 from sbusr.smartbus.threaded import ThreadedClient
-from tests.helpers.busproc import free_port
+from sbusr.testing.processes import free_port
 
 
 def _client() -> ThreadedClient:

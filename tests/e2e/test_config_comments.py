@@ -15,7 +15,7 @@ from oslo_config import cfg
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INLINE = re.compile(r"\s[#;]")
 
 
