@@ -15,7 +15,7 @@ import pytest
 
 from sbusr.smartbus import codec as c
 from sbusr.testing.processes import BusProcess
-from tests.test_bus import Peer
+from tests.e2e.test_bus import Peer
 
 A = c.Address
 MIB = 2**20

@@ -27,8 +27,11 @@ def test_a_stack_serves_metrics_on_a_free_port(tmp_path):
         assert "ERROR" not in stack.server.output()
 
 
-def test_test_config_files_turn_the_metrics_listener_off_unless_asked(tmp_path):
-    text = write_config(tmp_path / "a.conf", 1234).read_text()
-    assert "[metrics]\nport = 0\n" in text
+def test_test_config_files_take_a_free_metrics_port_and_keep_it(tmp_path):
+    path = tmp_path / "a.conf"
+    text = write_config(path, 1234).read_text()
+    port = int(text.split("[metrics]\nport = ")[1].split("\n")[0])
+    assert port not in (0, DEFAULT_METRICS_PORT)
+    assert f"[metrics]\nport = {port}\n" in write_config(path, 1234).read_text()  # a rewrite keeps it
     text = write_config(tmp_path / "b.conf", 1234, {"metrics": {"port": 5555}}).read_text()
     assert "[metrics]\nport = 5555\n" in text

@@ -57,7 +57,7 @@ def test_the_watch_follows_the_configuration_as_the_readme_walks_through_it(tmp_
         assert answer["config"]["changed"] == {"[endpoints] directories": [[], ["../methods"]]}
         assert answer["config"]["needs_restart"] == {}
         assert call("ep.version")["result"] == "v1"
-        wait_for(lambda: f"reloading on save of *.py files in {methods}" in stack.server.output(),
+        wait_for(lambda: f"reloading on save of *.py and *.sql files in {methods}" in stack.server.output(),
                  "the watch on the folder the reload added")
 
         save_until(source, VERSION.format(version="v2"), lambda: call("ep.version").get("result") == "v2")
