@@ -7,6 +7,7 @@ free port, one per test process (so one per pytest-xdist worker), started once a
 
 from __future__ import annotations
 
+import decimal
 import textwrap
 from pathlib import Path
 
@@ -204,6 +205,17 @@ def test_stored_function_and_procedure(stack):
     result(stack, "pg.add_customer", [rich_phone, "Rich", True, "1000000.01", "2019-05-05"])
     rows = result(stack, "pg.rich", {"min_balance": 999999})
     assert {"phone": rich_phone, "balance": 1000000.01} in rows
+
+
+def test_numerics_arrive_with_exactly_their_digits(stack):
+    phone = f"{stack.mode}-exact"
+    result(stack, "pg.add_customer", [phone, "Exact", False, "1000000.10", "2020-01-02"])
+    unit, client = stack.server_address
+    reply = stack.ipsc.call_rpc(unit, client, {"jsonrpc": "2.0", "id": "exact", "method": "pg.rich",
+                                               "params": {"min_balance": 1000000}},
+                                timeout=60.0, parse_float=decimal.Decimal)
+    balances = {row["phone"]: row["balance"] for row in reply["result"]}
+    assert str(balances[phone]) == "1000000.10"  # numeric(12, 2): both digits, no float on the way
 
 
 def test_query_past_its_limit_gets_32001_and_stops_in_the_database(stack, postgres):
