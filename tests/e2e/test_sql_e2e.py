@@ -15,11 +15,11 @@ import pytest
 
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
-from tests.helpers import postgres as postgres_helper
+from tests.helpers.debian import INSTALL_TIMEOUT
 from tests.helpers.postgres import PostgresCluster, find_or_install_postgres
 
 #: the first test's set-up may install the database server with apt-get (bounded by INSTALL_TIMEOUT)
-pytestmark = pytest.mark.timeout(postgres_helper.INSTALL_TIMEOUT + 300)
+pytestmark = pytest.mark.timeout(INSTALL_TIMEOUT + 300)
 
 SCHEMA = """
 create table if not exists customers (phone text primary key, name text not null, vip boolean,

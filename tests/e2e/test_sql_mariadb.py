@@ -14,11 +14,11 @@ import pytest
 
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
-from tests.helpers import mariadb as mariadb_helper
+from tests.helpers.debian import INSTALL_TIMEOUT
 from tests.helpers.mariadb import MariaDbServer, find_or_install_mariadb
 
 #: the first test's set-up may install the database server with apt-get (bounded by INSTALL_TIMEOUT)
-pytestmark = pytest.mark.timeout(mariadb_helper.INSTALL_TIMEOUT + 300)
+pytestmark = pytest.mark.timeout(INSTALL_TIMEOUT + 300)
 
 SCHEMA = [
     "create table if not exists customers (phone varchar(32) primary key, name varchar(100) not null, "

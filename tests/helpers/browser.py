@@ -25,8 +25,9 @@ from typing import Any
 
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from tests.helpers.debian import apt_install
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-INSTALL_TIMEOUT = 900.0
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 30.0
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,26 +69,7 @@ def find_or_install_chromium() -> tuple[str | None, str]:
 
 
 def _install() -> str:
-    """Install Debian's chromium; an empty string on success, else the reason it could not be done."""
-    if os.geteuid() != 0:
-        return ("chromium is not installed and the tests do not run as root to install it "
-                "(apt-get install chromium)")
-    if shutil.which("apt-get") is None:
-        return "chromium is not installed and there is no apt-get to install it with"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    lock = ["-o", "DPkg::Lock::Timeout=600"]  # other test runs on the machine may be installing too
-    install = ["apt-get", *lock, "install", "-y", "--no-install-recommends", "chromium", "fonts-dejavu-core"]
-    try:
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-        if done.returncode != 0:  # an old or empty package list: refresh it once and retry
-            subprocess.run(["apt-get", *lock, "update"], env=env, capture_output=True,
-                           timeout=INSTALL_TIMEOUT)
-            done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"apt-get install chromium failed: {exc}"
-    if done.returncode != 0:
-        return f"apt-get install chromium failed ({done.returncode}): {done.stderr.strip()[-500:]}"
-    return ""
+    return apt_install("chromium", "chromium", "fonts-dejavu-core")
 
 
 class CdpError(RuntimeError):

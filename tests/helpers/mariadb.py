@@ -22,8 +22,8 @@ from typing import Any
 import pymysql
 
 from sbusr.testing.processes import die_with_parent, free_port
+from tests.helpers.debian import apt_install
 
-INSTALL_TIMEOUT = 900.0
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 60.0
 SYSTEM_USER = "mysql"
@@ -42,24 +42,7 @@ def _find() -> str | None:
 
 
 def _install() -> str:
-    if os.geteuid() != 0:
-        return "mariadb-server is not installed and the tests do not run as root to install it"
-    if shutil.which("apt-get") is None:
-        return "mariadb-server is not installed and there is no apt-get to install it with"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    lock = ["-o", "DPkg::Lock::Timeout=600"]
-    install = ["apt-get", *lock, "install", "-y", "--no-install-recommends", "mariadb-server"]
-    try:
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-        if done.returncode != 0:  # an old or empty package list: refresh it once and retry
-            subprocess.run(["apt-get", *lock, "update"], env=env, capture_output=True,
-                           timeout=INSTALL_TIMEOUT)
-            done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"apt-get install mariadb-server failed: {exc}"
-    if done.returncode != 0:
-        return f"apt-get install mariadb-server failed ({done.returncode}): {done.stderr.strip()[-500:]}"
-    return ""
+    return apt_install("mariadb-server", "mariadb-server")
 
 
 def find_or_install_mariadb() -> tuple[str | None, str]:
