@@ -6,9 +6,9 @@ Importing it loads no bus, driver or server code: these only mark functions and 
 sbusr-server finds when it loads the endpoint modules.
 """
 
+from sbusr.execution.limits import limits
 from sbusr.jsonrpc import RpcError
-from sbusr.limits import limits
-from sbusr.schedule import cron, timer
 from sbusr.spooler.jobs import SpoolRetry, spool
+from sbusr.timers.schedule import cron, timer
 
 __all__ = ["RpcError", "SpoolRetry", "cron", "limits", "spool", "timer"]

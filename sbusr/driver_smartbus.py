@@ -6,7 +6,7 @@ standard ``RPCServer`` (``a.b.c`` -> namespace ``a.b``, method ``c``); the reply
 goes back to the requesting process as a NOTIFY whose title is the request id.
 
 Sender side: ``RPCClient`` on this transport addresses three topics, each a call of
-:class:`~sbusr.connection.BusConnection` (see ``_SENDERS``):
+:class:`~sbusr.transport.connection.BusConnection` (see ``_SENDERS``):
 
 * ``ipsc``  -- ``call(ctxt, "start_flow", project=, flow=, params=[], unit=None,
   client=None, wait=False, ack_timeout=, result_timeout=)`` starts a flow on an IPSC
@@ -36,11 +36,11 @@ from oslo_config import cfg
 from oslo_messaging._drivers import base
 
 from sbusr import jsonrpc, metrics, opts
-from sbusr.connection import BusConnection, Exchange, ReplyTimeout
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
-from sbusr.smartbus.ratelog import RateLimitedLog
+from sbusr.transport.connection import BusConnection, Exchange, ReplyTimeout
+from sbusr.util.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
 #: requests answered by the driver itself (malformed, busy): one line per caller and code every 10 s

@@ -234,7 +234,7 @@ def _log_dropped(method: str) -> None:
     global _dropped_log
     if _dropped_log is None:
         # imported here: sbusr.decorators imports this module and must not pull in the bus package
-        from sbusr.smartbus.ratelog import RateLimitedLog
+        from sbusr.util.ratelog import RateLimitedLog
         _dropped_log = RateLimitedLog(LOG, logging.WARNING, 10.0)
     _dropped_log.log("undispatchable", "Dropping notification for undispatchable method %r",
                      cut(method, MAX_QUOTED_NAME))

@@ -26,7 +26,7 @@ def make_client(kind: str, config: ClientConfig, handlers: ClientHandlers) -> Bu
         from sbusr.smartbus.vendor.client import VendorClient
 
         return VendorClient(config, handlers)
-    from sbusr.smartbus.threaded import ThreadedClient
+    from sbusr.smartbus.native.threaded import ThreadedClient
 
     return ThreadedClient(config, handlers)
 

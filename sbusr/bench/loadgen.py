@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 from sbusr.smartbus import codec
-from sbusr.smartbus.client import SmartBusClient
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import ClientConfig, ClientHandlers, NotConnected
+from sbusr.smartbus.native.client import SmartBusClient
 
 LOG = logging.getLogger("sbusr.bench.loadgen")
 

@@ -14,7 +14,8 @@ import oslo_messaging
 from oslo_config import cfg
 from tornado.httpserver import HTTPServer
 
-from sbusr import api, config
+from sbusr import config
+from sbusr.api import app as api
 from sbusr.cmd import common
 
 LOG = logging.getLogger("sbusr.api")

@@ -25,7 +25,7 @@ from typing import Any
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
-from sbusr.smartbus.threaded import ThreadedClient
+from sbusr.smartbus.native.threaded import ThreadedClient
 
 
 def _param(text: str) -> Any:

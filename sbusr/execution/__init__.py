@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sbusr.execution.limits import LIMITS_ATTR, Limits, limits
-
-__all__ = ["LIMITS_ATTR", "Limits", "create_executor", "limits"]
+__all__ = ["create_executor"]
 
 
 def create_executor(conf: Any) -> Any:

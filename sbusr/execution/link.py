@@ -18,12 +18,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sbusr.connection import Exchange
 from sbusr.execution import messages
 from sbusr.smartbus import codec
-from sbusr.smartbus.client import next_notify_id
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers, FlowInvocation
+from sbusr.smartbus.native.client import next_notify_id
+from sbusr.transport.connection import Exchange
 
 LOG = logging.getLogger("sbusr.execution")
 

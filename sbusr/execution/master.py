@@ -423,7 +423,7 @@ class Master:
     def _forward(self, raw: bytes) -> None:
         """Relay to the bus; the replies finished in one loop iteration go out in one write."""
         if raw[8] == self._own[0] and raw[9] == self._own[1]:  # dst unit/client: a reply to ourselves
-            self.conn.forward(raw)  # (a timer tick, sbusr.connection.BusConnection.request_self)
+            self.conn.forward(raw)  # (a timer tick, sbusr.transport.connection.BusConnection.request_self)
             return
         if not self._outbox:
             self.loop.call_soon(self._flush)

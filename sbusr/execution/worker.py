@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import oslo_messaging
 
-from sbusr import connection, dispatch
+from sbusr import dispatch
 from sbusr.dispatch.context import CallContext
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
@@ -35,6 +35,7 @@ from sbusr.execution import hooks, link, messages
 from sbusr.execution.home import HomeThread
 from sbusr.execution.limits import call_timeout
 from sbusr.execution.threads import Executor
+from sbusr.transport import connection
 
 LOG = logging.getLogger("sbusr.execution")
 

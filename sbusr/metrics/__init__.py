@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
-from sbusr.metrics.api import ApiMetrics
 from sbusr.metrics.bus import BusMetrics
 from sbusr.metrics.exposition import MetricsListener, render, serve
+from sbusr.metrics.http import ApiMetrics
 from sbusr.metrics.requests import RESULT, UNKNOWN_METHOD, RequestMetrics
 from sbusr.metrics.window import fit
 

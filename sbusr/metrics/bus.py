@@ -1,4 +1,5 @@
-"""The SmartBus link's metrics, fed by :class:`sbusr.connection.BusConnection` events (any sbusr process)."""
+"""The SmartBus link's metrics, fed by :class:`sbusr.transport.connection.BusConnection` events
+(any sbusr process)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from sbusr.smartbus import codec, memory
 from sbusr.smartbus.codec import Address, CodecError, Packet
-from sbusr.smartbus.ratelog import RateLimitedLog
+from sbusr.util.ratelog import RateLimitedLog
 
 __all__ = ["Bus", "BusThread", "ClientInfo"]
 

@@ -19,7 +19,7 @@ import traceback
 from typing import Any
 
 from sbusr import dispatch
-from sbusr.limits import own_timeout
+from sbusr.execution.limits import own_timeout
 from sbusr.spooler.jobs import (
     DIRECTORY_ENV,
     Job,

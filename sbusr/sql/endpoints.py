@@ -19,7 +19,7 @@ from typing import Any
 import oslo_messaging
 
 from sbusr import jsonrpc, opts
-from sbusr.limits import LIMITS_ATTR, Limits
+from sbusr.execution.limits import LIMITS_ATTR, Limits
 from sbusr.sql import databases as databases_module
 from sbusr.sql.databases import Database
 from sbusr.sql.pools import POOLS, PoolSettings

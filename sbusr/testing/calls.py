@@ -28,11 +28,12 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
-from sbusr import dispatch, execution, jsonrpc, opts, schedule
+from sbusr import dispatch, execution, jsonrpc, opts
 from sbusr.endpoints import system
 from sbusr.execution.home import one_thread
 from sbusr.spooler import jobs
 from sbusr.spooler.runner import settle
+from sbusr.timers import schedule
 
 #: the caller a flow on IPSC 0, process 0 would be
 DEFAULT_SOURCE = {"unit": 0, "client": 0, "type": 2}

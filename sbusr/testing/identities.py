@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from sbusr.smartbus import codec
 from sbusr.testing.processes import SERVER_UNIT
 
-#: sbusr-api's unit (see sbusr.testing.api.API_UNIT); never handed out to servers
+#: sbusr-api's unit (see sbusr.testing.api_process.API_UNIT); never handed out to servers
 API_UNIT = 21
 #: client ids a SmartBus URL accepts
 CLIENT_IDS = range(1, 128)

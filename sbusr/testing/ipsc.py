@@ -19,7 +19,7 @@ from sbusr import jsonrpc
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
-from sbusr.smartbus.threaded import ThreadedClient
+from sbusr.smartbus.native.threaded import ThreadedClient
 
 START_TIMEOUT = 60.0  # returns as soon as ready; generous for a busy machine
 

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sbusr.testing.api import ApiProcess
+from sbusr.testing.api_process import ApiProcess
 from sbusr.testing.identities import Identities
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import (

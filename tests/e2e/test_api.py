@@ -1,7 +1,7 @@
 """sbusr-api end to end: a real development bus, FakeIpsc stand-ins, the API as a real process.
 
 The suite runs once per SmartBus client backend of the API (``native`` and ``vendor``).  The API
-always runs as ``python -m sbusr.cmd.api`` (:class:`sbusr.testing.api.ApiProcess`): the vendor
+always runs as ``python -m sbusr.cmd.api`` (:class:`sbusr.testing.api_process.ApiProcess`): the vendor
 library must never be loaded into the pytest process (one unit id per process, one start per
 client id, an abort at interpreter exit), and both backends then run identical tests.
 
@@ -34,10 +34,10 @@ from typing import Any
 import pytest
 from tornado.testing import AsyncHTTPTestCase
 
-from sbusr import api as api_module
+from sbusr.api import app as api_module
 from sbusr.cmd import common
 from sbusr.smartbus import codec
-from sbusr.testing.api import API_UNIT, ApiProcess
+from sbusr.testing.api_process import API_UNIT, ApiProcess
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import BusProcess, free_port
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config

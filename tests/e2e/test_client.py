@@ -13,10 +13,10 @@ import pytest
 
 from sbusr.smartbus import codec
 from sbusr.smartbus.bus import BusThread
-from sbusr.smartbus.client import SmartBusClient
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers, FlowTimeout, NotConnected
-from sbusr.smartbus.threaded import ThreadedClient
+from sbusr.smartbus.native.client import SmartBusClient
+from sbusr.smartbus.native.threaded import ThreadedClient
 from sbusr.testing.processes import BusProcess, free_port
 
 WAIT = 10.0
@@ -530,7 +530,7 @@ def test_async_api_sends_and_refuses_when_not_connected():
 
 
 def test_impossible_global_connect_notices_are_ignored_with_one_log_line(caplog):
-    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.client")
+    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.native.client")
     bad = [codec.GlobalConnect(60, 1, 2, 4, codec.GC_CONNECTED, "unit 60"),
            codec.GlobalConnect(-3, 1, 2, 4, codec.GC_CONNECTED, "unit -3"),
            codec.GlobalConnect(5, -127, 22, 4, codec.GC_CONNECTED, "client -127"),
@@ -567,7 +567,7 @@ def test_impossible_global_connect_notices_are_ignored_with_one_log_line(caplog)
 
 
 def test_flood_of_malformed_flow_packets_is_one_warning_per_sender_and_kind(caplog):
-    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.client")
+    caplog.set_level(logging.WARNING, logger="sbusr.smartbus.native.client")
     ipsc = Address(0, 1, codec.CLIENT_TYPE_IPSC)
     done = threading.Event()
 

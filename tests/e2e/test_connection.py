@@ -12,12 +12,12 @@ import pytest
 from oslo_config import cfg
 
 from sbusr import opts
-from sbusr.connection import BusConnection, FlowRejected, IpscUnavailable, ReplyTimeout
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import BusProcess
+from sbusr.transport.connection import BusConnection, FlowRejected, IpscUnavailable, ReplyTimeout
 
 WAIT = 20.0
 SHORT = 0.3  # a timeout that must expire: the stand-in IPSC stays silent on purpose

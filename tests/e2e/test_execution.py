@@ -21,7 +21,8 @@ from pathlib import Path
 import oslo_messaging
 import pytest
 
-from sbusr import dispatch, execution, jsonrpc
+from sbusr import dispatch, jsonrpc
+from sbusr.execution import limits as exec_limits
 from sbusr.execution import messages, threads
 from sbusr.smartbus import codec
 from sbusr.testing.ipsc import FakeIpsc
@@ -37,7 +38,7 @@ ENDPOINT = textwrap.dedent('''
 
     import oslo_messaging
 
-    from sbusr.execution import limits
+    from sbusr.decorators import limits
 
     VERSION = "v1"
 
@@ -115,18 +116,18 @@ def wait_for(predicate, timeout: float = WAIT, interval: float = 0.05):
 # =========================================================================== unit tests
 
 def test_limits_decorator_marks_functions_static_class_methods_and_classes():
-    @execution.limits(timeout=5)
+    @exec_limits.limits(timeout=5)
     class Cls:
-        @execution.limits(timeout=0)
+        @exec_limits.limits(timeout=0)
         def a(self, ctxt):
             pass
 
-        @execution.limits(timeout=2)
+        @exec_limits.limits(timeout=2)
         @staticmethod
         def b(ctxt):
             pass
 
-        @execution.limits(timeout=3)
+        @exec_limits.limits(timeout=3)
         @classmethod
         def c(cls, ctxt):
             pass
@@ -135,14 +136,14 @@ def test_limits_decorator_marks_functions_static_class_methods_and_classes():
             pass
 
     obj = Cls()
-    assert getattr(obj.a, execution.LIMITS_ATTR).timeout == 0
-    assert getattr(Cls.b, execution.LIMITS_ATTR).timeout == 2
-    assert getattr(Cls.c, execution.LIMITS_ATTR).timeout == 3
-    assert getattr(obj.d, execution.LIMITS_ATTR, None) is None
-    assert getattr(Cls, execution.LIMITS_ATTR).timeout == 5
+    assert getattr(obj.a, exec_limits.LIMITS_ATTR).timeout == 0
+    assert getattr(Cls.b, exec_limits.LIMITS_ATTR).timeout == 2
+    assert getattr(Cls.c, exec_limits.LIMITS_ATTR).timeout == 3
+    assert getattr(obj.d, exec_limits.LIMITS_ATTR, None) is None
+    assert getattr(Cls, exec_limits.LIMITS_ATTR).timeout == 5
     for bad in (-1, float("nan"), float("inf"), "5", True):
         with pytest.raises(ValueError):
-            execution.limits(timeout=bad)
+            exec_limits.limits(timeout=bad)
 
 
 def test_watchdog_fires_in_deadline_order_and_skips_disarmed():
@@ -227,7 +228,7 @@ class _Limited:
         event.wait(30)
         return "released"
 
-    @execution.limits(timeout=0)
+    @exec_limits.limits(timeout=0)
     def patient(self, ctxt, seconds):
         time.sleep(seconds)
         return "patient"

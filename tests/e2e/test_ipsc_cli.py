@@ -12,7 +12,7 @@ import pytest
 
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import ClientConfig, ClientHandlers
-from sbusr.smartbus.threaded import ThreadedClient
+from sbusr.smartbus.native.threaded import ThreadedClient
 from sbusr.testing.processes import BusProcess
 from tests.helpers.server import ServerProcess, write_config
 

@@ -17,7 +17,7 @@ import pytest
 
 from sbusr import jsonrpc, testing
 from sbusr.smartbus import codec
-from sbusr.testing.api import ApiProcess
+from sbusr.testing.api_process import ApiProcess
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import BusProcess
 from sbusr.testing.waiting import wait_for
@@ -64,7 +64,7 @@ ENDPOINT = textwrap.dedent('''
     import oslo_messaging
     import pydantic
 
-    from sbusr.limits import limits
+    from sbusr.execution.limits import limits
 
     import contract_hook
 

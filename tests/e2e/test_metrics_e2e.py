@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sbusr.testing.api import ApiProcess
+from sbusr.testing.api_process import ApiProcess
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import BusProcess, free_port
 from tests.helpers.browser import wait_until

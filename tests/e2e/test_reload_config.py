@@ -14,12 +14,12 @@ import pytest
 from oslo_config import cfg
 
 from sbusr import config, execution, opts
-from sbusr.connection import BusConnection
 from sbusr.execution.master import Master
 from sbusr.smartbus.interface import ClientConfig
-from sbusr.testing.api import ApiProcess
+from sbusr.testing.api_process import ApiProcess
 from sbusr.testing.processes import BusProcess
 from sbusr.testing.waiting import wait_for
+from sbusr.transport.connection import BusConnection
 from tests.helpers.server import SERVER_CLIENT, SERVER_UNIT, ServerProcess, write_config
 
 ENDPOINT = '''

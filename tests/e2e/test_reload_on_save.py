@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from sbusr.reload_on_save import ReloadOnSave
+from sbusr.server.reload_on_save import ReloadOnSave
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
 

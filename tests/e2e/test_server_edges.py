@@ -32,7 +32,7 @@ ENDPOINT = textwrap.dedent('''
 
     import oslo_messaging
 
-    from sbusr.execution import limits
+    from sbusr.decorators import limits
 
 
     class Edge:

@@ -8,9 +8,9 @@ import signal
 
 import pytest
 
-from sbusr import connection
 from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, BusProcess
 from sbusr.testing.waiting import wait_for
+from sbusr.transport import connection
 from tests.helpers.server import ServerProcess, write_config
 from tests.helpers.vendorproc import vendor_unavailable
 

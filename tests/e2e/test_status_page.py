@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sbusr.testing.api import ApiProcess
+from sbusr.testing.api_process import ApiProcess
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import BusProcess
 from tests.helpers.browser import Browser, find_or_install_chromium, wait_until

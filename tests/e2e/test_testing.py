@@ -127,8 +127,8 @@ def test_decorators_import_no_bus_driver_or_server():
     modules = json.loads(done.stdout)
     heavy = [m for m in modules
              if m.split(".")[0] in ("oslo_messaging", "oslo_config", "tornado", "eventlet")
-             or m.startswith(("sbusr.smartbus", "sbusr.driver", "sbusr.connection", "sbusr.cmd",
-                              "sbusr.execution", "sbusr.dispatch", "sbusr.scheduler",
+             or m.startswith(("sbusr.smartbus", "sbusr.driver", "sbusr.transport.connection", "sbusr.cmd",
+                              "sbusr.execution", "sbusr.dispatch", "sbusr.timers.scheduler",
                               "sbusr.spooler.supervisor"))]
     assert heavy == []
     assert "sbusr.decorators" in modules

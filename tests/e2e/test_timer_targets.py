@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sbusr import schedule
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
+from sbusr.timers import schedule
 
 CACHE = textwrap.dedent('''
     import os

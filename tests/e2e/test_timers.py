@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sbusr import schedule
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
+from sbusr.timers import schedule
 
 TIMERS = textwrap.dedent('''
     import os

@@ -91,7 +91,7 @@ def bus() -> Iterator[BusProcess]:
 @pytest.fixture
 def native(bus: BusProcess) -> Iterator[Callable[..., tuple[Any, Recorder]]]:
     """Factory: a started ThreadedClient on ``bus`` plus its Recorder."""
-    from sbusr.smartbus.threaded import ThreadedClient
+    from sbusr.smartbus.native.threaded import ThreadedClient
 
     clients: list[Any] = []
 

@@ -16,7 +16,7 @@ from typing import Any
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
-from sbusr.smartbus.threaded import ThreadedClient
+from sbusr.smartbus.native.threaded import ThreadedClient
 
 START_TIMEOUT = 15.0
 

@@ -11,26 +11,29 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / "sbusr"
 #: one layer know nothing of each other. Every sbusr module belongs to the part with its longest prefix.
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"package": ("sbusr",)},  # the version, nothing else
+    {"utilities": ("sbusr.util",)},  # rate-limited logging, process facts: no sbusr imports
     {"bus": ("sbusr.smartbus",),  # codec, development bus, bus clients, the vendor binding
      "metrics": ("sbusr.metrics",)},  # Prometheus metrics and the rolling window: transport-neutral
     {"options": ("sbusr.opts",), "json-rpc": ("sbusr.jsonrpc",)},  # JSON-RPC framing and its oslo mapping
-    {"connection": ("sbusr.connection",),  # one SmartBus link per identity: replies, flow starts, calls
+    {"transport": ("sbusr.transport",),  # one SmartBus link per identity: replies, flow starts, calls
      # what endpoint code imports: @limits, @timer/@cron, @spool; no bus, no server
-     "method kit": ("sbusr.decorators", "sbusr.limits", "sbusr.schedule", "sbusr.spooler.jobs")},
+     "method kit": ("sbusr.decorators", "sbusr.execution.limits", "sbusr.timers", "sbusr.spooler.jobs")},
     {"sql": ("sbusr.sql",)},  # SQL methods from .sql files: statements, pools, their endpoints
-    {"transport": ("sbusr.driver_smartbus",),  # the oslo.messaging driver
+    {"driver": ("sbusr.driver_smartbus",),  # the oslo.messaging driver
      "dispatch": ("sbusr.dispatch",)},  # endpoint adapters, registry, loading
-    {"endpoints": ("sbusr.endpoints",)},  # the built-in endpoints (sys.timers finds timers via dispatch)
+    # the built-in endpoints (sys.timers finds timers via dispatch; sbusr.timer.run runs each tick)
+    {"endpoints": ("sbusr.endpoints",)},
     # the execution layer wires the sys.* endpoints to its state (process mode: in master and workers)
     # execution learns which call it runs from the dispatcher (dispatch.current_call); only process
-    # mode's plumbing (the master's driver, the worker's link) uses the transport
+    # mode's plumbing (the master's driver, the worker's link) uses the driver
     {"execution": ("sbusr.execution",),
-     "scheduler": ("sbusr.scheduler",),  # when timers are due
-     "reload on save": ("sbusr.reload_on_save",),
+     "scheduler": ("sbusr.timers.scheduler",),  # when timers are due
+     "reload on save": ("sbusr.server.reload_on_save",),
      "configuration": ("sbusr.config",),  # config files, start-up checks (the driver's URL rules), reload
      "http api": ("sbusr.api",)},
     {"spooler": ("sbusr.spooler",)},  # spooler processes: jobs run with the workers' worker_init
-    {"background": ("sbusr.background",)},  # sbusr-server's timers, spooler and reload on save
+    {"background": ("sbusr.server.background",)},  # sbusr-server's timers, spooler and reload on save
+    {"services": ("sbusr.server",)},  # sbusr-server's thread- and process-mode services
     {"benchmarks": ("sbusr.bench",)},
     {"testing": ("sbusr.testing",)},  # the test kit for method writers; its processes reuse bench's
     {"project template": ("sbusr.scaffold",)},  # what sbusr-init writes

@@ -8,9 +8,10 @@ import threading
 
 import pytest
 
-from sbusr.smartbus import codec, threaded
+from sbusr.smartbus import codec
 from sbusr.smartbus.interface import ClientConfig
-from sbusr.smartbus.threaded import ThreadedClient
+from sbusr.smartbus.native import threaded
+from sbusr.smartbus.native.threaded import ThreadedClient
 from sbusr.testing.processes import free_port
 
 

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from oslo_config import cfg
 
 from sbusr import jsonrpc, opts
-from sbusr.connection import FlowRejected, FlowStarted, Peer, ReplyTimeout
 from sbusr.driver_smartbus import RemoteError, SmartBusDriver, SmartBusIncomingMessage
 from sbusr.jsonrpc import POSITIONAL_KEY
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address
 from sbusr.smartbus.interface import BusError, FlowTimeout
+from sbusr.transport.connection import FlowRejected, FlowStarted, Peer, ReplyTimeout
 
 CALLER = Address(0, 3, codec.CLIENT_TYPE_IPSC)
 

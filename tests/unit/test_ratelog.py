@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from sbusr.smartbus import ratelog
-from sbusr.smartbus.ratelog import RateLimitedLog
+from sbusr.util import ratelog
+from sbusr.util.ratelog import RateLimitedLog
 
 
 class Clock:

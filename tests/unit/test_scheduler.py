@@ -6,8 +6,8 @@ import threading
 import time
 
 from sbusr import jsonrpc
-from sbusr.schedule import Every, TimerEntry
-from sbusr.scheduler import RUN_METHOD, Scheduler
+from sbusr.timers.schedule import Every, TimerEntry
+from sbusr.timers.scheduler import RUN_METHOD, Scheduler
 
 WAIT = 60.0
 

@@ -13,8 +13,8 @@ from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import config, dispatch, jsonrpc, opts
-from sbusr.limits import LIMITS_ATTR
-from sbusr.reload_on_save import _is_endpoint_file
+from sbusr.execution.limits import LIMITS_ATTR
+from sbusr.server.reload_on_save import _is_endpoint_file
 from sbusr.sql import databases, errors, statements
 from sbusr.sql.paramstyle import Prepared, names_in_order
 from sbusr.sql.pools import POOLS

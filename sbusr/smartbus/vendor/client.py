@@ -27,7 +27,6 @@ from sbusr.smartbus.interface import (
     FlowOutcomeUnknown,
     NotConnected,
 )
-from sbusr.smartbus.ratelog import RateLimitedLog
 from sbusr.smartbus.vendor.binding import (
     NO_SLAVE_PORT,
     ConnectionEvent,
@@ -39,6 +38,7 @@ from sbusr.smartbus.vendor.binding import (
     VendorLibrary,
     c_text,
 )
+from sbusr.util.ratelog import RateLimitedLog
 
 LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators, as before the split
 #: impossible global-connect notices: one WARNING per kind every 10 s (the callback names no sender)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sbusr import jsonrpc
-from sbusr.schedule import Schedule, TimerEntry, wall_to_iso
+from sbusr.timers.schedule import Schedule, TimerEntry, wall_to_iso
 
 LOG = logging.getLogger("sbusr.timer")
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import oslo_messaging
 
-from sbusr import dispatch, jsonrpc, schedule
+from sbusr import dispatch, jsonrpc
+from sbusr.timers import schedule
 
 LOG = logging.getLogger("sbusr.timer")
 

@@ -22,9 +22,9 @@ import threading
 from typing import Any
 
 from sbusr.smartbus import codec
-from sbusr.smartbus.client import SmartBusClient
 from sbusr.smartbus.codec import Address
 from sbusr.smartbus.interface import ClientConfig, ClientHandlers, FlowInvocation, NotConnected
+from sbusr.smartbus.native.client import SmartBusClient
 
 LOG = logging.getLogger(__name__)
 

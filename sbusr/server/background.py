@@ -2,7 +2,7 @@
 
 Everything here reaches the methods the way a caller does, so it works the same in every
 execution mode: a timer tick is a JSON-RPC request the server sends to its own SmartBus address
-(:meth:`sbusr.connection.BusConnection.request_self`), spooled jobs run in separate spooler
+(:meth:`sbusr.transport.connection.BusConnection.request_self`), spooled jobs run in separate spooler
 processes that load the endpoint code themselves, and reload on save calls the server's reload.
 """
 
@@ -17,15 +17,16 @@ from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import jsonrpc, opts, schedule
-from sbusr.connection import BusConnection
+from sbusr import jsonrpc, opts
 from sbusr.endpoints import system
-from sbusr.endpoints.timers import ADDRESS_ENV
-from sbusr.reload_on_save import ReloadOnSave
-from sbusr.scheduler import Scheduler
+from sbusr.endpoints.timer import ADDRESS_ENV
+from sbusr.server.reload_on_save import ReloadOnSave
 from sbusr.smartbus.interface import ClientConfig
 from sbusr.spooler.jobs import DIRECTORY_ENV
 from sbusr.spooler.supervisor import Spooler
+from sbusr.timers import schedule
+from sbusr.timers.scheduler import Scheduler
+from sbusr.transport.connection import BusConnection
 
 LOG = logging.getLogger(__name__)
 

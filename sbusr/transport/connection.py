@@ -28,7 +28,7 @@ from sbusr import jsonrpc, metrics, opts
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
-from sbusr.smartbus.ratelog import RateLimitedLog
+from sbusr.util.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
 #: malformed packets from a peer: one WARNING per sender and kind every 10 s, with a count of the rest
@@ -209,7 +209,7 @@ def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHand
 
         library_path = opts.config_relative(conf, conf.smartbus.library_path, "library_path", "smartbus")
         return VendorClient(config, handlers, library_path=library_path or None)
-    from sbusr.smartbus.threaded import ThreadedClient
+    from sbusr.smartbus.native.threaded import ThreadedClient
 
     return ThreadedClient(config, handlers, duplicate_retry=STANDBY_RETRY)
 

@@ -2,7 +2,7 @@
 
 The decorators only attach a :class:`Schedule` to the function (no threads, no bus): sbusr-server
 finds the marked functions in the endpoint modules it loaded (:func:`find_timers`) and its
-scheduler (:mod:`sbusr.scheduler`) runs each tick as a call of the built-in ``sbusr.timer.run``
+scheduler (:mod:`sbusr.timers.scheduler`) runs each tick as a call of the built-in ``sbusr.timer.run``
 method, so a tick takes the same path as any request.
 
 ``@cron`` takes uWSGI's fields (``-1`` = every, ``-N`` = every N-th, as in ``*/N``) or one crontab

@@ -45,10 +45,10 @@ from oslo_config import cfg
 
 import sbusr
 from sbusr import jsonrpc, metrics, opts
-from sbusr.connection import FlowRejected, IpscUnavailable
 from sbusr.driver_smartbus import RemoteError, client_config_from_url
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
+from sbusr.transport.connection import FlowRejected, IpscUnavailable
 
 LOG = logging.getLogger(__name__)
 ACCESS_LOG = logging.getLogger("sbusr.api.access")

@@ -17,7 +17,7 @@ flow ack/result matching).  Deliberate differences from the vendor library:
 * Sending without a registered link raises :class:`NotConnected` instead of
   returning -2.
 
-Everything here runs on one event loop; :mod:`sbusr.smartbus.threaded` wraps it
+Everything here runs on one event loop; :mod:`sbusr.smartbus.native.threaded` wraps it
 for threaded callers.  All ``*_nowait``/``build_*`` helpers are synchronous so
 the thread facade can encode in the caller's thread and only hand finished
 bytes to the loop.
@@ -46,7 +46,7 @@ from sbusr.smartbus.interface import (
     NotConnected,
     fail,
 )
-from sbusr.smartbus.ratelog import RateLimitedLog
+from sbusr.util.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
 #: malformed or impossible packets from the bus: one WARNING per sender and kind every 10 s

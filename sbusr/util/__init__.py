@@ -1,0 +1,1 @@
+"""Small helpers with no sbusr dependencies, used by every layer."""
