@@ -7,7 +7,7 @@ sbusr-server finds when it loads the endpoint modules.
 """
 
 from sbusr.execution.limits import limits
-from sbusr.jsonrpc import RpcError
+from sbusr.jsonrpc.errors import RpcError
 from sbusr.spooler.jobs import SpoolRetry, spool
 from sbusr.timers.schedule import cron, timer
 

@@ -35,7 +35,31 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging._drivers import base
 
-from sbusr import jsonrpc, metrics, opts
+from sbusr import metrics, opts
+from sbusr.jsonrpc.encoding import dumps, loads_or_text
+from sbusr.jsonrpc.errors import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    MAX_QUOTED_NAME,
+    METHOD_NOT_FOUND,
+    SERVER_BUSY,
+    RpcError,
+    cut,
+    error_from_exception,
+)
+from sbusr.jsonrpc.protocol import (
+    Call,
+    Parsed,
+    decode_payload,
+    error_response,
+    full_method,
+    oslo_message,
+    params_from_args,
+    parse,
+    reply_title,
+    reply_title_for,
+    result_response,
+)
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
@@ -173,12 +197,12 @@ class _Responder:
 
     def _send(self, response: Any) -> Any:
         """Send ``response`` (or, when too large, the error that replaces it); returns what was sent."""
-        body = jsonrpc.dumps(response, self._decimal_as)
+        body = dumps(response, self._decimal_as)
         if len(body) > codec.MAX_NOTIFY_PARAM:
             LOG.warning("reply %r to %s is %d bytes; a NOTIFY carries at most %d: answering -32603",
                         self._title, self._to, len(body), codec.MAX_NOTIFY_PARAM)
             body = _too_large(response, len(body))
-            too_large = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "response too large")
+            too_large = error_response(None, INTERNAL_ERROR, "response too large")
             response = ([{**too_large, "id": r.get("id")} for r in response] if isinstance(response, list)
                         else {**too_large, "id": response.get("id")})  # what the metrics count
         try:
@@ -197,19 +221,19 @@ def _too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> by
     """
     message = f"response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM}"
     if not isinstance(response, list):
-        return jsonrpc.dumps(jsonrpc.error_response(response.get("id"), jsonrpc.INTERNAL_ERROR, message))
-    body = jsonrpc.dumps([jsonrpc.error_response(r.get("id"), jsonrpc.INTERNAL_ERROR, message)
+        return dumps(error_response(response.get("id"), INTERNAL_ERROR, message))
+    body = dumps([error_response(r.get("id"), INTERNAL_ERROR, message)
                           for r in response])
     if len(body) <= codec.MAX_NOTIFY_PARAM:
         return body
     first = response[0].get("id") if response else None
-    body = jsonrpc.dumps(jsonrpc.error_response(
-        first, jsonrpc.INTERNAL_ERROR,
+    body = dumps(error_response(
+        first, INTERNAL_ERROR,
         f"batch response is {size} bytes; a SmartBus NOTIFY carries at most {codec.MAX_NOTIFY_PARAM} and "
         f"even one error per call ({len(response)} calls) does not fit: send fewer calls per batch"))
     if len(body) <= codec.MAX_NOTIFY_PARAM:
         return body
-    return jsonrpc.dumps(jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, message))  # cannot happen
+    return dumps(error_response(None, INTERNAL_ERROR, message))  # cannot happen
 
 
 _message_ids = itertools.count(1)
@@ -222,7 +246,7 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
                  responder: _Responder | None, slot: int, exchange: Exchange, debug: bool = False) -> None:
         # a counter, not oslo's default uuid4: the id is only used in log lines
         super().__init__(ctxt, message, msg_id=str(next(_message_ids)))
-        self.full_method = jsonrpc.full_method(message.get("namespace"), message["method"])
+        self.full_method = full_method(message.get("namespace"), message["method"])
         self.request_id = request_id
         self.exchange = exchange
         self._responder = responder
@@ -244,14 +268,14 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
             return False
         code, text = 0, ""
         if error is not None:
-            code, text, data = jsonrpc.error_from_exception(error, self._debug)
-            if code == jsonrpc.METHOD_NOT_FOUND:  # oslo only knows the last dotted part
-                text = f"Method not found: {jsonrpc.cut(self.full_method, jsonrpc.MAX_QUOTED_NAME)}"
+            code, text, data = error_from_exception(error, self._debug)
+            if code == METHOD_NOT_FOUND:  # oslo only knows the last dotted part
+                text = f"Method not found: {cut(self.full_method, MAX_QUOTED_NAME)}"
             if self._responder is not None:
-                self._responder.fill(self._slot, jsonrpc.error_response(self.request_id, code, text, data),
+                self._responder.fill(self._slot, error_response(self.request_id, code, text, data),
                                      self.full_method)
         elif self._responder is not None:  # None: a notification, run and answer nothing
-            self._responder.fill(self._slot, jsonrpc.result_response(self.request_id, result),
+            self._responder.fill(self._slot, result_response(self.request_id, result),
                                  self.full_method)
         self.exchange.call_done(self.full_method, code, text, replied=self._responder is not None)
         return True
@@ -315,21 +339,21 @@ class SmartBusListener(base.Listener):
         """Runs on the bus client's thread."""
         deliver = self.on_incoming_callback
         if deliver is None:  # stopped: answer rather than drop
-            self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
+            self._driver.reject(packet, SERVER_BUSY, "server is shutting down")
             return
         exchange = self._conn.open_exchange(packet)
         if not self._admission.try_enter():
             _OUTCOME_LOG.log(("busy", packet.src), "request from %s refused with %d: %d requests already "
-                             "waiting or running", packet.src, jsonrpc.SERVER_BUSY, self._limit,
+                             "waiting or running", packet.src, SERVER_BUSY, self._limit,
                              level=logging.WARNING)
-            self._driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later", exchange)
+            self._driver.reject(packet, SERVER_BUSY, "server busy, try again later", exchange)
             return
         exchange.on_close(self._admission.leave)
         for message in self._driver.incoming_from_packet(packet, exchange):
             try:
                 deliver([message])
             except RuntimeError:  # the RPCServer's executor has shut down meanwhile
-                message.reply(failure=(None, jsonrpc.RpcError(jsonrpc.SERVER_BUSY, "server is shutting down"),
+                message.reply(failure=(None, RpcError(SERVER_BUSY, "server is shutting down"),
                                        None))
 
     def cleanup(self) -> None:
@@ -398,7 +422,7 @@ class SmartBusDriver(base.BaseDriver):
     def answer_idle(self, packet: Packet) -> None:
         """A request that arrived while nothing serves: -32002 "starting" or "shutting down"."""
         text = "server is starting" if self.phase == "starting" else "server is shutting down"
-        self.reject(packet, jsonrpc.SERVER_BUSY, text)
+        self.reject(packet, SERVER_BUSY, text)
 
     def require_features(self, requeue: bool = False) -> None:
         if requeue:
@@ -415,16 +439,16 @@ class SmartBusDriver(base.BaseDriver):
                                  batch_timeout: float | None) -> Any:
         raise NotImplementedError("the smartbus transport carries no oslo notifications")
 
-    def _decode(self, packet: Packet) -> jsonrpc.Parsed:
+    def _decode(self, packet: Packet) -> Parsed:
         if len(packet.body) > self.max_request_size:
-            return jsonrpc.Parsed(False, [jsonrpc.error_response(
-                None, jsonrpc.INVALID_REQUEST,
+            return Parsed(False, [error_response(
+                None, INVALID_REQUEST,
                 f"request is {len(packet.body)} bytes; the limit is {self.max_request_size}")])
         try:
-            text = jsonrpc.decode_payload(packet.body, self._config.encoding)
-        except jsonrpc.RpcError as exc:
-            return jsonrpc.Parsed(False, [jsonrpc.error_response(None, exc.code, exc.message)])
-        return jsonrpc.parse(text)
+            text = decode_payload(packet.body, self._config.encoding)
+        except RpcError as exc:
+            return Parsed(False, [error_response(None, exc.code, exc.message)])
+        return parse(text)
 
     def incoming_from_packet(self, packet: Packet, exchange: Exchange | None = None
                              ) -> list[SmartBusIncomingMessage]:
@@ -441,9 +465,9 @@ class SmartBusDriver(base.BaseDriver):
             return []
         items = [self._titled(item) for item in parsed.items]
         answerable = [item for item in items
-                      if not (isinstance(item, jsonrpc.Call) and item.is_notification)]
+                      if not (isinstance(item, Call) and item.is_notification)]
         responder = None
-        title = jsonrpc.reply_title_for(items)  # after the title rule: a bad id is answered under "null"
+        title = reply_title_for(items)  # after the title rule: a bad id is answered under "null"
         if title is not None:
             responder = _Responder(exchange, packet.src, title, parsed.is_batch, len(answerable),
                                    self.metrics, self.decimal_as)
@@ -451,16 +475,16 @@ class SmartBusDriver(base.BaseDriver):
         incoming: list[SmartBusIncomingMessage] = []
         slot = 0
         for item in items:
-            if not isinstance(item, jsonrpc.Call):
+            if not isinstance(item, Call):
                 assert responder is not None
                 error = item["error"]
                 _OUTCOME_LOG.log((packet.src, error["code"]), "request from %s answered %d: %s", packet.src,
-                                 error["code"], jsonrpc.cut(error["message"], jsonrpc.MAX_QUOTED_NAME))
+                                 error["code"], cut(error["message"], MAX_QUOTED_NAME))
                 exchange.note("", error["code"], error["message"])
                 responder.fill(slot, item)
                 slot += 1
                 continue
-            message = jsonrpc.oslo_message(item)
+            message = oslo_message(item)
             ctxt = {"request_id": item.id, "source": source}
             if item.is_notification:
                 incoming.append(SmartBusIncomingMessage(ctxt, message, None, None, 0, exchange, self.debug))
@@ -473,34 +497,34 @@ class SmartBusDriver(base.BaseDriver):
         exchange.expect(len(incoming))
         return incoming
 
-    def _titled(self, item: jsonrpc.Call | dict[str, Any]) -> jsonrpc.Call | dict[str, Any]:
+    def _titled(self, item: Call | dict[str, Any]) -> Call | dict[str, Any]:
         """Apply the title rule: an id that cannot be a NOTIFY title is never run, and answered under "null".
 
         The flow waits on the id as the NOTIFY title (char[102] in the wire encoding); such a reply could
         not be sent at all, so the caller gets -32600 with id null, under the title "null".
         """
-        if isinstance(item, jsonrpc.Call):
+        if isinstance(item, Call):
             if item.is_notification:
                 return item
-            title = jsonrpc.reply_title(item.id)
+            title = reply_title(item.id)
             if (self._ascii_titles and len(title) <= codec.MAX_NOTIFY_TITLE and title.isascii()
                     and "\0" not in title):
                 return item  # the common case, without encoding the title
             problem = codec.notify_title_problem(title, self._config.encoding)
             if problem is None:
                 return item
-            return jsonrpc.error_response(
-                None, jsonrpc.INVALID_REQUEST,
+            return error_response(
+                None, INVALID_REQUEST,
                 f"Invalid Request: id cannot be a SmartBus notify title ({problem}; "
                 f"at most {codec.MAX_NOTIFY_TITLE} bytes in {self._config.encoding}, no NUL)")
-        if item.get("id") is not None and codec.notify_title_problem(jsonrpc.reply_title(item["id"]),
+        if item.get("id") is not None and codec.notify_title_problem(reply_title(item["id"]),
                                                                      self._config.encoding):
             return {**item, "id": None}
         return item
 
     def reject(self, packet: Packet, code: int, message: str, exchange: Exchange | None = None) -> None:
         """Answer every call in ``packet`` with one error (used while shutting down or when full)."""
-        self.answer_for(packet, lambda _method: jsonrpc.RpcError(code, message), exchange)
+        self.answer_for(packet, lambda _method: RpcError(code, message), exchange)
 
     def answer_for(self, packet: Packet, error_for: Callable[[str], BaseException],
                    exchange: Exchange | None = None) -> int:
@@ -556,25 +580,25 @@ class SmartBusDriver(base.BaseDriver):
     def _call_sbusr(self, target: oslo_messaging.Target, message: dict[str, Any], wait: bool,
                     timeout: float | None) -> Any:
         unit, client = parse_address(target.server)
-        name = jsonrpc.full_method(target.namespace, message["method"])
-        params = jsonrpc.params_from_args(message.get("args") or {})
+        name = full_method(target.namespace, message["method"])
+        params = params_from_args(message.get("args") or {})
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": name, "params": params}
         if not wait:
-            self.connection.send_request(unit, client, jsonrpc.dumps(request))
+            self.connection.send_request(unit, client, dumps(request))
             return None
         request["id"] = uuid.uuid4().hex
         try:
-            raw = self.connection.call(unit, client, request["id"], jsonrpc.dumps(request), timeout)
+            raw = self.connection.call(unit, client, request["id"], dumps(request), timeout)
         except ReplyTimeout:
             raise oslo_messaging.MessagingTimeout(
                 f"no reply from sbusr {unit}:{client} to {name} within {timeout} s") from None
-        response = jsonrpc.loads_or_text(raw)
+        response = loads_or_text(raw)
         if isinstance(response, dict) and "error" in response:
             error = response["error"] or {}
-            raise RemoteError(error.get("code", jsonrpc.INTERNAL_ERROR), str(error.get("message", "")),
+            raise RemoteError(error.get("code", INTERNAL_ERROR), str(error.get("message", "")),
                               error.get("data"))
         if not isinstance(response, dict) or "result" not in response:
-            raise RemoteError(jsonrpc.INTERNAL_ERROR, f"malformed reply: {raw[:200]!r}")
+            raise RemoteError(INTERNAL_ERROR, f"malformed reply: {raw[:200]!r}")
         return response["result"]
 
     #: topic -> its sender; any other topic is a JSON-RPC call to the sbusr-server ``target.server``

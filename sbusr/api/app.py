@@ -44,8 +44,10 @@ import tornado.web
 from oslo_config import cfg
 
 import sbusr
-from sbusr import jsonrpc, metrics, opts
+from sbusr import metrics, opts
 from sbusr.driver_smartbus import RemoteError, client_config_from_url
+from sbusr.jsonrpc.encoding import dumps
+from sbusr.jsonrpc.errors import INTERNAL_ERROR
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
 from sbusr.transport.connection import FlowRejected, IpscUnavailable
@@ -194,7 +196,7 @@ class BusApi:
         try:
             return await self._run(self._discover.call, {}, "discover")
         except RemoteError as exc:
-            if exc.code != jsonrpc.INTERNAL_ERROR or "NOTIFY carries at most" not in exc.rpc_message:
+            if exc.code != INTERNAL_ERROR or "NOTIFY carries at most" not in exc.rpc_message:
                 raise
         names = await self._run(self._ping.call, {}, "methods")
         document: dict[str, Any] = {}
@@ -283,7 +285,7 @@ def parse_flow_request(raw: bytes, encoding: str, wait_flag: bool = False) -> di
     params = body.get("params", [])
     if not isinstance(params, list):
         raise ApiError(400, "'params' must be a JSON array")
-    size = len(jsonrpc.dumps(params))
+    size = len(dumps(params))
     if size > codec.MAX_FLOW_PARAMS:
         raise ApiError(400, f"'params' encode to {size} bytes; a flow start carries at most "
                             f"{codec.MAX_FLOW_PARAMS}")

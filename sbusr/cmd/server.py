@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import oslo_messaging
 
-from sbusr import config, jsonrpc
+from sbusr import config
 from sbusr.cmd import common
 from sbusr.execution import hooks
+from sbusr.jsonrpc.errors import RpcError
 from sbusr.server.services import ProcessService, ThreadService
 
 LOG = logging.getLogger("sbusr.server")
@@ -101,7 +102,7 @@ def _safe_start(service: ThreadService | ProcessService, stop: threading.Event, 
 def _safe_reload(service: ThreadService | ProcessService) -> None:
     try:
         service.reload()
-    except jsonrpc.RpcError:
+    except RpcError:
         pass  # a refused configuration, already logged in one line
     except Exception:
         LOG.exception("reload failed; the previous endpoints stay in service")

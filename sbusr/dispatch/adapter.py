@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
-from sbusr import jsonrpc
 from sbusr.dispatch import aio, context, typed
+from sbusr.jsonrpc.errors import InvalidParams, RpcError
+from sbusr.jsonrpc.protocol import POSITIONAL_KEY
 
 LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
@@ -56,9 +57,9 @@ def direct_invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) 
     return fn(ctxt, *args, **kwargs)
 
 
-def _expected(error: jsonrpc.RpcError) -> rpc_dispatcher.ExpectedException:
+def _expected(error: RpcError) -> rpc_dispatcher.ExpectedException:
     """Wrap ``error`` in oslo's ExpectedException: RPCServer logs it at DEBUG instead of with a
-    traceback, and replies with the wrapped error (``jsonrpc.error_from_exception`` unwraps it too)."""
+    traceback, and replies with the wrapped error (``error_from_exception`` unwraps it too)."""
     wrapped = rpc_dispatcher.ExpectedException()
     wrapped.exc_info = (type(error), error, error.__traceback__)
     return wrapped
@@ -159,7 +160,7 @@ class EndpointAdapter:
         adapter = self
 
         def call(ctxt: Any, /, **kwargs: Any) -> Any:  # positional-only: a param may be named ctxt
-            positional = kwargs.pop(jsonrpc.POSITIONAL_KEY, ())
+            positional = kwargs.pop(POSITIONAL_KEY, ())
             try:
                 if not isinstance(positional, (list, tuple)):
                     raise TypeError("positional params must be an array")
@@ -171,14 +172,14 @@ class EndpointAdapter:
                         validate(bound.arguments)
                     args, kwargs = bound.args, bound.kwargs
             except TypeError as exc:  # logged by Dispatcher, with the caller
-                raise _expected(jsonrpc.InvalidParams(f"Invalid params for {full_name}: {exc}")) from None
-            except jsonrpc.InvalidParams as exc:
+                raise _expected(InvalidParams(f"Invalid params for {full_name}: {exc}")) from None
+            except InvalidParams as exc:
                 raise _expected(exc) from None
             ctxt = context.of(ctxt, full_name)
             token = context.enter(ctxt)  # what oslo.log writes the request id from
             try:
                 return adapter.invoker(fn, ctxt, args, kwargs)
-            except jsonrpc.RpcError as exc:
+            except RpcError as exc:
                 raise _expected(exc) from None
             finally:
                 context.leave(token)

@@ -13,16 +13,26 @@ import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 from oslo_messaging.rpc import server as rpc_server_module
 
-from sbusr import jsonrpc
 from sbusr.dispatch import context
 from sbusr.dispatch.adapter import AccessPolicy, _expected
+from sbusr.jsonrpc.errors import (
+    CALL_TIMEOUT,
+    INTERNAL_ERROR,
+    MAX_QUOTED_NAME,
+    SERVER_BUSY,
+    WORKER_CRASHED,
+    MethodNotFound,
+    MethodRaised,
+    RpcError,
+    cut,
+)
 
 LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
 
 
 #: codes the execution layer logs itself (with the worker or thread it concerns): not logged twice
-_LOGGED_BELOW = frozenset({jsonrpc.CALL_TIMEOUT, jsonrpc.WORKER_CRASHED})
-_WARNING_CODES = frozenset({jsonrpc.SERVER_BUSY, jsonrpc.INTERNAL_ERROR})
+_LOGGED_BELOW = frozenset({CALL_TIMEOUT, WORKER_CRASHED})
+_WARNING_CODES = frozenset({SERVER_BUSY, INTERNAL_ERROR})
 #: the incoming message being dispatched in this thread (a context variable: one per thread)
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("sbusr_current_call", default=None)
 
@@ -77,11 +87,11 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
             return super().dispatch(incoming)
         except rpc_dispatcher.ExpectedException as exc:
             error = exc.exc_info[1]
-            if isinstance(error, jsonrpc.RpcError):
+            if isinstance(error, RpcError):
                 self._log_expected(incoming, error)
             raise
         except (rpc_dispatcher.NoSuchMethod, rpc_dispatcher.UnsupportedVersion):
-            error = jsonrpc.MethodNotFound(f"Method not found: {self._name(incoming)}")
+            error = MethodNotFound(f"Method not found: {self._name(incoming)}")
             self._log_expected(incoming, error)
             raise _expected(error) from None
         except Exception:
@@ -95,14 +105,14 @@ class Dispatcher(rpc_dispatcher.RPCDispatcher):
     def _name(incoming: Any) -> str:
         message = incoming.message
         namespace, method = message.get("namespace"), str(message.get("method"))
-        return jsonrpc.cut(f"{namespace}.{method}" if namespace else method, jsonrpc.MAX_QUOTED_NAME)
+        return cut(f"{namespace}.{method}" if namespace else method, MAX_QUOTED_NAME)
 
-    def _log_expected(self, incoming: Any, error: jsonrpc.RpcError) -> None:
-        if error.code in _LOGGED_BELOW or isinstance(error, jsonrpc.MethodRaised):
+    def _log_expected(self, incoming: Any, error: RpcError) -> None:
+        if error.code in _LOGGED_BELOW or isinstance(error, MethodRaised):
             return
         LOG.log(logging.WARNING if error.code in _WARNING_CODES else logging.INFO, "%s from %s: %d %s",
                 self._name(incoming), caller_of(incoming.ctxt), error.code,
-                jsonrpc.cut(error.message, jsonrpc.MAX_QUOTED_NAME))
+                cut(error.message, MAX_QUOTED_NAME))
 
 
 def rpc_server(transport: Any, target: oslo_messaging.Target, endpoints: list[Any]) -> Any:

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc.errors import MAX_ERROR_TEXT, InvalidParams, cut
 
 LOG = logging.getLogger("sbusr.dispatch")
 
@@ -92,7 +92,7 @@ def _make_validator(full_name: str, checks: dict[str, tuple[Any, str]]) -> Valid
     return validate
 
 
-def _invalid(full_name: str, name: str, label: str, exc: Any) -> jsonrpc.InvalidParams:
+def _invalid(full_name: str, name: str, label: str, exc: Any) -> InvalidParams:
     errors = exc.errors(include_url=False, include_context=False, include_input=False)
     first = errors[0] if errors else {"loc": (), "msg": str(exc)}
     where = ".".join(str(part) for part in first["loc"])
@@ -100,4 +100,4 @@ def _invalid(full_name: str, name: str, label: str, exc: Any) -> jsonrpc.Invalid
     message = f"Invalid params for {full_name}: parameter {name!r} must be {label} ({detail})"
     data = {"param": name, "expected": label,
             "errors": [{"loc": [name, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]}
-    return jsonrpc.InvalidParams(jsonrpc.cut(message, jsonrpc.MAX_ERROR_TEXT), data)
+    return InvalidParams(cut(message, MAX_ERROR_TEXT), data)

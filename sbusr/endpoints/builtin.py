@@ -12,7 +12,7 @@ from typing import Any
 
 import oslo_messaging
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc.errors import InvalidParams
 
 LOG = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class BuiltinEndpoint:
         try:
             return a + b
         except TypeError as exc:
-            raise jsonrpc.InvalidParams(f"cannot add {type(a).__name__} and {type(b).__name__}") from exc
+            raise InvalidParams(f"cannot add {type(a).__name__} and {type(b).__name__}") from exc
 
     def echo(self, ctxt: Any, txt: Any) -> Any:
         """Return ``txt`` unchanged."""
@@ -41,13 +41,13 @@ class BuiltinEndpoint:
         try:
             return sum(args)
         except TypeError as exc:
-            raise jsonrpc.InvalidParams("plus() takes numbers only") from exc
+            raise InvalidParams("plus() takes numbers only") from exc
 
     def sleep(self, ctxt: Any, seconds: Any) -> None:
         """Sleep ``seconds`` (0..MAX_SLEEP) and return null."""
         if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                 or not math.isfinite(seconds) or not 0 <= seconds <= MAX_SLEEP):
-            raise jsonrpc.InvalidParams(f"seconds must be a number from 0 to {MAX_SLEEP:g}")
+            raise InvalidParams(f"seconds must be a number from 0 to {MAX_SLEEP:g}")
         time.sleep(seconds)
 
     def exception(self, ctxt: Any, *args: Any) -> None:

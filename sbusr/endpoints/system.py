@@ -23,8 +23,8 @@ from typing import Any
 import oslo_messaging
 
 import sbusr
-from sbusr import jsonrpc
 from sbusr.dispatch import discovery
+from sbusr.jsonrpc.errors import SERVER_ERROR, InvalidParams, RpcError
 
 
 class _State:
@@ -62,7 +62,7 @@ def report(name: str) -> Any:
 def _report(name: str) -> Any:
     handler = _state.reports.get(name)
     if handler is None:
-        raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, f"sys.{name} is not available in this process")
+        raise RpcError(SERVER_ERROR, f"sys.{name} is not available in this process")
     return handler()
 
 
@@ -81,14 +81,14 @@ class SystemEndpoint:
         """Every JSON-RPC method name served, sorted."""
         registry = _state.registry
         if registry is None:
-            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, "method list not available")
+            raise RpcError(SERVER_ERROR, "method list not available")
         return registry.methods()
 
     def reload(self, ctxt: Any) -> Any:
         """Reload endpoint code through the server's handler and return its description."""
         handler = _state.reload_handler
         if handler is None:
-            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, "reload not available")
+            raise RpcError(SERVER_ERROR, "reload not available")
         return handler()
 
     def timers(self, ctxt: Any) -> list[dict[str, Any]]:
@@ -120,10 +120,10 @@ class DiscoveryEndpoint:
         """
         registry = self._registry()
         if registry is None:
-            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, "method list not available")
+            raise RpcError(SERVER_ERROR, "method list not available")
         if namespace is not None:
             if not isinstance(namespace, str):
-                raise jsonrpc.InvalidParams("namespace must be a string")
+                raise InvalidParams("namespace must be a string")
             return discovery.openrpc_document(registry, namespace=namespace)
         cached = self._cached
         if cached is None or cached[0] is not registry:  # built once per loaded registry

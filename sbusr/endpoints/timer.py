@@ -15,7 +15,8 @@ from typing import Any
 
 import oslo_messaging
 
-from sbusr import dispatch, jsonrpc
+from sbusr import dispatch
+from sbusr.jsonrpc.errors import InvalidRequest
 from sbusr.timers import schedule
 
 LOG = logging.getLogger("sbusr.timer")
@@ -40,7 +41,7 @@ class TimerEndpoint:
     def run(self, ctxt: Any, module: str, qualname: str, kind: str, source: str) -> dict[str, Any]:
         """Run the function once; its exception is logged here with the traceback and reported."""
         if not _from_server(ctxt):
-            raise jsonrpc.InvalidRequest("sbusr.timer.run is accepted only from this sbusr-server")
+            raise InvalidRequest("sbusr.timer.run is accepted only from this sbusr-server")
         try:
             loaded = dispatch.module_for(kind, source)
         except (Exception, SystemExit) as exc:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sbusr.execution import messages
+from sbusr.jsonrpc.errors import SERVER_ERROR, RpcError
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers, FlowInvocation
@@ -164,18 +165,14 @@ class LinkClient:
         """``sys.reload`` in a worker: ask the master, wait until it has switched generations."""
         result = self._ask(messages.ReloadRequest, timeout)
         if result.error is not None:  # the caller's answer, as thread mode gives it
-            from sbusr import jsonrpc
-
-            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, result.error)
+            raise RpcError(SERVER_ERROR, result.error)
         return result.summary or {}
 
     def query(self, name: str, timeout: float = 30.0) -> Any:
         """A ``sys.<name>`` report kept by the master (timers, spool)."""
         result = self._ask(lambda token: messages.Query(token, name), timeout)
         if result.error is not None:
-            from sbusr import jsonrpc
-
-            raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, result.error)
+            raise RpcError(SERVER_ERROR, result.error)
         return result.value
 
     def _read(self) -> None:

@@ -39,12 +39,20 @@ from typing import Any
 
 import oslo_messaging
 
-from sbusr import jsonrpc
 from sbusr.driver_smartbus import SmartBusDriver
 from sbusr.execution import messages
 from sbusr.execution.events import MasterEvents
 from sbusr.execution.exits import describe_exit
 from sbusr.execution.hooks import BootFailed
+from sbusr.jsonrpc.errors import (
+    CALL_TIMEOUT,
+    INTERNAL_ERROR,
+    SERVER_BUSY,
+    CallTimeout,
+    RpcError,
+    ServerBusy,
+    WorkerCrashed,
+)
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Packet
 from sbusr.smartbus.interface import BusError
@@ -320,7 +328,7 @@ class Master:
         if state != "running":
             reason = "server is starting" if state == "starting" else "server is shutting down"
             self.events.refused("starting" if state == "starting" else "shutting down")
-            self.driver.reject(packet, jsonrpc.SERVER_BUSY, reason)
+            self.driver.reject(packet, SERVER_BUSY, reason)
             return
         worker = self._take()
         if worker is not None:
@@ -335,14 +343,14 @@ class Master:
                 LOG.warning("request from %s refused: all %d workers busy and %d requests queued",
                             packet.src, self.size, self.queue_size)
             self.events.refused("busy")
-            self.driver.reject(packet, jsonrpc.SERVER_BUSY, "server busy, try again later")
+            self.driver.reject(packet, SERVER_BUSY, "server busy, try again later")
 
     def _route_to(self, worker: _Worker, packet: Packet) -> None:
         """A request packet for ``worker`` only (:meth:`worker_sinks`)."""
         if self._state != "running" or worker.state != "ready" or worker.killed is not None:
             reason = "server is shutting down" if self._state == "stopping" else \
                 f"worker pid {worker.pid} no longer serves"
-            self.driver.reject(packet, jsonrpc.SERVER_BUSY, reason)
+            self.driver.reject(packet, SERVER_BUSY, reason)
         elif len(worker.flights) < self.threads and not worker.pinned:
             self._dispatch(worker, packet, 0.0)
         else:
@@ -352,7 +360,7 @@ class Master:
         """``worker`` takes no more packets: answer those waiting for it alone."""
         pinned, worker.pinned = worker.pinned, collections.deque()
         for packet, _ in pinned:
-            self.driver.reject(packet, jsonrpc.SERVER_BUSY, f"worker pid {worker.pid} no longer serves")
+            self.driver.reject(packet, SERVER_BUSY, f"worker pid {worker.pid} no longer serves")
 
     def _take(self) -> _Worker | None:
         idle = self._idle
@@ -498,8 +506,8 @@ class Master:
         def timeout_error(method: str) -> BaseException:
             src = flight.packet.src
             LOG.warning("call %s from %s/%s exceeded its %g s limit: answered %d; worker pid %d killed and "
-                        "replaced", method, src.unit, src.client, limit, jsonrpc.CALL_TIMEOUT, worker.pid)
-            return jsonrpc.CallTimeout(f"{method} did not finish within {limit:g} s", {"timeout": limit})
+                        "replaced", method, src.unit, src.client, limit, CALL_TIMEOUT, worker.pid)
+            return CallTimeout(f"{method} did not finish within {limit:g} s", {"timeout": limit})
 
         worker.flights.pop(seq)
         self._answer(flight, timeout_error, "timeout")
@@ -515,7 +523,7 @@ class Master:
         flights, worker.flights = worker.flights, {}
         status = "killed by SIGKILL"
         for flight in flights.values():
-            self._answer(flight, lambda method: jsonrpc.WorkerCrashed(
+            self._answer(flight, lambda method: WorkerCrashed(
                 f"the worker running {method} was killed ({reason} of another call in it)",
                 {"exit": status}), "crash")
 
@@ -524,7 +532,7 @@ class Master:
 
         def error(method: str) -> BaseException:
             exc = error_for(method)
-            self.events.answered_for_worker(method, getattr(exc, "code", jsonrpc.INTERNAL_ERROR), reason)
+            self.events.answered_for_worker(method, getattr(exc, "code", INTERNAL_ERROR), reason)
             return exc
 
         try:
@@ -741,7 +749,7 @@ class Master:
 
     def _answer_all(self, flights: dict[int, _Flight], reason: str) -> None:
         for flight in flights.values():
-            self._answer(flight, lambda _m: jsonrpc.ServerBusy("server is shutting down"), reason)
+            self._answer(flight, lambda _m: ServerBusy("server is shutting down"), reason)
 
     def _spawner_or_thread(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -771,7 +779,7 @@ class Master:
         for flight in flights.values():
             LOG.error("worker pid %d died (%s) while running %s; replacing it", worker.pid, status,
                       flight.method or "a call")
-            self._answer(flight, lambda method: jsonrpc.WorkerCrashed(
+            self._answer(flight, lambda method: WorkerCrashed(
                 f"the worker running {method} died ({status})", {"exit": status}), "crash")
 
     def _reap_later(self, worker: _Worker) -> None:
@@ -797,7 +805,7 @@ class Master:
 
     def _begin_generation(self, fut: concurrent.futures.Future[dict[str, Any]]) -> None:
         if self._state == "stopping":
-            fut.set_exception(jsonrpc.ServerBusy("server is shutting down"))
+            fut.set_exception(ServerBusy("server is shutting down"))
             return
         if self._staged is not None:  # a reload is already starting workers: it serves this one too
             self._reload_waiters.append(fut)
@@ -888,7 +896,7 @@ class Master:
         def run() -> None:
             try:
                 result = messages.ReloadResult(msg.token, summary=self.reload_handler())
-            except jsonrpc.RpcError as exc:  # a refusal that says why (a bad configuration): as thread mode
+            except RpcError as exc:  # a refusal that says why (a bad configuration): as thread mode
                 result = messages.ReloadResult(msg.token, error=exc.message)
             except Exception as exc:
                 result = messages.ReloadResult(msg.token, error=f"reload failed: {exc}")
@@ -921,13 +929,13 @@ class Master:
         queued, self._queue = self._queue, collections.deque()
         for packet, _ in queued:
             self.events.refused("shutting down")
-            self.driver.reject(packet, jsonrpc.SERVER_BUSY, "server is shutting down")
+            self.driver.reject(packet, SERVER_BUSY, "server is shutting down")
         self.events.queue_length(0)
         self._idle.clear()
         waiters, self._reload_waiters = self._reload_waiters, []
         for fut in waiters:
             if not fut.done():
-                fut.set_exception(jsonrpc.ServerBusy("server is shutting down"))
+                fut.set_exception(ServerBusy("server is shutting down"))
         for worker in list(self._workers):
             self._retire(worker)
         self._check_drained()

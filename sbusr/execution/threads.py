@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sbusr import dispatch, jsonrpc
+from sbusr import dispatch
 from sbusr.dispatch import aio
 from sbusr.dispatch.context import CallContext
 from sbusr.execution import hooks
 from sbusr.execution.home import HomeThread
 from sbusr.execution.limits import LIMITS_ATTR, class_timeout
+from sbusr.jsonrpc.errors import CALL_TIMEOUT, CallTimeout
 
 LOG = logging.getLogger("sbusr.execution")
 
@@ -250,7 +251,7 @@ class ThreadExecutor(Executor):
                         _fn_label(fn), time.monotonic() - call.started)
             # the caller already has the timeout; this raise answers on transports that cannot
             # be answered early
-            raise jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
+            raise CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
                                       {"timeout": timeout}) from None
 
     def _expire(self, call: _LimitedCall, fn: Any, timeout: float, message: Any,
@@ -265,7 +266,7 @@ class ThreadExecutor(Executor):
             stuck = self._abandoned
         if call.freed:
             self._slots.release()  # another call may run while this thread is stuck
-        error = jsonrpc.CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
+        error = CallTimeout(f"{_fn_label(fn)} did not finish within {timeout:g} s",
                                     {"timeout": timeout})
         if message is not None:
             message.answer_early(error)
@@ -273,11 +274,11 @@ class ThreadExecutor(Executor):
         if call.freed:
             LOG.warning("call %s from %s exceeded its %g s limit: answered %d, its thread is abandoned "
                         "(threads cannot be stopped; process mode can)", _fn_label(fn),
-                        dispatch.caller_of(getattr(message, "ctxt", None)), timeout, jsonrpc.CALL_TIMEOUT)
+                        dispatch.caller_of(getattr(message, "ctxt", None)), timeout, CALL_TIMEOUT)
         else:
             LOG.error("call %s from %s exceeded its %g s limit: answered %d; %d calls are stuck: capacity is "
                       "reduced until they return (use [execution] mode = process)", _fn_label(fn),
-                      dispatch.caller_of(getattr(message, "ctxt", None)), timeout, jsonrpc.CALL_TIMEOUT,
+                      dispatch.caller_of(getattr(message, "ctxt", None)), timeout, CALL_TIMEOUT,
                       stuck)
 
     def stats(self) -> dict[str, Any]:

@@ -17,9 +17,11 @@ from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import jsonrpc, opts
+from sbusr import opts
 from sbusr.endpoints import system
 from sbusr.endpoints.timer import ADDRESS_ENV
+from sbusr.jsonrpc.encoding import dumps
+from sbusr.jsonrpc.errors import INTERNAL_ERROR, RpcError
 from sbusr.server.reload_on_save import ReloadOnSave
 from sbusr.smartbus.interface import ClientConfig
 from sbusr.spooler.jobs import DIRECTORY_ENV
@@ -148,7 +150,7 @@ class Background:
         if conn is None:
             raise RuntimeError("not started")
         request_id = f"sbusr-timer-{uuid.uuid4().hex}"
-        body = jsonrpc.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        body = dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         return self._result(conn.request_self(body, request_id, timeout))
 
     def _call_each(self, method: str, params: dict[str, Any], timeout: float | None) -> list[Any]:
@@ -162,7 +164,7 @@ class Background:
         pending = []
         for sink in self.worker_sinks():
             request_id = f"sbusr-timer-{uuid.uuid4().hex}"
-            body = jsonrpc.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            body = dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
             pending.append((request_id, conn.send_self(body, request_id, sink)))
         results: list[Any] = []
         for request_id, reply in pending:
@@ -179,6 +181,6 @@ class Background:
         reply = json.loads(raw)
         if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
             error = reply["error"]
-            raise jsonrpc.RpcError(error.get("code", jsonrpc.INTERNAL_ERROR), str(error.get("message", "")),
+            raise RpcError(error.get("code", INTERNAL_ERROR), str(error.get("message", "")),
                                    error.get("data"))
         return reply.get("result") if isinstance(reply, dict) else None

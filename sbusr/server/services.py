@@ -17,10 +17,11 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
-from sbusr import config, dispatch, jsonrpc, metrics, opts
+from sbusr import config, dispatch, metrics, opts
 from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
 from sbusr.execution import hooks, threads
+from sbusr.jsonrpc.errors import SERVER_ERROR, RpcError
 from sbusr.server.background import Background
 from sbusr.smartbus import codec
 
@@ -48,7 +49,7 @@ def reload_config(reloader: config.Reloader | None) -> dict[str, Any]:
     except config.ConfigError as exc:
         error = f"reload refused, nothing changed: {exc}"
     LOG.error("%s", error)  # outside the except block: oslo.log would append the exception again
-    raise jsonrpc.RpcError(jsonrpc.SERVER_ERROR, error)
+    raise RpcError(SERVER_ERROR, error)
 
 
 class ThreadService:
@@ -253,8 +254,8 @@ class Lifecycle:
                 LOG.info("%s", reason)
 
 
-def reload_failed(exc: hooks.BootFailed) -> jsonrpc.RpcError:
+def reload_failed(exc: hooks.BootFailed) -> RpcError:
     """The reload's answer when its new workers cannot boot (one ERROR line; nothing changed)."""
     error = f"reload failed, the previous code keeps serving: {exc.cause}"
     LOG.error("%s", error)
-    return jsonrpc.RpcError(jsonrpc.SERVER_ERROR, error)
+    return RpcError(SERVER_ERROR, error)

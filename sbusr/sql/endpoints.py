@@ -18,8 +18,9 @@ from typing import Any
 
 import oslo_messaging
 
-from sbusr import jsonrpc, opts
+from sbusr import opts
 from sbusr.execution.limits import LIMITS_ATTR, Limits
+from sbusr.jsonrpc.errors import InvalidParams
 from sbusr.sql import databases as databases_module
 from sbusr.sql.databases import Database
 from sbusr.sql.pools import POOLS, PoolSettings
@@ -76,7 +77,7 @@ def _method(bound: BoundStatement, namespace: str, class_name: str,
         values.update(kwargs)
         for key, value in values.items():
             if not isinstance(value, _BINDABLE):
-                raise jsonrpc.InvalidParams(f"Invalid params for {label}: {key} must be a string, number, "
+                raise InvalidParams(f"Invalid params for {label}: {key} must be a string, number, "
                                             "boolean, array or null")
         return bound.run(values, timeout, label)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc.errors import MAX_ERROR_TEXT, RpcError, cut
 
 DATABASE_ERROR = -32050
 DATABASE_UNAVAILABLE = -32051
@@ -23,14 +23,14 @@ _TIMEOUT_SQLSTATES = frozenset({"57014"})
 _TIMEOUT_MYSQL_ERRNOS = frozenset({3024, 1969})
 
 
-class DatabaseError(jsonrpc.RpcError):
+class DatabaseError(RpcError):
     """-32050: the database refused or failed the statement (``data``: sqlstate, code, message)."""
 
     def __init__(self, message: str, data: dict[str, Any]) -> None:
         super().__init__(DATABASE_ERROR, message, data)
 
 
-class DatabaseUnavailable(jsonrpc.RpcError):
+class DatabaseUnavailable(RpcError):
     """-32051: no connection to the database could be had or kept."""
 
     def __init__(self, message: str, data: dict[str, Any]) -> None:
@@ -58,7 +58,7 @@ def describe(exc: BaseException) -> dict[str, Any]:
     if not message:
         message = str(exc).strip() or type(exc).__name__
     return {"sqlstate": sqlstate if isinstance(sqlstate, str) else None, "code": code,
-            "message": jsonrpc.cut(message.strip(), jsonrpc.MAX_ERROR_TEXT)}
+            "message": cut(message.strip(), MAX_ERROR_TEXT)}
 
 
 def is_unavailable(details: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc.errors import CallTimeout, InternalError, RpcError, ServerBusy
 from sbusr.sql import errors, timeouts
 from sbusr.sql.databases import Database
 from sbusr.sql.paramstyle import Prepared
@@ -88,7 +88,7 @@ class BoundStatement:
         try:
             connection = engine.raw_connection()  # pre-pinged; reconnects when the ping fails
         except sa_exc.TimeoutError:
-            raise jsonrpc.ServerBusy(f"no free connection to database {name}") from None
+            raise ServerBusy(f"no free connection to database {name}") from None
         except Exception as exc:  # refused, unknown host, bad password: the database is not there for us
             details = errors.describe(exc)
             HEALTH.down(name, details["message"])
@@ -116,7 +116,7 @@ class BoundStatement:
                  label: str) -> Exception:
         """The error for the caller; the transaction is rolled back, a dead connection dropped."""
         name = self.database.name
-        if isinstance(exc, jsonrpc.RpcError):
+        if isinstance(exc, RpcError):
             _quietly(connection.rollback)
             return exc
         dbapi = engine.dialect.loaded_dbapi
@@ -133,7 +133,7 @@ class BoundStatement:
         if timeout and errors.is_timeout(details):
             LOG.warning("%s: database %s stopped the statement at the call's %g s limit",
                         label, name, timeout)
-            return jsonrpc.CallTimeout(f"{label} did not finish within {timeout:g} s", {"timeout": timeout})
+            return CallTimeout(f"{label} did not finish within {timeout:g} s", {"timeout": timeout})
         return errors.database_error(name, details)
 
 
@@ -151,7 +151,7 @@ def _shaped(cursor: Any, shape: Shape, label: str) -> Any:
             return []
         rows = cursor.fetchmany(MAX_ROWS + 1)
         if len(rows) > MAX_ROWS:
-            raise jsonrpc.InternalError(f"{label} selected more than {MAX_ROWS} rows; "
+            raise InternalError(f"{label} selected more than {MAX_ROWS} rows; "
                                         "no reply can carry them")
         return [dict(zip(columns, row, strict=True)) for row in rows]
     row = cursor.fetchone() if columns is not None else None

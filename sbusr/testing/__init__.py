@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
         return Stack
     if name == "RpcError":
-        from sbusr.jsonrpc import RpcError
+        from sbusr.jsonrpc.errors import RpcError
 
         return RpcError
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 """``call()``: run an endpoint method through the server's own dispatch, with no bus.
 
-The request goes through what sbusr-server uses: ``jsonrpc.parse`` (method-name and params
+The request goes through what sbusr-server uses: ``parse`` (method-name and params
 rules), the JSON-RPC -> oslo message mapping, oslo.messaging's ``RPCDispatcher`` with sbusr's
 access policy and endpoint adapters (parameter binding), the thread-mode execution layer
 (``@limits``, ``worker_init``) and the reply's JSON encoding.
@@ -28,9 +28,12 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
-from sbusr import dispatch, execution, jsonrpc, opts
+from sbusr import dispatch, execution, opts
 from sbusr.endpoints import system
 from sbusr.execution.home import one_thread
+from sbusr.jsonrpc.encoding import dumps
+from sbusr.jsonrpc.errors import METHOD_NOT_FOUND, CallTimeout, RpcError, error_from_exception
+from sbusr.jsonrpc.protocol import Call, oslo_message, parse, result_response
 from sbusr.spooler import jobs
 from sbusr.spooler.runner import settle
 from sbusr.timers import schedule
@@ -178,7 +181,7 @@ class Methods:
             self._run_as_call(run, job.data.get("kwargs") or {}, label)
         except (Exception, SystemExit) as exc:
             error = exc
-        if isinstance(error, jsonrpc.CallTimeout):  # the spooler kills the process: failed/
+        if isinstance(error, CallTimeout):  # the spooler kills the process: failed/
             store.fail(job, "time limit exceeded", "")
             return {"id": job.id, "task": job.task, "outcome": "failed", "error": "time limit exceeded"}
         spooler = self.conf.spooler
@@ -242,7 +245,7 @@ class Methods:
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, *,
              source: dict[str, int] | None = None, request_id: Any = "test",
              parse_float: Any = None) -> Any:
-        """The decoded JSON result, or :class:`sbusr.jsonrpc.RpcError` with the server's code.
+        """The decoded JSON result, or :class:`sbusr.jsonrpc.errors.RpcError` with the server's code.
 
         ``parse_float=decimal.Decimal`` decodes the reply's numbers with a fraction or exponent exactly
         as they were written (``1.00`` stays ``Decimal("1.00")``) instead of as floats.
@@ -250,22 +253,22 @@ class Methods:
         request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             request["params"] = params
-        parsed = jsonrpc.parse(json.dumps(request))
+        parsed = parse(json.dumps(request))
         item = parsed.items[0]
-        if not isinstance(item, jsonrpc.Call):
+        if not isinstance(item, Call):
             return _raise(item["error"])
         ctxt = {"request_id": request_id, "source": dict(source or DEFAULT_SOURCE)}
         answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        incoming = _Incoming(ctxt, jsonrpc.oslo_message(item), answer=answer)
+        incoming = _Incoming(ctxt, oslo_message(item), answer=answer)
         self._start(incoming, lambda: self._dispatcher.dispatch(incoming))
         try:
             result = answer.result()  # the method's outcome, or -32001 at its time limit
         except Exception as exc:
-            code, message, data = jsonrpc.error_from_exception(exc, debug=True)
-            if code == jsonrpc.METHOD_NOT_FOUND:
+            code, message, data = error_from_exception(exc, debug=True)
+            if code == METHOD_NOT_FOUND:
                 message = f"Method not found: {method}"
-            raise jsonrpc.RpcError(code, message, data) from exc
-        response = json.loads(jsonrpc.dumps(jsonrpc.result_response(request_id, result),
+            raise RpcError(code, message, data) from exc
+        response = json.loads(dumps(result_response(request_id, result),
                                              self.conf.server.decimal_as), parse_float=parse_float)
         if "error" in response:
             return _raise(response["error"])
@@ -287,7 +290,7 @@ def queued_jobs(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _raise(error: dict[str, Any]) -> Any:
-    raise jsonrpc.RpcError(error.get("code"), error.get("message"), error.get("data"))
+    raise RpcError(error.get("code"), error.get("message"), error.get("data"))
 
 
 def call(endpoints: Any, method: str, params: list[Any] | dict[str, Any] | None = None,

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc import errors, protocol
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
@@ -51,11 +51,11 @@ DEFAULT_BEHAVIOUR = Behaviour(result='["ok"]')
 def _reply_title(request: dict[str, Any] | list[Any] | bytes) -> str | None:
     """Title of the reply to expect, or None for a notification (no reply comes): the driver's rule."""
     try:
-        text = (jsonrpc.decode_payload(request) if isinstance(request, bytes)
+        text = (protocol.decode_payload(request) if isinstance(request, bytes)
                 else json.dumps(request, ensure_ascii=False))
-    except jsonrpc.RpcError:
-        return jsonrpc.reply_title(None)  # undecodable: answered as a parse error, id null
-    return jsonrpc.reply_title_for(jsonrpc.parse(text).items)
+    except errors.RpcError:
+        return protocol.reply_title(None)  # undecodable: answered as a parse error, id null
+    return protocol.reply_title_for(protocol.parse(text).items)
 
 
 class FakeIpsc:

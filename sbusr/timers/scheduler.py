@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc.errors import RpcError
 from sbusr.timers.schedule import Schedule, TimerEntry, wall_to_iso
 
 LOG = logging.getLogger("sbusr.timer")
@@ -192,7 +192,7 @@ class Scheduler:
     @staticmethod
     def _outcome(timer: _Timer, result: Any) -> dict[str, Any]:
         """The outcome of one ``sbusr.timer.run`` call: its result, or the exception it raised."""
-        if isinstance(result, jsonrpc.RpcError):
+        if isinstance(result, RpcError):
             LOG.warning("timer %s: the tick was answered with error %s %s", timer.entry.name, result.code,
                         result.message)
             return {"outcome": "error", "error": f"{result.code}: {result.message}"}

@@ -24,7 +24,8 @@ from typing import Any
 
 from oslo_config import cfg
 
-from sbusr import jsonrpc, metrics, opts
+from sbusr import metrics, opts
+from sbusr.jsonrpc.encoding import dumps, loads_or_text
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
@@ -474,7 +475,7 @@ class BusConnection:
         """
         peer = self.choose_ipsc(unit, client)
         invocation = self.client.invoke_flow(peer.unit, peer.client, project, flow,
-                                             jsonrpc.dumps(list(params)), want_result=wait,
+                                             dumps(list(params)), want_result=wait,
                                              ack_timeout=ack_timeout,
                                              result_timeout=result_timeout if wait else None)
         try:
@@ -493,7 +494,7 @@ class BusConnection:
             except (FlowTimeout, concurrent.futures.TimeoutError):
                 raise FlowTimeout(f"flow {project}/{flow} returned no result within {result_timeout:g} s",
                                   codec.ERR_TIMEOUT) from None
-            started.result = jsonrpc.loads_or_text(raw)
+            started.result = loads_or_text(raw)
         return started
 
     def send_request(self, unit: int, client: int, body: bytes) -> None:

@@ -21,9 +21,18 @@ from pathlib import Path
 import oslo_messaging
 import pytest
 
-from sbusr import dispatch, jsonrpc
+from sbusr import dispatch
 from sbusr.execution import limits as exec_limits
 from sbusr.execution import messages, threads
+from sbusr.jsonrpc.errors import (
+    CALL_TIMEOUT,
+    METHOD_NOT_FOUND,
+    SERVER_BUSY,
+    SERVER_ERROR,
+    WORKER_CRASHED,
+    CallTimeout,
+)
+from sbusr.jsonrpc.protocol import POSITIONAL_KEY
 from sbusr.smartbus import codec
 from sbusr.testing.ipsc import FakeIpsc
 from tests.helpers.processes import eventually, pid_alive
@@ -202,15 +211,15 @@ def test_thread_mode_answers_overrun_early_and_hands_the_slot_on():
     caller.start()
     try:
         assert message.answered.wait(5), "the watchdog did not answer the overrunning call"
-        assert isinstance(message.error, jsonrpc.CallTimeout)
+        assert isinstance(message.error, CallTimeout)
         assert caller.is_alive()  # answered while the method is still running
         assert executor.stats()["abandoned"] == 1
-        assert adapter.fast({}, **{jsonrpc.POSITIONAL_KEY: [7]}) == 7  # its only slot was handed on
+        assert adapter.fast({}, **{POSITIONAL_KEY: [7]}) == 7  # its only slot was handed on
     finally:
         release.set()
         caller.join(5)
         executor.shutdown()
-    assert isinstance(outcome["late"], jsonrpc.CallTimeout)
+    assert isinstance(outcome["late"], CallTimeout)
     assert executor.stats()["abandoned"] == 0
 
 
@@ -244,10 +253,10 @@ def test_thread_executor_applies_config_and_method_limits_and_leaves_sys_alone()
     executor.bind(dispatch.Registry([adapter, sys_adapter]))
     try:
         assert sys_adapter.invoker is dispatch.direct_invoke
-        assert adapter.fast({}, **{jsonrpc.POSITIONAL_KEY: [7]}) == 7
+        assert adapter.fast({}, **{POSITIONAL_KEY: [7]}) == 7
         with pytest.raises(oslo_messaging.ExpectedException) as info:
             adapter.sleepy({}, seconds=2)
-        assert isinstance(info.value.exc_info[1], jsonrpc.CallTimeout)
+        assert isinstance(info.value.exc_info[1], CallTimeout)
         assert adapter.patient({}, seconds=0.5) == "patient"
     finally:
         executor.shutdown()
@@ -374,9 +383,9 @@ def test_thread_mode_timeout_is_prompt_and_server_keeps_answering(thread_server,
         hung = pool.submit(thread_server.call, ipsc, "ep.hang", [str(tmp_path / "p"), 5])
         assert thread_server.call(ipsc, "ep.add", [1, 2])["result"] == 3  # answered meanwhile
         reply = hung.result(WAIT)
-    assert reply["error"]["code"] == jsonrpc.CALL_TIMEOUT, reply
+    assert reply["error"]["code"] == CALL_TIMEOUT, reply
     assert reply["error"]["data"] == {"timeout": 1.0}
-    assert thread_server.call(ipsc, "ep.short", [3])["error"]["code"] == jsonrpc.CALL_TIMEOUT
+    assert thread_server.call(ipsc, "ep.short", [3])["error"]["code"] == CALL_TIMEOUT
     assert thread_server.call(ipsc, "ep.unlimited", [1.3])["result"] == "done"  # limits(timeout=0)
     assert thread_server.call(ipsc, "ep.info")["result"][1] == thread_server.proc.proc.pid
     assert "abandoned" in thread_server.proc.output()
@@ -398,7 +407,7 @@ def test_process_mode_timeout_kills_and_replaces_the_stuck_worker(process_server
         assert wait_for(marker.exists)
         assert process_server.call(ipsc, "ep.add", [2, 3])["result"] == 5  # the other worker serves
         reply = hung.result(WAIT)
-    assert reply["error"]["code"] == jsonrpc.CALL_TIMEOUT, reply
+    assert reply["error"]["code"] == CALL_TIMEOUT, reply
     stuck = int(marker.read_text())
     assert wait_for(lambda: not pid_alive(stuck)), "the stuck worker was not killed"
 
@@ -412,7 +421,7 @@ def test_process_mode_timeout_kills_and_replaces_the_stuck_worker(process_server
 @pytest.mark.parametrize("method, params", [("ep.exit", [3]), ("ep.segfault", [])])
 def test_process_mode_crash_costs_only_the_call(process_server, ipsc, method, params):
     reply = process_server.call(ipsc, method, params)
-    assert reply["error"]["code"] == jsonrpc.WORKER_CRASHED, reply
+    assert reply["error"]["code"] == WORKER_CRASHED, reply
     replies = _concurrently(lambda i: process_server.call(ipsc, "ep.add", [i, 1]), list(range(6)), 3)
     assert [r["result"] for r in replies] == [i + 1 for i in range(6)]
     want = "exit code 3" if method == "ep.exit" else "SIGSEGV"
@@ -541,7 +550,7 @@ def test_full_queue_answers_busy_at_once_and_admitted_calls_succeed(small_server
 
     replies = _concurrently(one, list(range(5)))
     codes = collections.Counter(r["error"]["code"] if "error" in r else "ok" for r in replies)
-    assert codes == {"ok": 2, jsonrpc.SERVER_BUSY: 3}, replies
+    assert codes == {"ok": 2, SERVER_BUSY: 3}, replies
     # the refused ones were answered before the first admitted call could finish
     assert [kind for kind, _ in order[:3]] == ["error"] * 3, order
     assert small_server.call(ipsc, "ep.add", [1, 1])["result"] == 2
@@ -587,7 +596,7 @@ def _outcome_records(served: Served, ipsc: FakeIpsc, offset: int, pattern: str,
     the outcome, if one were written, would be there by then)."""
     assert wait_for(lambda: _records(served.proc.output()[offset:], logger, pattern)), pattern
     marker = f"ep.marker_{next(_ids)}"
-    assert served.call(ipsc, marker)["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
+    assert served.call(ipsc, marker)["error"]["code"] == METHOD_NOT_FOUND
     text = wait_for(lambda: (out := served.proc.output()[offset:])
                     and _records(out, "sbusr.dispatch", re.escape(marker)) and out)
     assert text, f"no record of {marker}"
@@ -600,20 +609,20 @@ def test_each_outcome_logs_one_line_with_caller_and_code(request, ipsc, served):
     server: Served = request.getfixturevalue(served)
     caller = f"{ipsc.unit}/{ipsc.process}"
     offset = len(server.proc.output())
-    assert server.call(ipsc, "ep.nosuch_typo")["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
+    assert server.call(ipsc, "ep.nosuch_typo")["error"]["code"] == METHOD_NOT_FOUND
     lines = _outcome_records(server, ipsc, offset, "nosuch_typo")
     assert len(lines) == 1 and lines[0]["level"] == "INFO", lines
     assert caller in lines[0]["message"] and "-32601" in lines[0]["message"], lines
     assert "UnsupportedVersion" not in server.proc.output()[offset:]
 
     offset = len(server.proc.output())
-    assert server.call(ipsc, "ep.short", [3])["error"]["code"] == jsonrpc.CALL_TIMEOUT
+    assert server.call(ipsc, "ep.short", [3])["error"]["code"] == CALL_TIMEOUT
     lines = _outcome_records(server, ipsc, offset, "exceeded its", r"sbusr\.execution(\.\w+)*")
     assert len(lines) == 1 and lines[0]["level"] == "WARNING", lines
     assert caller in lines[0]["message"] and "-32001" in lines[0]["message"], lines
 
     offset = len(server.proc.output())
-    assert server.call(ipsc, "ep.fail")["error"]["code"] == jsonrpc.SERVER_ERROR
+    assert server.call(ipsc, "ep.fail")["error"]["code"] == SERVER_ERROR
     records = _outcome_records(server, ipsc, offset, r"\bep\.fail\b")  # nothing more follows the reply
     assert len(records) == 1 and records[0]["level"] == "ERROR", records  # one record, with its traceback
     assert caller in records[0]["message"], records

@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
-from sbusr import jsonrpc, testing
+from sbusr import testing
+from sbusr.jsonrpc.encoding import dumps
+from sbusr.jsonrpc.errors import CALL_TIMEOUT, INTERNAL_ERROR, INVALID_PARAMS, SERVER_ERROR, RpcError
+from sbusr.jsonrpc.protocol import result_response
 from sbusr.smartbus import codec
 from sbusr.testing.api_process import ApiProcess
 from sbusr.testing.ipsc import FakeIpsc
@@ -251,14 +254,14 @@ def test_async_worker_init_session_is_reused_by_every_call(ipsc, served):
 
 def test_async_method_exception_is_a_server_error(ipsc, served):
     error = call(ipsc, served, "contract.fails")["error"]
-    assert error["code"] == jsonrpc.SERVER_ERROR
+    assert error["code"] == SERVER_ERROR
     assert error["message"] == "async boom"
 
 
 def test_async_method_over_its_limit_gets_call_timeout(ipsc, served, mode, tmp_path):
     marker = tmp_path / "cancelled"
     error = call(ipsc, served, "contract.overrun", [str(marker)])["error"]
-    assert error["code"] == jsonrpc.CALL_TIMEOUT
+    assert error["code"] == CALL_TIMEOUT
     if mode == "thread":  # the task is cancelled (process mode stops the worker instead)
         wait_for(marker.exists, "the overrunning task was cancelled", WAIT)
     assert call(ipsc, served, "contract.slow_add", [1, 1])["result"] == 2  # and the server goes on
@@ -275,7 +278,7 @@ def test_async_method_over_its_limit_gets_call_timeout(ipsc, served, mode, tmp_p
 ])
 def test_results_json_cannot_carry_are_internal_errors(ipsc, served, method, message):
     error = call(ipsc, served, method)["error"]
-    assert error == {"code": jsonrpc.INTERNAL_ERROR, "message": message}
+    assert error == {"code": INTERNAL_ERROR, "message": message}
 
 
 def test_decimals_arrive_with_exactly_their_digits(ipsc, served):
@@ -305,7 +308,7 @@ def test_typed_params_are_validated_and_converted(ipsc, served):
 ])
 def test_wrong_type_is_invalid_params_naming_param_and_type(ipsc, served, method, params, param, expected):
     error = call(ipsc, served, method, params)["error"]
-    assert error["code"] == jsonrpc.INVALID_PARAMS
+    assert error["code"] == INVALID_PARAMS
     assert f"parameter {param!r} must be {expected}" in error["message"], error
     assert (error["data"]["param"], error["data"]["expected"]) == (param, expected)
 
@@ -320,9 +323,9 @@ def test_models_and_dataclasses_are_params_and_results(ipsc, served):
 def test_testing_call_validates_typed_params(tmp_path):
     folder = _endpoint_dir(tmp_path)
     assert testing.call(folder, "typed.move", [{"x": 1, "y": 2}, 3]) == {"x": 4, "y": 2}
-    with pytest.raises(jsonrpc.RpcError) as caught:
+    with pytest.raises(RpcError) as caught:
         testing.call(folder, "typed.twice", {"n": "abc"})
-    assert caught.value.code == jsonrpc.INVALID_PARAMS
+    assert caught.value.code == INVALID_PARAMS
     assert "parameter 'n' must be int" in caught.value.message
 
 
@@ -444,18 +447,18 @@ def test_testing_call_awaits_async_and_keeps_decimals(tmp_path):
     assert str(money["one"]) == "1.00" and str(money["balance"]) == "12345678901234567.89"
     as_text = testing.call(folder, "contract.money", config={"server": {"decimal_as": "string"}})
     assert as_text == {"one": "1.00", "balance": "12345678901234567.89", "debt": "-12.00"}
-    with pytest.raises(jsonrpc.RpcError) as caught:
+    with pytest.raises(RpcError) as caught:
         testing.call(folder, "contract.gen")
-    assert (caught.value.code, caught.value.message) == (jsonrpc.INTERNAL_ERROR,
+    assert (caught.value.code, caught.value.message) == (INTERNAL_ERROR,
                                                          "result of type generator is not JSON")
 
 
 def test_testing_call_async_limit_is_call_timeout(tmp_path):
     folder = _endpoint_dir(tmp_path)
     marker = tmp_path / "cancelled"
-    with pytest.raises(jsonrpc.RpcError) as caught:
+    with pytest.raises(RpcError) as caught:
         testing.call(folder, "contract.overrun", [str(marker)])
-    assert caught.value.code == jsonrpc.CALL_TIMEOUT
+    assert caught.value.code == CALL_TIMEOUT
     wait_for(marker.exists, "the overrunning task was cancelled", WAIT)
 
 
@@ -552,9 +555,9 @@ def test_call_context_is_a_dict_with_a_deadline():
 
 
 def test_decimal_keys_and_strings():
-    body = jsonrpc.dumps(jsonrpc.result_response(1, {decimal.Decimal("1.50"): [decimal.Decimal("-0.0")]}))
+    body = dumps(result_response(1, {decimal.Decimal("1.50"): [decimal.Decimal("-0.0")]}))
     assert body == b'{"jsonrpc":"2.0","id":1,"result":{"1.50":[-0.0]}}'
-    body = jsonrpc.dumps(jsonrpc.result_response(1, [decimal.Decimal("1.00")]), "string")
+    body = dumps(result_response(1, [decimal.Decimal("1.00")]), "string")
     assert body == b'{"jsonrpc":"2.0","id":1,"result":["1.00"]}'
 
 
@@ -577,7 +580,7 @@ def test_a_document_larger_than_one_reply_is_fetched_by_namespace(bus, ipsc, ser
     try:
         assert "result" in call(ipsc, served, "sys.reload")
         error = call(ipsc, served, "rpc.discover")["error"]
-        assert error["code"] == jsonrpc.INTERNAL_ERROR and "NOTIFY carries at most" in error["message"]
+        assert error["code"] == INTERNAL_ERROR and "NOTIFY carries at most" in error["message"]
         part = call(ipsc, served, "rpc.discover", {"namespace": "big1"})["result"]
         assert [m["name"] for m in part["methods"]] == sorted(f"big1.method_{n}" for n in range(40))
         with ApiProcess(tmp_path, bus.port, client_id=35 if mode == "thread" else 36,

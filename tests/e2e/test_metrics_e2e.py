@@ -35,7 +35,7 @@ ENDPOINTS = textwrap.dedent('''
 
     import oslo_messaging
 
-    from sbusr.jsonrpc import RpcError
+    from sbusr.jsonrpc.errors import RpcError
 
 
     class Shop:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc.errors import SERVER_ERROR
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import BusProcess
 from tests.helpers.processes import eventually
@@ -180,7 +180,7 @@ def test_a_reload_whose_worker_init_raises_keeps_the_running_code_and_says_why(b
             assert _call(ipsc, client, "echo", ["before"], "b")["result"] == {"mine": "before"}
             _hooked_config(tmp_path, bus.port, mode, client, "sbusr_robust_hooks:fail")
             reply = _call(ipsc, client, "sys.reload", [], "r")
-            assert reply["error"]["code"] == jsonrpc.SERVER_ERROR, reply
+            assert reply["error"]["code"] == SERVER_ERROR, reply
             message = reply["error"]["message"]
             assert message.startswith("reload failed, the previous code keeps serving: "), message
             assert "worker_init sbusr_robust_hooks:fail raised RuntimeError: no database today" in message

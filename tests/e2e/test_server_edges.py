@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc.errors import SERVER_BUSY
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import free_port
 from tests.helpers.load import LoadCaller
@@ -137,7 +137,7 @@ def test_startup_under_load_answers_every_request_after_registration_once(ids, b
     assert all(len(replies.get(rid, [])) == 1 for rid in after), "a request was answered twice"
     assert all(len(r) == 1 for r in replies.values())
     kinds = {_reply_kind(r[0]) for r in replies.values()}
-    assert kinds <= {"result", f"{jsonrpc.SERVER_BUSY} server is starting"}, kinds
+    assert kinds <= {"result", f"{SERVER_BUSY} server is starting"}, kinds
     assert "serves no methods" not in proc.output()
 
 
@@ -181,7 +181,7 @@ def test_shutdown_under_load_answers_every_request_once_until_the_link_closes(id
     assert all(len(replies[rid]) == 1 for rid in before_release)
     assert all(len(r) == 1 for r in replies.values()), "a request was answered twice"
     kinds = {_reply_kind(r[0]) for r in replies.values()}
-    assert kinds <= {"result", f"{jsonrpc.SERVER_BUSY} server is shutting down"}, kinds
+    assert kinds <= {"result", f"{SERVER_BUSY} server is shutting down"}, kinds
     assert "serves no methods" not in proc.output()
 
 

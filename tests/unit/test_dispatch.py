@@ -16,11 +16,19 @@ from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 import sbusr
-from sbusr import dispatch, jsonrpc, opts
+from sbusr import dispatch, opts
 from sbusr.dispatch import adapter as adapter_module
 from sbusr.dispatch import legacy as legacy_module
 from sbusr.endpoints import system
-from sbusr.jsonrpc import POSITIONAL_KEY
+from sbusr.jsonrpc.errors import (
+    CALL_TIMEOUT,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    SERVER_ERROR,
+    CallTimeout,
+    error_from_exception,
+)
+from sbusr.jsonrpc.protocol import POSITIONAL_KEY, Call, oslo_message
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENDPOINT_DIR = FIXTURES / "endpoints"
@@ -45,7 +53,7 @@ class Incoming:
 
     def __init__(self, method: str, params):
         self.ctxt = {"request_id": "r1", "source": {"unit": 0, "client": 1, "type": 2}}
-        self.message = jsonrpc.oslo_message(jsonrpc.Call("r1", False, method, params))
+        self.message = oslo_message(Call("r1", False, method, params))
 
 
 def rpc(registry: dispatch.Registry, method: str, params=(), policy=dispatch.AccessPolicy):
@@ -55,7 +63,7 @@ def rpc(registry: dispatch.Registry, method: str, params=(), policy=dispatch.Acc
         return ("result", dispatcher.dispatch(Incoming(method, list(params) if isinstance(params, tuple)
                                                       else params)))
     except Exception as exc:
-        return ("error", *jsonrpc.error_from_exception(exc))
+        return ("error", *error_from_exception(exc))
 
 
 def code_of(outcome) -> int | None:
@@ -120,13 +128,13 @@ def test_registry_lists_only_real_methods(dir_registry):
     "weather._private", "weather.os", "foo.os.system", "nope.add", "weather.sk.extra", "NotAnEndpoint.add",
 ])
 def test_method_not_found(dir_registry, method):
-    assert code_of(rpc(dir_registry, method, [])) == jsonrpc.METHOD_NOT_FOUND
+    assert code_of(rpc(dir_registry, method, [])) == METHOD_NOT_FOUND
 
 
 def test_private_and_attribute_names_are_refused_even_with_oslo_default_policy(dir_registry):
     for method in ("_private", "__class__", "limit", "system", "shadow", "prop", "double", "call"):
         outcome = rpc(dir_registry, method, [], policy=None)
-        assert code_of(outcome) == jsonrpc.METHOD_NOT_FOUND, (method, outcome)
+        assert code_of(outcome) == METHOD_NOT_FOUND, (method, outcome)
 
 
 @pytest.mark.parametrize("method, params", [
@@ -141,7 +149,7 @@ def test_private_and_attribute_names_are_refused_even_with_oslo_default_policy(d
 ])
 def test_invalid_params(dir_registry, method, params):
     outcome = rpc(dir_registry, method, params)
-    assert code_of(outcome) == jsonrpc.INVALID_PARAMS, outcome
+    assert code_of(outcome) == INVALID_PARAMS, outcome
     assert method.split(".")[-1] in outcome[2]
 
 
@@ -151,12 +159,12 @@ def test_positional_params_must_be_an_array(dir_registry):
     incoming.message["args"] = {POSITIONAL_KEY: 5}
     with pytest.raises(rpc_dispatcher.ExpectedException) as info:
         dispatcher.dispatch(incoming)
-    assert jsonrpc.error_from_exception(info.value)[0] == jsonrpc.INVALID_PARAMS
+    assert error_from_exception(info.value)[0] == INVALID_PARAMS
 
 
 def test_method_exception_is_server_error(dir_registry):
     outcome = rpc(dir_registry, "fail", ["kaputt"])
-    assert outcome == ("error", jsonrpc.SERVER_ERROR, "kaputt", {"type": "builtins.ValueError"})
+    assert outcome == ("error", SERVER_ERROR, "kaputt", {"type": "builtins.ValueError"})
 
 
 def test_duplicates_reported_first_wins(caplog):
@@ -242,7 +250,7 @@ def test_reload_picks_up_edited_added_and_removed_files(tmp_path):
     reloaded = dispatch.reload(conf)
     assert rpc(reloaded, "ep.value") == ("result", "two")
     assert rpc(reloaded, "new.value") == ("result", "fresh")
-    assert code_of(rpc(reloaded, "gone.value")) == jsonrpc.METHOD_NOT_FOUND
+    assert code_of(rpc(reloaded, "gone.value")) == METHOD_NOT_FOUND
     assert type(reloaded.adapters[0].endpoint) is not old_class
     assert type(reloaded.adapters[0].endpoint).__module__ == old_module  # stable module name
     assert rpc(registry, "ep.value") == ("result", "one")  # the old registry is untouched
@@ -292,13 +300,13 @@ def test_legacy_package_served_unchanged(legacy_registry, method, params, expect
     "weather.requests", "sub.deep",
 ])
 def test_legacy_unexposed_names(legacy_registry, method):
-    assert code_of(rpc(legacy_registry, method, [])) == jsonrpc.METHOD_NOT_FOUND
+    assert code_of(rpc(legacy_registry, method, [])) == METHOD_NOT_FOUND
 
 
 def test_legacy_invalid_params(legacy_registry):
     outcome = rpc(legacy_registry, "add", [1])
-    assert code_of(outcome) == jsonrpc.INVALID_PARAMS and "add" in outcome[2]
-    assert code_of(rpc(legacy_registry, "mymodule.MyClass.mymethod", [1])) == jsonrpc.INVALID_PARAMS
+    assert code_of(outcome) == INVALID_PARAMS and "add" in outcome[2]
+    assert code_of(rpc(legacy_registry, "mymodule.MyClass.mymethod", [1])) == INVALID_PARAMS
 
 
 def test_legacy_registry_contents_and_origins(legacy_registry):
@@ -368,17 +376,17 @@ def test_the_system_endpoint_is_only_the_builtin_sys(builtin_registry, dir_regis
 
 @pytest.mark.parametrize("seconds", [-1, "1", True, None, 1e9, float("nan")])
 def test_builtin_sleep_validates(builtin_registry, seconds):
-    assert code_of(rpc(builtin_registry, "sleep", [seconds])) == jsonrpc.INVALID_PARAMS
+    assert code_of(rpc(builtin_registry, "sleep", [seconds])) == INVALID_PARAMS
 
 
 def test_builtin_bad_operands_are_invalid_params(builtin_registry):
-    assert code_of(rpc(builtin_registry, "add", [1, "x"])) == jsonrpc.INVALID_PARAMS
-    assert code_of(rpc(builtin_registry, "plus", [1, "x"])) == jsonrpc.INVALID_PARAMS
+    assert code_of(rpc(builtin_registry, "add", [1, "x"])) == INVALID_PARAMS
+    assert code_of(rpc(builtin_registry, "plus", [1, "x"])) == INVALID_PARAMS
 
 
 def test_builtin_exception_and_warnlog(builtin_registry, caplog):
     assert rpc(builtin_registry, "exception", ["a", 1]) == (
-        "error", jsonrpc.SERVER_ERROR, "('a', 1)", {"type": "builtins.Exception"})
+        "error", SERVER_ERROR, "('a', 1)", {"type": "builtins.Exception"})
     assert rpc(builtin_registry, "exception", ["only"])[2] == "only"
     with caplog.at_level(logging.WARNING, logger="sbusr.endpoints.builtin"):
         assert rpc(builtin_registry, "warnlog", ["attention 注意"]) == ("result", None)
@@ -390,16 +398,16 @@ def test_sys_endpoint(builtin_registry):
     assert rpc(builtin_registry, "sys.ping") == ("result", "pong")
     assert rpc(builtin_registry, "sys.version") == ("result", sbusr.__version__)
     assert rpc(builtin_registry, "sys.methods")[:3] == (
-        "error", jsonrpc.SERVER_ERROR, "method list not available")
+        "error", SERVER_ERROR, "method list not available")
     system.bind_registry(builtin_registry)
     assert rpc(builtin_registry, "sys.methods") == ("result", [
         "add", "echo", "exception", "plus", "rpc.discover", "sbusr.timer.run", "sleep", "sys.methods",
         "sys.ping", "sys.reload", "sys.spool", "sys.stats", "sys.timers", "sys.version", "warnlog"])
-    assert rpc(builtin_registry, "sys.reload")[:3] == ("error", jsonrpc.SERVER_ERROR, "reload not available")
+    assert rpc(builtin_registry, "sys.reload")[:3] == ("error", SERVER_ERROR, "reload not available")
     system.set_reload_handler(lambda: builtin_registry.summary())
     outcome = rpc(builtin_registry, "sys.reload")
     assert outcome[0] == "result" and outcome[1]["methods"] == 15 and outcome[1]["errors"] == []
-    assert rpc(builtin_registry, "sys.stats")[:3] == ("error", jsonrpc.SERVER_ERROR,
+    assert rpc(builtin_registry, "sys.stats")[:3] == ("error", SERVER_ERROR,
                                                       "sys.stats is not available in this process")
     system.set_report("stats", lambda: {"mode": "test"})
     try:
@@ -418,13 +426,13 @@ def test_invoker_hook_sees_every_call_and_can_fail_with_rpc_errors(dir_registry)
     def invoker(fn, ctxt, args, kwargs):
         seen.append((fn.__name__, ctxt["request_id"], args, kwargs))
         if fn.__name__ == "whoami":
-            raise jsonrpc.CallTimeout("too slow")
+            raise CallTimeout("too slow")
         return fn(ctxt, *args, **kwargs)
 
     registry.set_invoker(invoker)
     assert rpc(registry, "weather.forecast", {"code": "9", "unit": "K"})[0] == "result"
     assert rpc(registry, "add", [1, 2]) == ("result", 3)
-    assert rpc(registry, "whoami") == ("error", jsonrpc.CALL_TIMEOUT, "too slow", None)
+    assert rpc(registry, "whoami") == ("error", CALL_TIMEOUT, "too slow", None)
     assert seen[0] == ("forecast", "r1", ("9",), {"unit": "K"})
     assert seen[1] == ("add", "r1", (1, 2), {})
     assert rpc(dir_registry, "whoami")[0] == "result"  # other registries keep the default invoker
@@ -468,13 +476,13 @@ def test_end_to_end_through_rpc_server(legacy_path):
         assert legacy_class.call({}, "mymethod", **{POSITIONAL_KEY: []}) == "MyClass"
         with pytest.raises(Exception) as info:
             client.call({}, "add", **{POSITIONAL_KEY: [1]})
-        assert jsonrpc.error_from_exception(info.value)[0] == jsonrpc.INVALID_PARAMS
+        assert error_from_exception(info.value)[0] == INVALID_PARAMS
         with pytest.raises(Exception) as info:
             client.prepare(namespace="foo.os").call({}, "system", **{POSITIONAL_KEY: ["true"]})
-        assert jsonrpc.error_from_exception(info.value)[0] == jsonrpc.METHOD_NOT_FOUND
+        assert error_from_exception(info.value)[0] == METHOD_NOT_FOUND
         with pytest.raises(Exception) as info:
             client.call({}, "limit")
-        assert jsonrpc.error_from_exception(info.value)[0] == jsonrpc.METHOD_NOT_FOUND
+        assert error_from_exception(info.value)[0] == METHOD_NOT_FOUND
     finally:
         server.stop()
         server.wait()

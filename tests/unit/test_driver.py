@@ -12,9 +12,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from oslo_config import cfg
 
-from sbusr import jsonrpc, opts
+from sbusr import opts
 from sbusr.driver_smartbus import RemoteError, SmartBusDriver, SmartBusIncomingMessage
-from sbusr.jsonrpc import POSITIONAL_KEY
+from sbusr.jsonrpc.errors import INTERNAL_ERROR
+from sbusr.jsonrpc.protocol import POSITIONAL_KEY
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address
 from sbusr.smartbus.interface import BusError, FlowTimeout
@@ -221,7 +222,7 @@ def test_sbusr_call_errors(sending):
     conn.reply = lambda r: b"not json"
     with pytest.raises(RemoteError) as err:
         system.call({}, "reload")
-    assert err.value.code == jsonrpc.INTERNAL_ERROR and "malformed reply" in str(err.value)
+    assert err.value.code == INTERNAL_ERROR and "malformed reply" in str(err.value)
     conn.error = ReplyTimeout("no reply")
     with pytest.raises(oslo_messaging.MessagingTimeout, match=r"no reply from sbusr 19:1 to sys\.reload"):
         system.call({}, "reload")

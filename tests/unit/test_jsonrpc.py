@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
-from sbusr import jsonrpc
-from sbusr.jsonrpc import Call
+from sbusr.jsonrpc import encoding, errors, protocol
+from sbusr.jsonrpc.protocol import Call
 
 
 def single(text: str):
-    parsed = jsonrpc.parse(text)
+    parsed = protocol.parse(text)
     assert not parsed.is_batch
     assert len(parsed.items) == 1
     return parsed.items[0]
@@ -63,13 +63,13 @@ def test_parse_notification_has_no_id_member():
 
 def test_parse_error_for_invalid_json():
     item = single('{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]')
-    assert error_code(item) == jsonrpc.PARSE_ERROR and item["id"] is None
+    assert error_code(item) == errors.PARSE_ERROR and item["id"] is None
 
 
 @pytest.mark.parametrize("text", ['1', '"text"', 'null', 'true', '[]'])
 def test_parse_invalid_request_for_non_object(text):
     item = single(text)
-    assert error_code(item) == jsonrpc.INVALID_REQUEST and item["id"] is None
+    assert error_code(item) == errors.INVALID_REQUEST and item["id"] is None
 
 
 @pytest.mark.parametrize("obj, expected_id", [
@@ -86,7 +86,7 @@ def test_parse_invalid_request_for_non_object(text):
 ])
 def test_parse_invalid_request(obj, expected_id):
     item = single(json.dumps(obj))
-    assert error_code(item) == jsonrpc.INVALID_REQUEST
+    assert error_code(item) == errors.INVALID_REQUEST
     assert item["id"] == expected_id
 
 
@@ -95,11 +95,11 @@ def test_parse_invalid_request(obj, expected_id):
 ])
 def test_parse_method_not_found_for_undispatchable_names(method):
     item = single(json.dumps({"jsonrpc": "2.0", "id": "x", "method": method}))
-    assert error_code(item) == jsonrpc.METHOD_NOT_FOUND and item["id"] == "x"
+    assert error_code(item) == errors.METHOD_NOT_FOUND and item["id"] == "x"
 
 
 def test_parse_undispatchable_notification_gets_no_reply():
-    assert jsonrpc.parse('{"jsonrpc": "2.0", "method": "__class__"}').items == []
+    assert protocol.parse('{"jsonrpc": "2.0", "method": "__class__"}').items == []
 
 
 def test_parse_batch_mixed():
@@ -113,33 +113,33 @@ def test_parse_batch_mixed():
         {"jsonrpc": "2.0", "method": "_x", "id": "9"},
         {"jsonrpc": "2.0", "method": "_x"},
     ]
-    parsed = jsonrpc.parse(json.dumps(batch))
+    parsed = protocol.parse(json.dumps(batch))
     assert parsed.is_batch
     items = parsed.items
     assert len(items) == 7  # the undispatchable notification vanishes
     assert [type(i).__name__ for i in items] == ["Call", "Call", "Call", "dict", "Call", "dict", "dict"]
     assert items[1].is_notification
-    assert error_code(items[3]) == jsonrpc.INVALID_REQUEST
-    assert error_code(items[5]) == jsonrpc.INVALID_REQUEST
-    assert error_code(items[6]) == jsonrpc.METHOD_NOT_FOUND and items[6]["id"] == "9"
+    assert error_code(items[3]) == errors.INVALID_REQUEST
+    assert error_code(items[5]) == errors.INVALID_REQUEST
+    assert error_code(items[6]) == errors.METHOD_NOT_FOUND and items[6]["id"] == "9"
 
 
 def test_parse_batch_of_invalid_elements():
-    parsed = jsonrpc.parse("[1, 2]")
+    parsed = protocol.parse("[1, 2]")
     assert parsed.is_batch
-    assert [error_code(i) for i in parsed.items] == [jsonrpc.INVALID_REQUEST] * 2
+    assert [error_code(i) for i in parsed.items] == [errors.INVALID_REQUEST] * 2
 
 
 def test_split_method():
-    assert jsonrpc.split_method("a.b.c") == ("a.b", "c")
-    assert jsonrpc.split_method("add") == (None, "add")
-    assert jsonrpc.split_method("mymodule.MyClass.mymethod") == ("mymodule.MyClass", "mymethod")
+    assert protocol.split_method("a.b.c") == ("a.b", "c")
+    assert protocol.split_method("add") == (None, "add")
+    assert protocol.split_method("mymodule.MyClass.mymethod") == ("mymodule.MyClass", "mymethod")
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_parse_never_raises_on_text(text):
-    parsed = jsonrpc.parse(text)
+    parsed = protocol.parse(text)
     assert parsed.items or parsed.is_batch or text  # something came back, or the input was a notification
 
 
@@ -158,27 +158,27 @@ request_like = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(json_values, request_like, st.lists(st.one_of(request_like, json_values), max_size=5)))
 def test_parse_never_raises_on_json_values(value):
-    parsed = jsonrpc.parse(json.dumps(value))
+    parsed = protocol.parse(json.dumps(value))
     for item in parsed.items:
         if isinstance(item, dict):
             assert item["jsonrpc"] == "2.0" and "error" in item
-            jsonrpc.dumps(item)
+            encoding.dumps(item)
         else:
             assert isinstance(item.method, str) and isinstance(item.params, (list, dict))
 
 
 def test_parse_deeply_nested_json_is_an_error_not_a_crash():
     item = single("[" * 100000 + "]" * 100000)
-    assert error_code(item) in (jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST)
+    assert error_code(item) in (errors.PARSE_ERROR, errors.INVALID_REQUEST)
 
 
 # --------------------------------------------------------------------------- decode_payload
 
 def test_decode_payload_utf8_and_bom_and_nul_padding():
     text = '{"method": "echo", "params": ["你好"]}'
-    assert jsonrpc.decode_payload(text.encode("utf-8")) == text
-    assert jsonrpc.decode_payload(b"\xef\xbb\xbf" + text.encode("utf-8")) == text
-    assert jsonrpc.decode_payload(text.encode("utf-8") + b"\x00\x00") == text
+    assert protocol.decode_payload(text.encode("utf-8")) == text
+    assert protocol.decode_payload(b"\xef\xbb\xbf" + text.encode("utf-8")) == text
+    assert protocol.decode_payload(text.encode("utf-8") + b"\x00\x00") == text
 
 
 def test_decode_payload_gbk_fallback():
@@ -186,53 +186,53 @@ def test_decode_payload_gbk_fallback():
     data = text.encode("gbk")
     with pytest.raises(UnicodeDecodeError):
         data.decode("utf-8")
-    assert jsonrpc.decode_payload(data) == text
-    assert single(jsonrpc.decode_payload(data)).params == ["北京天气"]
+    assert protocol.decode_payload(data) == text
+    assert single(protocol.decode_payload(data)).params == ["北京天气"]
 
 
 def test_decode_payload_undecodable_is_parse_error():
-    with pytest.raises(jsonrpc.ParseError) as info:
-        jsonrpc.decode_payload(b"\xff\xff\xff", fallback_encoding="ascii")
-    assert info.value.code == jsonrpc.PARSE_ERROR
-    with pytest.raises(jsonrpc.ParseError):
-        jsonrpc.decode_payload(b"\xff\xfe", fallback_encoding="no-such-codec")
+    with pytest.raises(errors.ParseError) as info:
+        protocol.decode_payload(b"\xff\xff\xff", fallback_encoding="ascii")
+    assert info.value.code == errors.PARSE_ERROR
+    with pytest.raises(errors.ParseError):
+        protocol.decode_payload(b"\xff\xfe", fallback_encoding="no-such-codec")
 
 
 # --------------------------------------------------------------------------- responses / errors
 
 def test_result_and_error_response_shapes():
-    assert jsonrpc.result_response(1, 3) == {"jsonrpc": "2.0", "id": 1, "result": 3}
-    assert jsonrpc.error_response("a", -32601, "Method not found") == {
+    assert protocol.result_response(1, 3) == {"jsonrpc": "2.0", "id": 1, "result": 3}
+    assert protocol.error_response("a", -32601, "Method not found") == {
         "jsonrpc": "2.0", "id": "a", "error": {"code": -32601, "message": "Method not found"}}
-    assert jsonrpc.error_response(None, -1, "m", {"k": 1})["error"]["data"] == {"k": 1}
+    assert protocol.error_response(None, -1, "m", {"k": 1})["error"]["data"] == {"k": 1}
 
 
 def test_error_classes_codes_and_pickling():
-    cases = [(jsonrpc.CallTimeout, -32001), (jsonrpc.ServerBusy, -32002), (jsonrpc.WorkerCrashed, -32003),
-             (jsonrpc.InvalidParams, -32602), (jsonrpc.ParseError, -32700), (jsonrpc.InvalidRequest, -32600),
-             (jsonrpc.MethodNotFound, -32601), (jsonrpc.InternalError, -32603)]
+    cases = [(errors.CallTimeout, -32001), (errors.ServerBusy, -32002), (errors.WorkerCrashed, -32003),
+             (errors.InvalidParams, -32602), (errors.ParseError, -32700), (errors.InvalidRequest, -32600),
+             (errors.MethodNotFound, -32601), (errors.InternalError, -32603)]
     for cls, code in cases:
         err = cls("boom", {"x": 1})
         assert (err.code, err.message, err.data, str(err)) == (code, "boom", {"x": 1}, "boom")
         copy = pickle.loads(pickle.dumps(err))
         assert type(copy) is cls and (copy.code, copy.message, copy.data) == (code, "boom", {"x": 1})
-    err = jsonrpc.RpcError(-32050, "custom", [1])
+    err = errors.RpcError(-32050, "custom", [1])
     copy = pickle.loads(pickle.dumps(err))
     assert (copy.code, copy.message, copy.data) == (-32050, "custom", [1])
 
 
 def test_error_from_exception_no_such_method_and_unsupported_version():
-    assert jsonrpc.error_from_exception(rpc_dispatcher.NoSuchMethod("sk")) == (
+    assert errors.error_from_exception(rpc_dispatcher.NoSuchMethod("sk")) == (
         -32601, "Method not found: sk", None)
-    code, message, _ = jsonrpc.error_from_exception(rpc_dispatcher.UnsupportedVersion("1.0", method="system"))
+    code, message, _ = errors.error_from_exception(rpc_dispatcher.UnsupportedVersion("1.0", method="system"))
     assert code == -32601 and "system" in message
 
 
 def test_error_from_exception_rpc_errors_keep_their_code():
-    assert jsonrpc.error_from_exception(jsonrpc.InvalidParams("bad")) == (-32602, "bad", None)
-    mine = jsonrpc.RpcError(-32077, "mine", {"d": 1})
-    assert jsonrpc.error_from_exception(mine) == (-32077, "mine", {"d": 1})
-    assert jsonrpc.error_from_exception(jsonrpc.CallTimeout())[0] == -32001
+    assert errors.error_from_exception(errors.InvalidParams("bad")) == (-32602, "bad", None)
+    mine = errors.RpcError(-32077, "mine", {"d": 1})
+    assert errors.error_from_exception(mine) == (-32077, "mine", {"d": 1})
+    assert errors.error_from_exception(errors.CallTimeout())[0] == -32001
 
 
 def test_error_from_exception_generic_exception():
@@ -242,23 +242,23 @@ def test_error_from_exception_generic_exception():
     try:
         raise Boom("it broke")
     except Boom as exc:
-        code, message, data = jsonrpc.error_from_exception(exc)
+        code, message, data = errors.error_from_exception(exc)
         assert (code, message) == (-32000, "it broke")
         assert data == {"type": f"{__name__}.test_error_from_exception_generic_exception.<locals>.Boom"}
-        code, message, data = jsonrpc.error_from_exception(exc, debug=True)
+        code, message, data = errors.error_from_exception(exc, debug=True)
         assert "Traceback" in data["traceback"] and "it broke" in data["traceback"]
-    assert jsonrpc.error_from_exception(KeyError())[1] == "KeyError"
-    assert jsonrpc.error_from_exception(ValueError())[2] == {"type": "builtins.ValueError"}
+    assert errors.error_from_exception(KeyError())[1] == "KeyError"
+    assert errors.error_from_exception(ValueError())[2] == {"type": "builtins.ValueError"}
 
 
 def test_error_from_exception_unwraps_expected_exception_and_exc_info():
     try:
-        raise jsonrpc.InvalidParams("wrapped")
-    except jsonrpc.InvalidParams:
+        raise errors.InvalidParams("wrapped")
+    except errors.InvalidParams:
         wrapped = rpc_dispatcher.ExpectedException()
-    assert jsonrpc.error_from_exception(wrapped) == (-32602, "wrapped", None)
+    assert errors.error_from_exception(wrapped) == (-32602, "wrapped", None)
     exc = RuntimeError("x")
-    assert jsonrpc.error_from_exception((RuntimeError, exc, None))[:2] == (-32000, "x")
+    assert errors.error_from_exception((RuntimeError, exc, None))[:2] == (-32000, "x")
 
 
 def test_error_from_exception_survives_broken_str():
@@ -266,7 +266,7 @@ def test_error_from_exception_survives_broken_str():
         def __str__(self):
             raise RuntimeError("no")
 
-    assert jsonrpc.error_from_exception(Weird())[:2] == (-32000, "Weird")
+    assert errors.error_from_exception(Weird())[:2] == (-32000, "Weird")
 
 
 # --------------------------------------------------------------------------- dumps
@@ -293,7 +293,7 @@ class Plain:
 
 
 def roundtrip(value):
-    data = jsonrpc.dumps(jsonrpc.result_response(1, value))
+    data = encoding.dumps(protocol.result_response(1, value))
     assert isinstance(data, bytes)
     data.decode("ascii")  # pure ASCII whatever the content
     return json.loads(data)["result"]
@@ -337,20 +337,20 @@ def test_dumps_special_types(value, expected):
     ((n for n in range(3)), "result of type generator is not JSON"),
 ])
 def test_dumps_values_json_cannot_carry_are_internal_errors(value, message):
-    reply = json.loads(jsonrpc.dumps(jsonrpc.result_response(5, value)))
-    assert reply == {"jsonrpc": "2.0", "id": 5, "error": {"code": jsonrpc.INTERNAL_ERROR, "message": message}}
+    reply = json.loads(encoding.dumps(protocol.result_response(5, value)))
+    assert reply == {"jsonrpc": "2.0", "id": 5, "error": {"code": errors.INTERNAL_ERROR, "message": message}}
 
 
 def test_dumps_is_compact_ascii():
-    data = jsonrpc.dumps(jsonrpc.result_response("id", {"a": [1, 2], "t": "北京"}))
+    data = encoding.dumps(protocol.result_response("id", {"a": [1, 2], "t": "北京"}))
     assert data == b'{"jsonrpc":"2.0","id":"id","result":{"a":[1,2],"t":"\\u5317\\u4eac"}}'
 
 
 def test_dumps_circular_value_becomes_internal_error():
     loop: list = []
     loop.append(loop)
-    reply = json.loads(jsonrpc.dumps(jsonrpc.result_response(77, loop)))
-    assert reply["id"] == 77 and reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    reply = json.loads(encoding.dumps(protocol.result_response(77, loop)))
+    assert reply["id"] == 77 and reply["error"]["code"] == errors.INTERNAL_ERROR
 
 
 def test_dumps_failing_json_hook_becomes_internal_error():
@@ -358,16 +358,17 @@ def test_dumps_failing_json_hook_becomes_internal_error():
         def __json__(self):
             raise RuntimeError("nope")
 
-    reply = json.loads(jsonrpc.dumps(jsonrpc.result_response("q", Bad())))
-    assert reply["id"] == "q" and reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    reply = json.loads(encoding.dumps(protocol.result_response("q", Bad())))
+    assert reply["id"] == "q" and reply["error"]["code"] == errors.INTERNAL_ERROR
 
 
 def test_dumps_batch_isolates_a_bad_element():
     loop: dict = {}
     loop["self"] = loop
-    replies = json.loads(jsonrpc.dumps([jsonrpc.result_response(1, "ok"), jsonrpc.result_response(2, loop)]))
+    replies = json.loads(encoding.dumps([protocol.result_response(1, "ok"),
+                                         protocol.result_response(2, loop)]))
     assert replies[0] == {"jsonrpc": "2.0", "id": 1, "result": "ok"}
-    assert replies[1]["id"] == 2 and replies[1]["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert replies[1]["id"] == 2 and replies[1]["error"]["code"] == errors.INTERNAL_ERROR
 
 
 @settings(max_examples=200, deadline=None)
@@ -378,5 +379,5 @@ def test_dumps_batch_isolates_a_bad_element():
     | st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), children, max_size=4),
     max_leaves=20))
 def test_dumps_never_raises(value):
-    reply = json.loads(jsonrpc.dumps(jsonrpc.result_response(1, value)))
+    reply = json.loads(encoding.dumps(protocol.result_response(1, value)))
     assert reply["id"] == 1 and ("result" in reply or "error" in reply)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from sbusr import jsonrpc
+from sbusr.jsonrpc.errors import CallTimeout
 from sbusr.timers.schedule import Every, TimerEntry
 from sbusr.timers.scheduler import RUN_METHOD, Scheduler
 
@@ -38,7 +38,7 @@ def test_a_run_still_going_skips_ticks_and_errors_are_counted():
         if params["qualname"] == "blocked":
             release.wait(WAIT)
             return {"outcome": "ok"}
-        raise jsonrpc.CallTimeout("mod.bad did not finish within 4 s")
+        raise CallTimeout("mod.bad did not finish within 4 s")
 
     scheduler = Scheduler(call, call_timeout=4)
     scheduler.update([entry("blocked"), entry("bad")])

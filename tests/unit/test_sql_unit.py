@@ -12,15 +12,17 @@ import pytest
 from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
-from sbusr import config, dispatch, jsonrpc, opts
+from sbusr import config, dispatch, opts
 from sbusr.execution.limits import LIMITS_ATTR
+from sbusr.jsonrpc.errors import CALL_TIMEOUT, INVALID_PARAMS, RpcError
+from sbusr.jsonrpc.protocol import POSITIONAL_KEY
 from sbusr.server.reload_on_save import _is_endpoint_file
 from sbusr.sql import databases, errors, statements
 from sbusr.sql.paramstyle import Prepared, names_in_order
 from sbusr.sql.pools import POOLS
 from sbusr.sql.statements import Shape, StatementError
 
-POSITIONAL = jsonrpc.POSITIONAL_KEY
+POSITIONAL = POSITIONAL_KEY
 
 FILE = textwrap.dedent("""\
     -- name: lookup_caller^
@@ -163,7 +165,7 @@ def _adapter(registry, namespace="lite"):
     return next(a for a in registry.adapters if a.target.namespace == namespace)
 
 
-def _raised(fn, *args, **kwargs) -> jsonrpc.RpcError:
+def _raised(fn, *args, **kwargs) -> RpcError:
     with pytest.raises(rpc_dispatcher.ExpectedException) as caught:
         fn({}, *args, **kwargs)
     return caught.value.exc_info[1]
@@ -215,13 +217,13 @@ def test_values_are_bound_never_part_of_the_sql(tmp_path):
                                     {POSITIONAL: ["x", 1, 2]}, {"body": {"a": 1}, "n": 1}])
 def test_missing_unknown_extra_or_unbindable_params_are_invalid_params(tmp_path, kwargs):
     adapter = _adapter(dispatch.load_endpoints(_conf(tmp_path)))
-    assert _raised(adapter.add, **kwargs).code == jsonrpc.INVALID_PARAMS
+    assert _raised(adapter.add, **kwargs).code == INVALID_PARAMS
 
 
 def test_sqlite_statement_past_its_limit_is_stopped_with_32001(tmp_path):
     adapter = _adapter(dispatch.load_endpoints(_conf(tmp_path)))
     error = _raised(adapter.forever)
-    assert (error.code, error.data) == (jsonrpc.CALL_TIMEOUT, {"timeout": 0.3})
+    assert (error.code, error.data) == (CALL_TIMEOUT, {"timeout": 0.3})
     adapter.setup({})
     assert adapter.count({}) == 0  # the connection is fine afterwards
 
