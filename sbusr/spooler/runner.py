@@ -8,7 +8,6 @@ the supervisor kills it if the job overruns. SIGTERM: finish the current job, th
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from sbusr.spooler.jobs import (
     find_spool_functions,
     normalize_task,
 )
+from sbusr.util.procs import set_parent_death_signal
 
 LOG = logging.getLogger("sbusr.spooler")
 
@@ -37,17 +37,6 @@ REPORT_FD_ENV = "SBUSR_SPOOLER_FD"
 PARENT_ENV = "SBUSR_SPOOLER_PARENT"
 #: seconds between looks at an empty (or not yet due) queue
 POLL_INTERVAL = 0.5
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """Be SIGKILLed when the server dies (kill -9 included): no job runs on without its server."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 class Runner:
@@ -147,7 +136,8 @@ def main(conf: Any) -> int:
     """Entry point behind ``python -m sbusr.cmd.spooler`` (``conf`` already parsed)."""
     parent = int(os.environ.get(PARENT_ENV, "0") or 0)
     if parent:
-        _die_with_parent(parent)
+        # SIGKILL, not SIGTERM: no job runs on without its server (kill -9 included)
+        set_parent_death_signal(parent, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     report = os.fdopen(int(os.environ[REPORT_FD_ENV]), "w", encoding="utf-8")
