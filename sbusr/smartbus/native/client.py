@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import os
@@ -270,10 +271,10 @@ class SmartBusClient:
         idx = 0
         while not self._stopping:
             host, port, index = self._addresses[idx]
-            link = _Link(self, index, loop)
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    await loop.create_connection(lambda link=link: link, host, port)
+                    _, link = await loop.create_connection(functools.partial(_Link, self, index, loop),
+                                                           host, port)
             except (OSError, TimeoutError) as exc:
                 LOG.debug("SmartBus connect to %s:%d failed: %s", host, port, exc)
                 if not reported_failure:
