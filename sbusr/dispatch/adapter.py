@@ -26,7 +26,7 @@ from sbusr.dispatch import aio, context, typed
 from sbusr.jsonrpc.errors import InvalidParams, RpcError
 from sbusr.jsonrpc.protocol import POSITIONAL_KEY
 
-LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across the package
 
 #: Attribute names of :class:`EndpointAdapter` that oslo's dispatcher would find before any endpoint
 #: method; a method with one of these names is never dispatched (see :class:`AccessPolicy`).

@@ -45,7 +45,7 @@ _DEFAULTS = _request_context_defaults()
 
 
 class CallContext(oslo_context.RequestContext, dict):
-    """``ctxt``: ``ctxt["request_id"]``, ``ctxt["source"]`` as before, plus ``method``,
+    """``ctxt``: ``ctxt["request_id"]``, ``ctxt["source"]`` (the dict original methods read), plus ``method``,
     ``request_id``, ``caller``, ``deadline`` (epoch seconds, None without a limit), ``time_left()``."""
 
     def __init__(self, values: dict[str, Any], method: str | None = None) -> None:

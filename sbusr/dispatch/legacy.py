@@ -16,7 +16,7 @@ import oslo_messaging
 
 from sbusr.dispatch.registry import LoadError
 
-LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across dispatch
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across the package
 
 
 def _legacy_wrapper(func: Callable[..., Any], package_name: str, namespace: str | None,

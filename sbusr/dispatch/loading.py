@@ -21,13 +21,14 @@ from types import ModuleType
 from typing import Any
 
 import oslo_messaging
+from oslo_config import cfg
 
 from sbusr import opts
 from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin
 from sbusr.dispatch.legacy import legacy_endpoint, legacy_groups, purge_package
 from sbusr.dispatch.registry import LoadError, Registry
 
-LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across the package
 
 ENTRY_POINT_GROUP = "sbusr.endpoints"
 _BUILTIN_PREFIX = "sbusr.endpoints."
@@ -164,7 +165,7 @@ class _Loader:
                 continue
             self.add_module_object(module, "file", path)
 
-    def add_sql(self, conf: Any) -> None:
+    def add_sql(self, conf: cfg.ConfigOpts) -> None:
         """The ``.sql`` files of ``[sql] directories`` (:mod:`sbusr.sql.endpoints`)."""
         if not conf.sql.directories and not conf.sql.databases:
             pools = sys.modules.get("sbusr.sql.pools")
@@ -224,7 +225,7 @@ class _Silent(logging.Filter):
         return False
 
 
-def load_endpoints(conf: Any, fresh: bool = False, duplicates_level: int = logging.WARNING,
+def load_endpoints(conf: cfg.ConfigOpts, fresh: bool = False, duplicates_level: int = logging.WARNING,
                    report: bool = True) -> Registry:
     """Load every configured endpoint source (``conf.endpoints``) into a :class:`Registry`.
 
@@ -258,7 +259,7 @@ def load_endpoints(conf: Any, fresh: bool = False, duplicates_level: int = loggi
     return registry
 
 
-def reload(conf: Any) -> Registry:
+def reload(conf: cfg.ConfigOpts) -> Registry:
     """Re-import all endpoint code so edits take effect; returns a new Registry."""
     return load_endpoints(conf, fresh=True)
 

@@ -17,6 +17,8 @@ import time
 import traceback
 from typing import Any
 
+from oslo_config import cfg
+
 from sbusr import dispatch
 from sbusr.execution.limits import own_timeout
 from sbusr.spooler.jobs import (
@@ -132,7 +134,7 @@ def settle(store: JobStore, job: Job, label: str, error: BaseException | None, m
     return "failed"
 
 
-def main(conf: Any) -> int:
+def main(conf: cfg.ConfigOpts) -> int:
     """Entry point behind ``python -m sbusr.cmd.spooler`` (``conf`` already parsed)."""
     parent = int(os.environ.get(PARENT_ENV, "0") or 0)
     if parent:

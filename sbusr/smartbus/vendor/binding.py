@@ -37,7 +37,7 @@ from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Header, Packet
 from sbusr.smartbus.interface import BusError
 
-LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators across the package
 TRACE_LOG = logging.getLogger("sbusr.smartbus.vendor.lib")  # the library's own trace lines
 
 PACKAGE = "hesong.ipsc.busnetcli"
