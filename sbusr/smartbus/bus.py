@@ -2,7 +2,7 @@
 
 Stands in for the vendor's SmartBus server on a developer machine and in tests.  It
 behaves like the toy bus the vendor library was verified against
-(shared/smartbus-protocol.md §12), with limits added so that a misbehaving peer
+(docs/smartbus-protocol.md §12), with limits added so that a misbehaving peer
 (garbage, absurd sizes, a reader that never reads, silence, more than its share of
 the memory budget) only loses its own connection while everyone else keeps being
 served, and checks so that no client can lie to the others: only the bus sends

@@ -1,6 +1,6 @@
 """SmartBus wire codec: bytes <-> typed messages, nothing else.
 
-Layouts follow ``shared/smartbus-protocol.md`` (libbusnetcli 1.0.1.0465).  Every
+Layouts follow ``docs/smartbus-protocol.md`` (libbusnetcli 1.0.1.0465).  Every
 malformed input raises :class:`CodecError` and nothing else, so the bus and the
 clients can drop a bad peer without guessing which exception to catch.
 

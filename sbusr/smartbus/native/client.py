@@ -1,7 +1,7 @@
 """Pure-Python SmartBus net client on asyncio (the "native" backend).
 
 It speaks the wire protocol of ``libbusnetcli.so`` 1.0.1.0465 (see
-``shared/smartbus-protocol.md``) through :mod:`sbusr.smartbus.codec` and keeps
+``docs/smartbus-protocol.md``) through :mod:`sbusr.smartbus.codec` and keeps
 the vendor library's observable behaviour where callers depend on it
 (registration, global-connect replies, automatic ping acks, the dst filter,
 flow ack/result matching).  Deliberate differences from the vendor library:

@@ -3,7 +3,7 @@
 Why our own binding: the wheel's Python wrapper wires the flow-result callback to
 the disconnect handler and imports ``pkg_resources``; we only borrow its ``.so``.
 
-Library facts this module relies on (``shared/smartbus-protocol.md``):
+Library facts this module relies on (``docs/smartbus-protocol.md``):
 
 * one unit id per process, 16..47 (``Init`` returns 0, or -12 when out of range);
   several local client ids may share it, each with its own ``CreateConnect``;
