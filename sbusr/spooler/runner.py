@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import traceback
+from enum import StrEnum
 from typing import Any
 
 from oslo_config import cfg
@@ -39,6 +40,14 @@ REPORT_FD_ENV = "SBUSR_SPOOLER_FD"
 PARENT_ENV = "SBUSR_SPOOLER_PARENT"
 #: seconds between looks at an empty (or not yet due) queue
 POLL_INTERVAL = 0.5
+
+
+class Outcome(StrEnum):
+    """How one run of a job ended, as the runner reports it to the supervisor."""
+
+    DONE = "done"  # it returned: the job is removed
+    RETRY = "retry"  # it raised SpoolRetry: queued again for later
+    FAILED = "failed"  # it raised, or ran out of retries: moved to failed/
 
 
 class Runner:
@@ -112,26 +121,26 @@ class Runner:
 
 
 def settle(store: JobStore, job: Job, label: str, error: BaseException | None, max_retries: int,
-           retry_delay: float) -> str:
-    """Record how a run of ``job`` ended (``error`` None: it returned); "done", "retry" or "failed"."""
+           retry_delay: float) -> Outcome:
+    """Record how a run of ``job`` ended (``error`` None: it returned)."""
     if error is None:
         store.finish(job)
-        return "done"
+        return Outcome.DONE
     if isinstance(error, SpoolRetry):
         after = retry_delay if error.after is None else error.after
         if job.attempts >= max_retries:
             LOG.warning("spooled job %s asked for a retry after %d retries; moved to failed", label,
                         job.attempts)
             store.fail(job, f"gave up after {job.attempts} retries: {error}", "")
-            return "failed"
+            return Outcome.FAILED
         LOG.info("spooled job %s will run again in %g s (retry %d of %d): %s", label, after,
                  job.attempts + 1, max_retries, error)
         store.retry(job, after, str(error))
-        return "retry"
+        return Outcome.RETRY
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     LOG.error("spooled job %s failed; moved to failed/:\n%s", label, text.rstrip())
     store.fail(job, f"{type(error).__name__}: {error}", text)
-    return "failed"
+    return Outcome.FAILED
 
 
 def main(conf: cfg.ConfigOpts) -> int:
