@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import enum
 import logging
 import threading
 import time
@@ -54,6 +55,16 @@ _HEARTBEAT_BODY = 24
 
 _monotonic = time.monotonic
 _GC_CMDS = (codec.CMD_GLOBAL_CONNECT, codec.CMD_GLOBAL_CONNECT_REPLY)
+
+
+class Refusal(enum.Enum):
+    """Why the bus drops a packet instead of passing it on (one log line per peer and reason)."""
+
+    FORGED_SOURCE = "src"  # src is not the sender's registered address
+    NOTICE_FROM_CLIENT = "cmd9"  # GLOBAL_CONNECT notices come only from the bus
+    MALFORMED_REPLY = "cmd10-bad"  # a GLOBAL_CONNECT reply that does not decode
+    REPLY_ABOUT_OTHER = "cmd10-other"  # a GLOBAL_CONNECT reply that does not describe its sender
+    REPLY_UNANNOUNCED = "cmd10-dst"  # a GLOBAL_CONNECT reply to a client no newcomer was announced to
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,40 +295,43 @@ class Bus:
             return
         src = h.src
         if (src.type, src.unit, src.client) != conn.src:
-            self._refuse(conn, "src", "cmd %d/%d under src %s, not its registered address %s", h.cmd,
-                         h.cmdtype, src, info.address)
+            self._refuse(conn, Refusal.FORGED_SOURCE, "cmd %d/%d under src %s, not its registered address %s",
+                         h.cmd, h.cmdtype, src, info.address)
             return
         if h.cmdtype == codec.CMDTYPE_SYSTEM and h.cmd in _GC_CMDS:
             self._global_connect_reply(conn, pkt, raw)
             return
         self._route(conn, pkt, raw)
 
-    def _refuse(self, conn: _Connection, reason: str, msg: str, *args: object) -> None:
+    def _refuse(self, conn: _Connection, reason: Refusal, msg: str, *args: object) -> None:
         """Drop one packet the bus will not pass on; one line per peer and reason every 10 s."""
         self._log_refused.log((conn.peer, reason), "dropped a packet from %s: " + msg, conn.peer, *args)
 
     def _global_connect_reply(self, conn: _Connection, pkt: Packet, raw: bytes) -> None:
         """Only the bus sends cmd 9; a cmd 10 describes its sender and goes to a newcomer it was told of."""
         if pkt.cmd == codec.CMD_GLOBAL_CONNECT:
-            self._refuse(conn, "cmd9", "GLOBAL_CONNECT notices (cmd 9) come only from the bus")
+            self._refuse(conn, Refusal.NOTICE_FROM_CLIENT,
+                         "GLOBAL_CONNECT notices (cmd 9) come only from the bus")
             return
         info = conn.info
         assert info is not None
         try:
             event = codec.decode_global_connect(pkt.body, self.encoding)
         except CodecError as exc:
-            self._refuse(conn, "cmd10-bad", "malformed GLOBAL_CONNECT reply (%s)", exc)
+            self._refuse(conn, Refusal.MALFORMED_REPLY, "malformed GLOBAL_CONNECT reply (%s)", exc)
             return
         if (event.unit, event.client, event.type, event.status) != (info.unit, info.client, info.type,
                                                                      codec.GC_EXISTING):
-            self._refuse(conn, "cmd10-other", "GLOBAL_CONNECT reply about %s status %d; a reply may only "
-                         "describe its sender %s with status %d", event.address, event.status, info.address,
+            self._refuse(conn, Refusal.REPLY_ABOUT_OTHER,
+                         "GLOBAL_CONNECT reply about %s status %d; a reply may only describe"
+                         " its sender %s with status %d", event.address, event.status, info.address,
                          codec.GC_EXISTING)
             return
         dst = pkt.header.dst
         target = self._by_addr.get((dst.unit, dst.client))
         if target is None or target not in conn.owed:
-            self._refuse(conn, "cmd10-dst", "GLOBAL_CONNECT reply to %s, no newcomer announced to it", dst)
+            self._refuse(conn, Refusal.REPLY_UNANNOUNCED,
+                         "GLOBAL_CONNECT reply to %s, no newcomer announced to it", dst)
             return
         conn.owed.discard(target)
         self._send(target, raw)
