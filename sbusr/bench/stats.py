@@ -11,6 +11,8 @@ from typing import Any
 
 import psutil
 
+from sbusr.bench import cost
+
 
 def percentile(sorted_us: Sequence[int], q: float) -> float | None:
     """Nearest-rank percentile in milliseconds of sorted microsecond samples."""
@@ -186,9 +188,5 @@ def table(result: dict[str, Any]) -> str:
                       f"open-loop p99 {_fmt(p99)} ms "
                       f"(<= {TARGET_P99_MS:g}: {mark(t['p99_met'])}); errors {t['errors']}"]
     if result.get("cost"):
-        # imported here: the package imports this module, and ``python -m sbusr.bench.cost`` must
-        # not find sbusr.bench.cost already imported (runpy warns about that)
-        from sbusr.bench import cost
-
         lines += ["", cost.format_report(result["cost"])]
     return "\n".join(lines)
