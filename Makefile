@@ -7,11 +7,11 @@ BIN := $(VENV)/bin
 LOCK := $(VENV).lock
 # sbusr and its runtime dependencies (make run)
 RUN_STAMP := $(VENV)/.run-stamp
-# ...plus the test tools: pytest, ruff, tox (make test; the name CI and older checkouts use)
+# ...plus the test tools: pytest, ruff, mypy, tox (make test; the name CI and older checkouts use)
 TEST_STAMP := $(VENV)/.installed-stamp
 INSTALL := flock $(LOCK)
 
-.PHONY: run test tools lint bench genconfig clean
+.PHONY: run test tools lint typecheck bench genconfig clean
 
 $(RUN_STAMP): setup.cfg setup.py requirements.txt
 	$(INSTALL) sh -c '$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q --upgrade pip && \
@@ -29,10 +29,14 @@ run: $(RUN_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check sbusr tests
 
+# mypy on sbusr/ as setup.cfg's [mypy] section configures it
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy
+
 # the suite waits far more than it computes: TEST_WORKERS pytest-xdist workers, a test file per worker
 TEST_WORKERS ?= 4
 
-test: lint
+test: lint typecheck
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(RUN_STAMP)

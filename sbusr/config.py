@@ -235,11 +235,11 @@ def _known_options() -> list[tuple[str, cfg.Opt]]:
     """(section, Opt) of every option in the generator namespaces sbusr uses (opts.NAMESPACES)."""
     from stevedore import named
 
-    manager = named.NamedExtensionManager("oslo.config.opts", names=list(opts.NAMESPACES),
-                                          invoke_on_load=True, on_load_failure_callback=None)
+    manager: named.NamedExtensionManager[Any] = named.NamedExtensionManager(
+        "oslo.config.opts", names=list(opts.NAMESPACES), invoke_on_load=True, on_load_failure_callback=None)
     found: list[tuple[str, cfg.Opt]] = []
     for ext in manager.extensions:
-        for group, group_opts in ext.obj:
+        for group, group_opts in ext.obj or ():
             name = getattr(group, "name", group) or "DEFAULT"
             found.extend((name, opt) for opt in group_opts)
     return found

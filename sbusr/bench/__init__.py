@@ -1,5 +1,2 @@
-"""The ``sbusr-bench`` benchmark: RPC calls/s and latency next to the raw SmartBus round trip."""
-
-from sbusr.bench.cli import main
-
-__all__ = ["main"]
+"""The ``sbusr-bench`` benchmark (:mod:`.cli`): RPC calls/s and latency next to the raw SmartBus round
+trip."""

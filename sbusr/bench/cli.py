@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sbusr.bench import procs, stats
+from sbusr.util.procs import cpu_seconds, descendants, rss_kb
 
 #: --help text: plain words (the module docstring is reStructuredText)
 DESCRIPTION = ("RPC throughput and latency of sbusr-server against the raw SmartBus round trip, measured "
@@ -170,10 +171,10 @@ class Bench:
     def cpu_sample(self) -> dict[str, float]:
         """CPU seconds used so far by each role (process-mode workers summed, load generators too)."""
         def cpu(pids: list[int]) -> float:
-            return sum(procs.cpu_seconds(pid) or 0.0 for pid in pids)
+            return sum(cpu_seconds(pid) or 0.0 for pid in pids)
 
         server = [self.server.pid] if self.server is not None else []
-        return {"server": cpu(server), "workers": cpu(procs.descendants(server[0]) if server else []),
+        return {"server": cpu(server), "workers": cpu(descendants(server[0]) if server else []),
                 "bus": cpu([self.bus.pid] if self.bus else []),
                 "echo": cpu([self.echo.pid] if self.echo else []),
                 "load": cpu([load.pid for load in self.loads])}
@@ -222,8 +223,8 @@ class Bench:
         figures["load_processes"] = len(loads)
         if self.server is None:
             return figures
-        figures["server_rss_kb"] = procs.rss_kb(self.server.pid)
-        kids = [procs.rss_kb(pid) for pid in procs.descendants(self.server.pid)]
+        figures["server_rss_kb"] = rss_kb(self.server.pid)
+        kids = [rss_kb(pid) for pid in descendants(self.server.pid)]
         figures["server_children_rss_kb"] = sum(k for k in kids if k) if kids else 0
         return figures
 

@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     client = make_client(args.kind, config, ClientHandlers(on_packet=on_packet))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    def stop_at_end_of_input() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=stop_at_end_of_input, daemon=True).start()
     client.start()
     try:
         if not client.wait_connected(15.0):

@@ -8,7 +8,6 @@ no orphans.  Output goes to temp files: a pipe nobody reads could stall a child.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -21,30 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from sbusr.util.procs import die_with_parent, stop_group, terminate
+
 HOST = "127.0.0.1"
 SERVER_UNIT, SERVER_CLIENT = 19, 1
 ECHO_UNIT, ECHO_CLIENT = 20, 1
 BUS_UNIT = 0
 STOP_TIMEOUT = 10.0
-
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _preexec(parent: int) -> Callable[[], None] | None:
-    """SIGTERM the child when the runner's main thread dies."""
-    if _prctl is None:
-        return None
-
-    def run() -> None:
-        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return run
-
 
 class Child:
     """One child process with its log in a temp file."""
@@ -57,7 +39,7 @@ class Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout if stdout is not None else self.log,
                                      stderr=self.log, env=env, start_new_session=True,
-                                     preexec_fn=_preexec(os.getpid()))
+                                     preexec_fn=die_with_parent(os.getpid()))
 
     @property
     def pid(self) -> int:
@@ -78,7 +60,7 @@ class Child:
     def stop(self) -> None:
         proc = self.proc
         if self.wrapped:
-            _stop_group(proc, STOP_TIMEOUT)
+            stop_group(proc, STOP_TIMEOUT)
         terminate(proc, STOP_TIMEOUT)
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
@@ -86,39 +68,6 @@ class Child:
                     stream.close()
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
-
-
-def terminate(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> int:
-    """SIGTERM, wait up to ``timeout``, SIGKILL if it hangs; the exit code."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    return proc.returncode
-
-
-def _stop_group(proc: subprocess.Popen[Any], timeout: float) -> None:
-    """Stop a wrapper and everything it started. Ctrl-C first, to the whole group: profilers such as
-    py-spy write their output on SIGINT, and signalling the wrapper alone can leave the server behind.
-    Then SIGTERM and finally SIGKILL for whatever is left in the group (e.g. a child a shell started in
-    the background, which ignores SIGINT)."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)  # started with start_new_session: the group is its own
-        except ProcessLookupError:
-            return  # nobody left in the group
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the wrapper so that it does not linger as a zombie member
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
 
 
 def _wait_for(child: Child, test: Callable[[], Any], what: str, timeout: float) -> Any:
@@ -231,47 +180,3 @@ class LoadProcess(Child):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(3.0)
         super().stop()
-
-
-def rss_kb(pid: int) -> int | None:
-    """VmRSS of one process in KiB (None when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def descendants(pid: int) -> list[int]:
-    """Child processes of ``pid``, recursively (process-mode worker pools)."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                kids = Path(f"/proc/{current}/task/{tid}/children").read_text().split()
-            except OSError:
-                continue
-            for kid in kids:
-                out.append(int(kid))
-                todo.append(int(kid))
-    return out
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds one process has used so far (None when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-    except (OSError, ValueError, IndexError):
-        return None

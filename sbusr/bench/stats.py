@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 import platform
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
+
+import psutil
+
+from sbusr.bench import cost
 
 
 def percentile(sorted_us: Sequence[int], q: float) -> float | None:
@@ -63,26 +65,35 @@ def explain_errors(figures: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def machine_info() -> dict[str, Any]:
-    model = ""
+def _cpu_model() -> str:
+    """The CPU's marketing name: psutil does not report it and platform.processor() is empty on most
+    Linux systems, so it comes from /proc/cpuinfo there."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (a container or taskset may allow fewer than the machine has)."""
     try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 0
+        return len(psutil.Process().cpu_affinity() or [])
+    except (AttributeError, psutil.Error):  # no affinity on this platform
+        return psutil.cpu_count() or 0
+
+
+def machine_info() -> dict[str, Any]:
     return {
-        "nproc": usable,
-        "cpu_model": model,
+        "nproc": _usable_cpus(),
+        "cpu_model": _cpu_model(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # noisy neighbours
+        "loadavg_at_start": list(psutil.getloadavg()),  # noisy neighbours
     }
 
 
@@ -177,9 +188,5 @@ def table(result: dict[str, Any]) -> str:
                       f"open-loop p99 {_fmt(p99)} ms "
                       f"(<= {TARGET_P99_MS:g}: {mark(t['p99_met'])}); errors {t['errors']}"]
     if result.get("cost"):
-        # imported here: the package imports this module, and ``python -m sbusr.bench.cost`` must
-        # not find sbusr.bench.cost already imported (runpy warns about that)
-        from sbusr.bench import cost
-
         lines += ["", cost.format_report(result["cost"])]
     return "\n".join(lines)

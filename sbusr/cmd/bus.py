@@ -12,7 +12,8 @@ import signal
 import sys
 
 from sbusr.smartbus import codec
-from sbusr.smartbus.bus import DEFAULT_MEMORY_BUDGET, Bus
+from sbusr.smartbus.bus import Bus
+from sbusr.smartbus.memory import DEFAULT_MEMORY_BUDGET
 
 LOG = logging.getLogger("sbusr.cmd.bus")
 

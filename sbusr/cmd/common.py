@@ -28,8 +28,9 @@ def prepare(argv: Sequence[str] | None, prog: str, conf: cfg.ConfigOpts | None =
     config file found. Unknown options in sbusr's sections are logged as warnings.
     """
     log.set_defaults(logging_context_format_string=LOG_CONTEXT_FORMAT)
+    conf = conf if conf is not None else cfg.ConfigOpts()
     try:
-        conf = config.load(argv, prog, description=description, conf=conf)
+        config.load(argv, prog, description=description, conf=conf)
         bad = config.problems(conf)
     except (cfg.Error, config.ConfigError) as exc:
         bad = [" ".join(str(exc).split())]

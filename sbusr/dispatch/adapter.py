@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 import oslo_messaging
@@ -26,22 +27,34 @@ from sbusr.dispatch import aio, context, typed
 from sbusr.jsonrpc.errors import InvalidParams, RpcError
 from sbusr.jsonrpc.protocol import POSITIONAL_KEY
 
-LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across the package
 
 #: Attribute names of :class:`EndpointAdapter` that oslo's dispatcher would find before any endpoint
 #: method; a method with one of these names is never dispatched (see :class:`AccessPolicy`).
 RESERVED_NAMES = frozenset({"target", "endpoint", "origin", "invoker"})
 
 
+class OriginKind(StrEnum):
+    """Where an endpoint was loaded from; the string travels to worker and spooler processes."""
+
+    MODULE = "module"  # [endpoints] modules
+    FILE = "file"  # a .py file of [endpoints] directories
+    ENTRY_POINT = "entry_point"  # an installed package's sbusr.endpoints entry point
+    BUILTIN = "builtin"  # sbusr's own entry points (sbusr.endpoints.*)
+    LEGACY = "legacy"  # an original-sbusr methods package
+    SQL = "sql"  # a .sql file of [sql] directories
+    INSTANCE = "instance"  # an object the test kit was given (not re-creatable)
+
+
 class EndpointOrigin(NamedTuple):
     """How to re-create an endpoint in another process (see :func:`create_endpoint`).
 
-    kind: 'module' | 'file' | 'entry_point' | 'legacy' | 'builtin' | 'sql'. ``module_or_path`` is a
-    module name (a file path for 'file' and 'sql', the package name for 'legacy'); ``qualname`` is
-    the class's qualified name (the namespace for 'legacy' and 'sql', '' for the package root).
+    ``module_or_path`` is a module name (a file path for FILE and SQL, the package name for LEGACY);
+    ``qualname`` is the class's qualified name (the namespace for LEGACY and SQL, '' for the package
+    root).
     """
 
-    kind: str
+    kind: OriginKind
     module_or_path: str
     qualname: str
 

@@ -44,8 +44,8 @@ def _request_context_defaults() -> dict[str, Any]:
 _DEFAULTS = _request_context_defaults()
 
 
-class CallContext(oslo_context.RequestContext, dict):  # type: ignore[misc]
-    """``ctxt``: ``ctxt["request_id"]``, ``ctxt["source"]`` as before, plus ``method``,
+class CallContext(oslo_context.RequestContext, dict):
+    """``ctxt``: ``ctxt["request_id"]``, ``ctxt["source"]`` (the dict original methods read), plus ``method``,
     ``request_id``, ``caller``, ``deadline`` (epoch seconds, None without a limit), ``time_left()``."""
 
     def __init__(self, values: dict[str, Any], method: str | None = None) -> None:
@@ -56,9 +56,9 @@ class CallContext(oslo_context.RequestContext, dict):  # type: ignore[misc]
     # dict's equality and hash, not object's: ctxt compares as the dict it is
     __eq__ = dict.__eq__
     __ne__ = dict.__ne__
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
-    @property  # type: ignore[override]
+    @property
     def request_id(self) -> Any:
         """The JSON-RPC id of the request (None for a notification)."""
         return self.get("request_id")

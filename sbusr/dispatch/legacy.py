@@ -16,7 +16,7 @@ import oslo_messaging
 
 from sbusr.dispatch.registry import LoadError
 
-LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across the package
 
 
 def _legacy_wrapper(func: Callable[..., Any], package_name: str, namespace: str | None,
@@ -28,12 +28,15 @@ def _legacy_wrapper(func: Callable[..., Any], package_name: str, namespace: str 
         return None
     ctxt_param = inspect.Parameter("sbusr_legacy_ctxt", inspect.Parameter.POSITIONAL_ONLY)
 
+    call: Any  # a function that gets func's name, signature and doc below
     if inspect.iscoroutinefunction(func):
-        async def call(ctxt: Any, /, *args: Any, **kwargs: Any) -> Any:
+        async def call_coroutine(ctxt: Any, /, *args: Any, **kwargs: Any) -> Any:
             return await func(*args, **kwargs)
+        call = call_coroutine
     else:
-        def call(ctxt: Any, /, *args: Any, **kwargs: Any) -> Any:
+        def call_function(ctxt: Any, /, *args: Any, **kwargs: Any) -> Any:
             return func(*args, **kwargs)
+        call = call_function
 
     try:
         call.__signature__ = sig.replace(parameters=[ctxt_param, *sig.parameters.values()])
@@ -42,7 +45,7 @@ def _legacy_wrapper(func: Callable[..., Any], package_name: str, namespace: str 
     call.__name__ = name
     call.__qualname__ = ".".join(filter(None, (package_name, namespace, name)))  # <package>.a.b.c
     call.__doc__ = func.__doc__
-    call.__wrapped__ = func  # type: ignore[attr-defined]  # its annotations: typed params, discovery
+    call.__wrapped__ = func  # its annotations: typed params, discovery
     return call
 
 

@@ -21,13 +21,14 @@ from types import ModuleType
 from typing import Any
 
 import oslo_messaging
+from oslo_config import cfg
 
 from sbusr import opts
-from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin
+from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin, OriginKind
 from sbusr.dispatch.legacy import legacy_endpoint, legacy_groups, purge_package
 from sbusr.dispatch.registry import LoadError, Registry
 
-LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across the package
 
 ENTRY_POINT_GROUP = "sbusr.endpoints"
 _BUILTIN_PREFIX = "sbusr.endpoints."
@@ -45,7 +46,8 @@ def _sql() -> ModuleType:
 
 def is_system_endpoint(adapter: EndpointAdapter) -> bool:
     """True for the built-in ``sys`` endpoint (loaded as a built-in from :data:`SYSTEM_ENDPOINT_MODULE`)."""
-    return adapter.origin.kind == "builtin" and adapter.origin.module_or_path == SYSTEM_ENDPOINT_MODULE
+    origin = adapter.origin
+    return origin.kind == OriginKind.BUILTIN and origin.module_or_path == SYSTEM_ENDPOINT_MODULE
 
 
 # --------------------------------------------------------------------------- loading helpers
@@ -116,7 +118,7 @@ class _Loader:
                         origin, version)
         self.adapters.append(adapter)
 
-    def add_module_object(self, module: ModuleType, kind: str, source: str) -> None:
+    def add_module_object(self, module: ModuleType, kind: OriginKind, source: str) -> None:
         self.modules.append((kind, source, module))
         for cls in _endpoint_classes(module):
             origin = EndpointOrigin(kind, source, cls.__qualname__)
@@ -127,7 +129,7 @@ class _Loader:
                 continue
             self._add(endpoint, origin)
 
-    def add_module(self, name: str, kind: str = "module") -> None:
+    def add_module(self, name: str, kind: OriginKind = OriginKind.MODULE) -> None:
         try:
             if self.fresh and name in sys.modules and not name.startswith(_BUILTIN_PREFIX):
                 importlib.invalidate_caches()
@@ -162,9 +164,9 @@ class _Loader:
             except (Exception, SystemExit) as exc:
                 self._fail(path, exc, "endpoint file")
                 continue
-            self.add_module_object(module, "file", path)
+            self.add_module_object(module, OriginKind.FILE, path)
 
-    def add_sql(self, conf: Any) -> None:
+    def add_sql(self, conf: cfg.ConfigOpts) -> None:
         """The ``.sql`` files of ``[sql] directories`` (:mod:`sbusr.sql.endpoints`)."""
         if not conf.sql.directories and not conf.sql.databases:
             pools = sys.modules.get("sbusr.sql.pools")
@@ -184,7 +186,7 @@ class _Loader:
                 LOG.error("SQL file %s", problem)
                 self.errors.append(LoadError(found.path, problem))
             if found.endpoint is not None:
-                self._add(found.endpoint, EndpointOrigin("sql", found.path, found.name))
+                self._add(found.endpoint, EndpointOrigin(OriginKind.SQL, found.path, found.name))
 
     def add_legacy(self, package_name: str) -> None:
         try:
@@ -197,7 +199,7 @@ class _Loader:
             return
         for namespace, functions in groups.items():
             endpoint = legacy_endpoint(package_name, namespace, functions)
-            self._add(endpoint, EndpointOrigin("legacy", package_name, namespace or ""))
+            self._add(endpoint, EndpointOrigin(OriginKind.LEGACY, package_name, namespace or ""))
 
     def add_entry_points(self) -> None:
         from stevedore import extension
@@ -215,7 +217,8 @@ class _Loader:
                 self.errors.append(LoadError(f"entry point {ext.name}", "does not name a module"))
                 LOG.error("Endpoint entry point %s does not name a module; skipped", ext.name)
                 continue
-            kind = "builtin" if module.__name__.startswith(_BUILTIN_PREFIX) else "entry_point"
+            builtin = module.__name__.startswith(_BUILTIN_PREFIX)
+            kind = OriginKind.BUILTIN if builtin else OriginKind.ENTRY_POINT
             self.add_module(module.__name__, kind)
 
 
@@ -224,7 +227,7 @@ class _Silent(logging.Filter):
         return False
 
 
-def load_endpoints(conf: Any, fresh: bool = False, duplicates_level: int = logging.WARNING,
+def load_endpoints(conf: cfg.ConfigOpts, fresh: bool = False, duplicates_level: int = logging.WARNING,
                    report: bool = True) -> Registry:
     """Load every configured endpoint source (``conf.endpoints``) into a :class:`Registry`.
 
@@ -258,7 +261,7 @@ def load_endpoints(conf: Any, fresh: bool = False, duplicates_level: int = loggi
     return registry
 
 
-def reload(conf: Any) -> Registry:
+def reload(conf: cfg.ConfigOpts) -> Registry:
     """Re-import all endpoint code so edits take effect; returns a new Registry."""
     return load_endpoints(conf, fresh=True)
 
@@ -270,9 +273,9 @@ def module_for(kind: str, source: str) -> ModuleType:
 
     ``kind``/``source`` as in :class:`EndpointOrigin` ('module', 'entry_point', 'builtin' or 'file').
     """
-    if kind in ("module", "entry_point", "builtin"):
+    if kind in (OriginKind.MODULE, OriginKind.ENTRY_POINT, OriginKind.BUILTIN):
         return importlib.import_module(source)
-    if kind == "file":
+    if kind == OriginKind.FILE:
         name = _file_module_name(source)
         module = sys.modules.get(name)
         if module is None or getattr(module, "__file__", None) != source:
@@ -301,11 +304,11 @@ def check_source(path: str) -> None:
 def create_endpoint(origin: EndpointOrigin) -> Any:
     """Re-create the endpoint object described by ``origin`` (e.g. inside a worker process)."""
     kind, source, qualname = origin
-    if kind in ("module", "entry_point", "builtin", "file"):
+    if kind in (OriginKind.MODULE, OriginKind.ENTRY_POINT, OriginKind.BUILTIN, OriginKind.FILE):
         return _resolve_qualname(module_for(kind, source), qualname)()
-    if kind == "sql":
+    if kind == OriginKind.SQL:
         return _sql().rebuild(source)
-    if kind == "legacy":
+    if kind == OriginKind.LEGACY:
         errors: list[LoadError] = []
         groups = legacy_groups(source, errors)
         namespace = qualname or None

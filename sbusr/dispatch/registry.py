@@ -9,7 +9,7 @@ from typing import Any
 
 from sbusr.dispatch.adapter import EndpointAdapter, EndpointOrigin, Invoker, adapter_full_names
 
-LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across the package
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from sbusr.jsonrpc.errors import (
     cut,
 )
 
-LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.dispatch")  # one logger name for operators across the package
 
 
 #: codes the execution layer logs itself (with the worker or thread it concerns): not logged twice

@@ -48,7 +48,7 @@ class TimerEndpoint:
             LOG.exception("timer %s: cannot load %s", qualname, source)
             return {"outcome": "error", "error": f"cannot load {source}: {type(exc).__name__}: {exc}"}
         func = getattr(loaded, qualname, None) if loaded.__name__ == module else None
-        if not isinstance(getattr(func, schedule.TIMER_ATTR, None), schedule.Schedule):
+        if func is None or not isinstance(getattr(func, schedule.TIMER_ATTR, None), schedule.Schedule):
             return {"outcome": "error", "error": f"{module}:{qualname} is not a timer function (any more)"}
         try:
             func()

@@ -32,7 +32,7 @@ def cut(text: str, limit: int) -> str:
 
 # --------------------------------------------------------------------------- exceptions
 
-def _rebuild_error(cls: type, code: int, message: str, data: Any) -> RpcError:
+def _rebuild_error(cls: type[RpcError], code: int, message: str, data: Any) -> RpcError:
     err = cls.__new__(cls)
     RpcError.__init__(err, code, message, data)
     return err

@@ -2,7 +2,7 @@
 
 Stands in for the vendor's SmartBus server on a developer machine and in tests.  It
 behaves like the toy bus the vendor library was verified against
-(shared/smartbus-protocol.md §12), with limits added so that a misbehaving peer
+(docs/smartbus-protocol.md §12), with limits added so that a misbehaving peer
 (garbage, absurd sizes, a reader that never reads, silence, more than its share of
 the memory budget) only loses its own connection while everyone else keeps being
 served, and checks so that no client can lie to the others: only the bus sends
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import enum
 import logging
 import threading
 import time
@@ -38,22 +39,20 @@ HEARTBEAT_ACK_INTERVAL = 1.0
 ABSENT_LOG_INTERVAL = 5.0
 #: at most one line per peer and reason for packets the bus refuses to pass on (forged, misaddressed)
 REFUSED_LOG_INTERVAL = 10.0
-#: default total of bytes buffered across all connections (input being framed + output queued)
-DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
-#: a connection buffering more than this makes the bus check the total budget
-_BUDGET_CHECK_BYTES = 1024 * 1024
-#: with a process budget, the buffers' share: what the process does not use at rest, divided by this.
-#: Growing a buffer the peer's reads have shortened at the front copies it (old and new both
-#: resident for a moment), and read chunks and forwarded frames are copies too.
-BUFFER_OVERHEAD = 2.5
-#: with a process budget, room kept for everything but the buffers (read chunks, packets, logging)
-PROCESS_RESERVE = 4 * 1024 * 1024
-#: seconds between two measurements of the resident set while buffers grow
-_RSS_CHECK_INTERVAL = 0.01
 _HEARTBEAT_BODY = 24
 
 _monotonic = time.monotonic
 _GC_CMDS = (codec.CMD_GLOBAL_CONNECT, codec.CMD_GLOBAL_CONNECT_REPLY)
+
+
+class Refusal(enum.Enum):
+    """Why the bus drops a packet instead of passing it on (one log line per peer and reason)."""
+
+    FORGED_SOURCE = "src"  # src is not the sender's registered address
+    NOTICE_FROM_CLIENT = "cmd9"  # GLOBAL_CONNECT notices come only from the bus
+    MALFORMED_REPLY = "cmd10-bad"  # a GLOBAL_CONNECT reply that does not decode
+    REPLY_ABOUT_OTHER = "cmd10-other"  # a GLOBAL_CONNECT reply that does not describe its sender
+    REPLY_UNANNOUNCED = "cmd10-dst"  # a GLOBAL_CONNECT reply to a client no newcomer was announced to
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +157,7 @@ class Bus:
                  max_write_buffer: int = 64 * 1024 * 1024,
                  idle_timeout: float = 30.0,
                  encoding: str = "gbk",
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 memory_budget: int = memory.DEFAULT_MEMORY_BUDGET,
                  process_budget: int | None = None) -> None:
         if unit_id not in codec.IPSC_UNITS:
             raise ValueError(f"bus unit id must be 0..15, got {unit_id}")
@@ -168,21 +167,14 @@ class Bus:
             raise ValueError(f"max_packet_size must be at least {codec.HEADER_SIZE}")
         if max_write_buffer <= 0:
             raise ValueError("max_write_buffer must be positive")
-        if memory_budget <= 0:
-            raise ValueError("memory_budget must be positive")
-        if process_budget is not None and process_budget <= 0:
-            raise ValueError("process_budget must be positive")
+        self.budget: memory.Budget[_Connection] = memory.Budget(memory_budget, process_budget)
         codecs.lookup(encoding)  # fail early on a bad name (LookupError)
         self.host = host
         self.unit_id = unit_id
         self.users = None if users is None else dict(users)
         self.max_packet_size = max_packet_size
         self.max_write_buffer = max_write_buffer
-        self.memory_budget = memory_budget
-        #: bound on the whole process's resident memory (sbusr-bus's --memory-budget), None = buffers only
-        self.process_budget = process_budget
-        self._check_bytes = _BUDGET_CHECK_BYTES
-        self._next_rss_check = 0.0
+        self._check_bytes = self.budget.check_bytes  # read per packet: kept at hand
         self.idle_timeout = idle_timeout
         self.encoding = encoding
         self._port = port
@@ -206,7 +198,7 @@ class Bus:
             raise RuntimeError("bus already started")
         loop = asyncio.get_running_loop()
         self._stopping = False
-        if self.process_budget is not None:  # before listening: a budget too small is refused outright
+        if self.budget.process is not None:  # before listening: a budget too small is refused outright
             self._share_process_budget()
         self._server = await loop.create_server(lambda: _Connection(self), self.host, self._port,
                                                 reuse_address=True, backlog=1024)
@@ -215,23 +207,15 @@ class Bus:
         LOG.debug("bus unit %d listening on %s:%d", self.unit_id, self.host, self.port)
 
     def _share_process_budget(self) -> None:
-        """Give the buffers what the process does not use at rest, allowing for the copies they cost."""
-        assert self.process_budget is not None
-        memory.map_big_buffers()
-        at_rest = memory.resident_bytes()
-        share = int((self.process_budget - at_rest - PROCESS_RESERVE) / BUFFER_OVERHEAD)
-        if share < 1024 * 1024:
-            least = -(-(at_rest + PROCESS_RESERVE + int(BUFFER_OVERHEAD * 1024 * 1024)) // 2**20)
-            raise ValueError(f"a memory budget of {self.process_budget / 2**20:.0f} MiB leaves no room for "
-                             f"connection buffers: the bus itself uses {at_rest / 2**20:.0f} MiB; give at "
-                             f"least {least} MiB")
-        self.memory_budget = min(self.memory_budget, share)
-        self._check_bytes = min(_BUDGET_CHECK_BYTES, max(64 * 1024, share // 64))
+        """Fit the buffers and the packet size into the process budget."""
+        budget = self.budget
+        at_rest = budget.share_process()
+        self._check_bytes = budget.check_bytes
         # a packet passing through is resident up to three times (being framed, framed, queued)
-        self.max_packet_size = max(codec.HEADER_SIZE, min(self.max_packet_size, share // 3))
+        self.max_packet_size = max(codec.HEADER_SIZE, min(self.max_packet_size, budget.buffers // 3))
         LOG.info("memory budget %.0f MiB resident: %.0f MiB at rest, up to %.1f MiB of connection buffers, "
-                 "packets up to %.1f MiB", self.process_budget / 2**20, at_rest / 2**20,
-                 self.memory_budget / 2**20, self.max_packet_size / 2**20)
+                 "packets up to %.1f MiB", (budget.process or 0) / 2**20, at_rest / 2**20,
+                 budget.buffers / 2**20, self.max_packet_size / 2**20)
 
     async def stop(self) -> None:
         """Close the listener and every connection (no leave notices: everyone is going)."""
@@ -284,40 +268,43 @@ class Bus:
             return
         src = h.src
         if (src.type, src.unit, src.client) != conn.src:
-            self._refuse(conn, "src", "cmd %d/%d under src %s, not its registered address %s", h.cmd,
-                         h.cmdtype, src, info.address)
+            self._refuse(conn, Refusal.FORGED_SOURCE, "cmd %d/%d under src %s, not its registered address %s",
+                         h.cmd, h.cmdtype, src, info.address)
             return
         if h.cmdtype == codec.CMDTYPE_SYSTEM and h.cmd in _GC_CMDS:
             self._global_connect_reply(conn, pkt, raw)
             return
         self._route(conn, pkt, raw)
 
-    def _refuse(self, conn: _Connection, reason: str, msg: str, *args: object) -> None:
+    def _refuse(self, conn: _Connection, reason: Refusal, msg: str, *args: object) -> None:
         """Drop one packet the bus will not pass on; one line per peer and reason every 10 s."""
         self._log_refused.log((conn.peer, reason), "dropped a packet from %s: " + msg, conn.peer, *args)
 
     def _global_connect_reply(self, conn: _Connection, pkt: Packet, raw: bytes) -> None:
         """Only the bus sends cmd 9; a cmd 10 describes its sender and goes to a newcomer it was told of."""
         if pkt.cmd == codec.CMD_GLOBAL_CONNECT:
-            self._refuse(conn, "cmd9", "GLOBAL_CONNECT notices (cmd 9) come only from the bus")
+            self._refuse(conn, Refusal.NOTICE_FROM_CLIENT,
+                         "GLOBAL_CONNECT notices (cmd 9) come only from the bus")
             return
         info = conn.info
         assert info is not None
         try:
             event = codec.decode_global_connect(pkt.body, self.encoding)
         except CodecError as exc:
-            self._refuse(conn, "cmd10-bad", "malformed GLOBAL_CONNECT reply (%s)", exc)
+            self._refuse(conn, Refusal.MALFORMED_REPLY, "malformed GLOBAL_CONNECT reply (%s)", exc)
             return
         if (event.unit, event.client, event.type, event.status) != (info.unit, info.client, info.type,
                                                                      codec.GC_EXISTING):
-            self._refuse(conn, "cmd10-other", "GLOBAL_CONNECT reply about %s status %d; a reply may only "
-                         "describe its sender %s with status %d", event.address, event.status, info.address,
+            self._refuse(conn, Refusal.REPLY_ABOUT_OTHER,
+                         "GLOBAL_CONNECT reply about %s status %d; a reply may only describe"
+                         " its sender %s with status %d", event.address, event.status, info.address,
                          codec.GC_EXISTING)
             return
         dst = pkt.header.dst
         target = self._by_addr.get((dst.unit, dst.client))
         if target is None or target not in conn.owed:
-            self._refuse(conn, "cmd10-dst", "GLOBAL_CONNECT reply to %s, no newcomer announced to it", dst)
+            self._refuse(conn, Refusal.REPLY_UNANNOUNCED,
+                         "GLOBAL_CONNECT reply to %s, no newcomer announced to it", dst)
             return
         conn.owed.discard(target)
         self._send(target, raw)
@@ -372,53 +359,18 @@ class Bus:
             self._check_budget()
 
     def _check_budget(self) -> None:
-        """Keep the bytes buffered across all connections within ``memory_budget``: biggest first out."""
+        """Keep the buffered bytes (and the resident set) within the budget: biggest first out."""
         if self._checking_budget:  # closing a peer announces its leave, which sends: no recursion
             return
         self._checking_budget = True
         try:
             usage = [(c.transport.get_write_buffer_size() + c.decoder.buffered, c)
                      for c in self._conns if not c.closed and c.transport is not None]
-            total = sum(used for used, _ in usage)
-            if total <= self.memory_budget:
-                if self.process_budget is not None:
-                    self._check_resident(usage)
-                return
-            usage.sort(key=lambda item: item[0], reverse=True)
-            for used, conn in usage:
-                if total <= self.memory_budget:
-                    break
-                self._close(conn, f"memory budget: it holds {used} of the {total} bytes buffered across all "
-                                  f"connections (budget {self.memory_budget})", logging.WARNING)
-                total -= used
-            if self.process_budget is not None:
-                self._check_resident(usage)
+            for conn, why in self.budget.offenders(usage):
+                if not conn.closed:
+                    self._close(conn, f"memory budget: {why}", logging.WARNING)
         finally:
             self._checking_budget = False
-
-    def _check_resident(self, usage: list[tuple[int, _Connection]]) -> None:
-        """With a process budget: measure the resident set now and then; near the budget, give free
-        heap pages back, then drop the connections buffering the most until it fits again."""
-        now = _monotonic()
-        if now < self._next_rss_check:
-            return
-        self._next_rss_check = now + _RSS_CHECK_INTERVAL
-        assert self.process_budget is not None
-        limit = self.process_budget - PROCESS_RESERVE // 2
-        if memory.resident_bytes() <= limit:
-            return
-        memory.give_back_free_memory()
-        resident = memory.resident_bytes()
-        for used, conn in sorted(usage, key=lambda item: item[0], reverse=True):
-            if resident <= limit or used == 0:
-                break
-            if conn.closed:
-                continue
-            self._close(conn, f"memory budget: the bus holds {resident} bytes resident (budget "
-                              f"{self.process_budget}) and this connection buffers the most ({used})",
-                        logging.WARNING)
-            memory.give_back_free_memory()
-            resident = memory.resident_bytes()
 
     def _heartbeat(self, conn: _Connection, pkt: Packet) -> None:
         now = conn.last_rx

@@ -1,6 +1,6 @@
 """SmartBus wire codec: bytes <-> typed messages, nothing else.
 
-Layouts follow ``shared/smartbus-protocol.md`` (libbusnetcli 1.0.1.0465).  Every
+Layouts follow ``docs/smartbus-protocol.md`` (libbusnetcli 1.0.1.0465).  Every
 malformed input raises :class:`CodecError` and nothing else, so the bus and the
 clients can drop a bad peer without guessing which exception to catch.
 
@@ -197,7 +197,7 @@ def _check_fields(fields: tuple[int, ...], max_packet_size: int) -> None:
 _new = object.__new__
 _H_SET = tuple(getattr(Header, name).__set__
                for name in ("cmd", "cmdtype", "src", "dst", "packet_size", "datalen"))
-_P_HEADER, _P_BODY = Packet.header.__set__, Packet.body.__set__  # type: ignore[attr-defined]
+_P_HEADER, _P_BODY = (getattr(Packet, name).__set__ for name in ("header", "body"))
 
 
 def _header_of(fields: tuple[int, ...]) -> Header:
@@ -308,8 +308,9 @@ class FrameDecoder:
         if buf:
             buf += data
             src: bytes | bytearray = buf
+            whole = b""
         else:
-            src = data if type(data) is bytes else bytes(data)
+            src = whole = data if type(data) is bytes else bytes(data)
         out: list[tuple[bytes, tuple[int, ...]]] = []
         end = len(src)
         pos = 0
@@ -331,7 +332,7 @@ class FrameDecoder:
                 with memoryview(buf) as view:
                     out.append((bytes(view[pos:pos + size]), fields))
             else:
-                out.append((src[pos:pos + size], fields))
+                out.append((whole[pos:pos + size], fields))
             pos += size
             fields = None
         self._fields = fields

@@ -8,7 +8,6 @@ the supervisor kills it if the job overruns. SIGTERM: finish the current job, th
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -16,7 +15,10 @@ import signal
 import threading
 import time
 import traceback
+from enum import StrEnum
 from typing import Any
+
+from oslo_config import cfg
 
 from sbusr import dispatch
 from sbusr.execution.limits import own_timeout
@@ -29,6 +31,7 @@ from sbusr.spooler.jobs import (
     find_spool_functions,
     normalize_task,
 )
+from sbusr.util.procs import set_parent_death_signal
 
 LOG = logging.getLogger("sbusr.spooler")
 
@@ -37,17 +40,14 @@ REPORT_FD_ENV = "SBUSR_SPOOLER_FD"
 PARENT_ENV = "SBUSR_SPOOLER_PARENT"
 #: seconds between looks at an empty (or not yet due) queue
 POLL_INTERVAL = 0.5
-_PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
-    """Be SIGKILLed when the server dies (kill -9 included): no job runs on without its server."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
+class Outcome(StrEnum):
+    """How one run of a job ended, as the runner reports it to the supervisor."""
+
+    DONE = "done"  # it returned: the job is removed
+    RETRY = "retry"  # it raised SpoolRetry: queued again for later
+    FAILED = "failed"  # it raised, or ran out of retries: moved to failed/
 
 
 class Runner:
@@ -121,33 +121,34 @@ class Runner:
 
 
 def settle(store: JobStore, job: Job, label: str, error: BaseException | None, max_retries: int,
-           retry_delay: float) -> str:
-    """Record how a run of ``job`` ended (``error`` None: it returned); "done", "retry" or "failed"."""
+           retry_delay: float) -> Outcome:
+    """Record how a run of ``job`` ended (``error`` None: it returned)."""
     if error is None:
         store.finish(job)
-        return "done"
+        return Outcome.DONE
     if isinstance(error, SpoolRetry):
         after = retry_delay if error.after is None else error.after
         if job.attempts >= max_retries:
             LOG.warning("spooled job %s asked for a retry after %d retries; moved to failed", label,
                         job.attempts)
             store.fail(job, f"gave up after {job.attempts} retries: {error}", "")
-            return "failed"
+            return Outcome.FAILED
         LOG.info("spooled job %s will run again in %g s (retry %d of %d): %s", label, after,
                  job.attempts + 1, max_retries, error)
         store.retry(job, after, str(error))
-        return "retry"
+        return Outcome.RETRY
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     LOG.error("spooled job %s failed; moved to failed/:\n%s", label, text.rstrip())
     store.fail(job, f"{type(error).__name__}: {error}", text)
-    return "failed"
+    return Outcome.FAILED
 
 
-def main(conf: Any) -> int:
+def main(conf: cfg.ConfigOpts) -> int:
     """Entry point behind ``python -m sbusr.cmd.spooler`` (``conf`` already parsed)."""
     parent = int(os.environ.get(PARENT_ENV, "0") or 0)
     if parent:
-        _die_with_parent(parent)
+        # SIGKILL, not SIGTERM: no job runs on without its server (kill -9 included)
+        set_parent_death_signal(parent, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     report = os.fdopen(int(os.environ[REPORT_FD_ENV]), "w", encoding="utf-8")

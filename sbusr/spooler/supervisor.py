@@ -28,7 +28,7 @@ from typing import Any
 
 from sbusr.execution.exits import describe_exit
 from sbusr.spooler.jobs import DIRECTORY_ENV, JobStore
-from sbusr.spooler.runner import PARENT_ENV, REPORT_FD_ENV
+from sbusr.spooler.runner import PARENT_ENV, REPORT_FD_ENV, Outcome
 
 LOG = logging.getLogger("sbusr.spooler")
 
@@ -268,12 +268,12 @@ class Spooler:
             child.deadline = time.monotonic() + timeout if timeout > 0 else None
         elif "end" in message:
             child.job, child.deadline = None, None
-            outcome = message.get("outcome", "done")
-            if outcome == "done":
+            outcome = message.get("outcome", Outcome.DONE)
+            if outcome == Outcome.DONE:
                 self.done += 1
-            elif outcome == "retry":  # waiting in the queue again: not finished
+            elif outcome == Outcome.RETRY:  # waiting in the queue again: not finished
                 self.retried += 1
-            elif outcome == "failed":
+            elif outcome == Outcome.FAILED:
                 self.failed += 1
         elif "ready" in message:
             LOG.debug("spooler process %s ready with tasks %s", message["ready"], message.get("tasks"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import oslo_messaging
+from oslo_config import cfg
 
 from sbusr import opts
 from sbusr.execution.limits import LIMITS_ATTR, Limits
@@ -54,7 +55,7 @@ class SqlSettings:
     call_timeout: float
 
 
-def settings_from(conf: Any) -> tuple[SqlSettings, list[str]]:
+def settings_from(conf: cfg.ConfigOpts) -> tuple[SqlSettings, list[str]]:
     """The ``[sql]`` and ``[execution]`` settings; problems with ``[sql] databases`` listed."""
     found, problems = databases_module.parse(list(conf.sql.databases))
     execution = conf.execution
@@ -128,7 +129,7 @@ def sql_files(folder: str) -> list[str]:
     return [path for path in paths if os.path.isfile(path)]
 
 
-def load(conf: Any) -> tuple[list[SqlEndpoint], list[str]]:
+def load(conf: cfg.ConfigOpts) -> tuple[list[SqlEndpoint], list[str]]:
     """Every ``.sql`` file of ``[sql] directories`` as an endpoint; ``problems`` not tied to a file.
 
     Pools of databases no longer configured are closed; the others keep their connections.

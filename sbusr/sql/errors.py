@@ -52,7 +52,7 @@ def describe(exc: BaseException) -> dict[str, Any]:
     diag = getattr(exc, "diag", None)
     if diag is not None:
         message = getattr(diag, "message_primary", None)
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     if code is None and len(args) >= 2 and isinstance(args[0], int):  # PyMySQL: (errno, message)
         code, message = args[0], str(args[1])
     if not message:

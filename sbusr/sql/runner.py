@@ -154,7 +154,9 @@ def _shaped(cursor: Any, shape: Shape, label: str) -> Any:
             raise InternalError(f"{label} selected more than {MAX_ROWS} rows; "
                                         "no reply can carry them")
         return [dict(zip(columns, row, strict=True)) for row in rows]
-    row = cursor.fetchone() if columns is not None else None
+    if columns is None:
+        return None
+    row = cursor.fetchone()
     if row is None:
         return None
     return dict(zip(columns, row, strict=True)) if shape is Shape.ROW else row[0]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sbusr.bench.procs import terminate
-from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, die_with_parent, free_port, write_config
+from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, free_port, write_config
+from sbusr.util.procs import die_with_parent, terminate
 
 START_TIMEOUT = 120.0  # returns as soon as ready; a busy 2-core machine starts Python slowly
 STOP_TIMEOUT = 20.0

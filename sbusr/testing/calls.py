@@ -29,6 +29,7 @@ from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from sbusr import dispatch, execution, opts
+from sbusr.dispatch.adapter import OriginKind
 from sbusr.endpoints import system
 from sbusr.execution.home import one_thread
 from sbusr.jsonrpc.encoding import dumps
@@ -110,7 +111,7 @@ class Methods:
         if loaded.errors:
             raise ImportError("; ".join(f"{e.source}: {e.error}" for e in loaded.errors))
         adapters = loaded.adapters + [
-            dispatch.EndpointAdapter(obj, dispatch.EndpointOrigin("instance", type(obj).__module__,
+            dispatch.EndpointAdapter(obj, dispatch.EndpointOrigin(OriginKind.INSTANCE, type(obj).__module__,
                                                                   type(obj).__qualname__))
             for obj in objects]
         self.registry = dispatch.Registry(adapters, [], loaded.modules)
@@ -120,10 +121,10 @@ class Methods:
         # rpc.discover describes the loaded methods, as sbusr-server's describes its own
         discover = dispatch.EndpointAdapter(
             system.DiscoveryEndpoint(lambda: self.registry),
-            dispatch.EndpointOrigin("builtin", system.__name__, "DiscoveryEndpoint"))
+            dispatch.EndpointOrigin(OriginKind.BUILTIN, system.__name__, "DiscoveryEndpoint"))
         #: what timer ticks and spooled jobs run as (for the executor's invoker)
         self._kit_adapter = dispatch.EndpointAdapter(
-            _Kit(), dispatch.EndpointOrigin("instance", __name__, "_Kit"))
+            _Kit(), dispatch.EndpointOrigin(OriginKind.INSTANCE, __name__, "_Kit"))
         self._dispatcher = rpc_dispatcher.RPCDispatcher(
             [*self.registry.adapters, discover], oslo_messaging.NoOpSerializer(), dispatch.AccessPolicy)
 

@@ -5,50 +5,24 @@ Each runs as ``python -m ...`` of the installed sbusr, so tests see exactly what
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sbusr.bench.procs import terminate
+from sbusr.util.procs import die_with_parent, terminate
 
 START_TIMEOUT = 60.0  # returns as soon as ready; generous for a busy machine
 STOP_TIMEOUT = 10.0
 SERVER_START_TIMEOUT = 120.0  # returns as soon as ready; a busy 2-core machine starts Python slowly
 SERVER_UNIT = 19
 SERVER_CLIENT = 1
-
-try:  # prepared in the parent so the child only makes one libc call between fork and exec
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> Callable[[], None] | None:
-    """preexec_fn: SIGTERM the bus when the forking thread dies, so a killed pytest leaves no orphan bus.
-
-    Caveat (Linux semantics): "parent" is the *thread* that started the bus; start it from a thread that
-    outlives it (the main thread in a pytest fixture does).
-    """
-    if _prctl is None:
-        return None
-
-    def preexec() -> None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (the usual small race is accepted in tests)."""

@@ -18,13 +18,19 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from types import ModuleType
 from typing import Any
 
 TIMER_ATTR = "__sbusr_timer__"
-#: where each tick runs: "server" (once per server) or "workers" (in every worker process)
 TARGET_ATTR = "__sbusr_timer_target__"
-TARGETS = ("server", "workers")
+
+
+class Target(StrEnum):
+    """Where each tick of a timer runs; method writers pass the plain string."""
+
+    SERVER = "server"  # once per server, in one worker
+    WORKERS = "workers"  # in every worker process
 
 
 class Schedule:
@@ -66,14 +72,15 @@ class Crontab(Schedule):
         return f"cron {self.expression}"
 
 
-def _check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise ValueError(f"timer target must be one of {', '.join(TARGETS)}, got {target!r}")
-    return target
+def _check_target(target: str) -> Target:
+    try:
+        return Target(target)
+    except ValueError:
+        raise ValueError(f"timer target must be one of {', '.join(Target)}, got {target!r}") from None
 
 
 def _mark(schedule: Schedule, target: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    _check_target(target)
+    where = _check_target(target)
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         if not inspect.isfunction(func) or "." in func.__qualname__ or "<" in func.__qualname__:
@@ -85,7 +92,7 @@ def _mark(schedule: Schedule, target: str) -> Callable[[Callable[..., Any]], Cal
         except TypeError:
             raise TypeError(f"timer function {func.__qualname__} must take no arguments") from None
         setattr(func, TIMER_ATTR, schedule)
-        setattr(func, TARGET_ATTR, target)
+        setattr(func, TARGET_ATTR, where)
         return func
 
     return decorate
@@ -154,7 +161,7 @@ class TimerEntry:
     kind: str
     source: str
     schedule: Schedule
-    target: str = "server"
+    target: Target = Target.SERVER
 
     def params(self) -> dict[str, str]:
         """The params of the ``sbusr.timer.run`` call that runs one tick."""
@@ -177,7 +184,7 @@ def find_timers(modules: Iterable[tuple[str, str, ModuleType]]) -> list[TimerEnt
             if isinstance(schedule, Schedule) and obj.__module__ == module.__name__ \
                     and obj.__qualname__ == attr:
                 found.append(TimerEntry(display_name(kind, source, attr), module.__name__, attr, kind, source,
-                                        schedule, getattr(obj, TARGET_ATTR, "server")))
+                                        schedule, getattr(obj, TARGET_ATTR, Target.SERVER)))
     return found
 
 

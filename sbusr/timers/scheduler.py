@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sbusr.jsonrpc.errors import RpcError
-from sbusr.timers.schedule import Schedule, TimerEntry, wall_to_iso
+from sbusr.timers.schedule import Schedule, Target, TimerEntry, wall_to_iso
 
 LOG = logging.getLogger("sbusr.timer")
 
@@ -59,7 +59,7 @@ class Scheduler:
         self._call_each = call_each
         self._on_bus = on_bus
         self._reply_timeout = call_timeout + REPLY_MARGIN if call_timeout else None
-        self._timers: dict[tuple[str, str, Schedule, str], _Timer] = {}
+        self._timers: dict[tuple[str, str, Schedule, Target], _Timer] = {}
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -72,7 +72,7 @@ class Scheduler:
         now = time.time()
         with self._cond:
             old = self._timers
-            table: dict[tuple[str, str, Schedule, str], _Timer] = {}
+            table: dict[tuple[str, str, Schedule, Target], _Timer] = {}
             for entry in entries:
                 key = (entry.module, entry.qualname, entry.schedule, entry.target)
                 timer = old.get(key)
@@ -80,7 +80,7 @@ class Scheduler:
                     timer = _Timer(entry, 0.0, 0.0)
                     timer.plan(now)
                     LOG.info("timer %s: %s%s, first run %s", entry.name, entry.schedule.describe(),
-                             " in every worker" if entry.target == "workers" else "",
+                             " in every worker" if entry.target == Target.WORKERS else "",
                              wall_to_iso(timer.next_wall))
                 else:
                     timer.entry = entry
@@ -153,7 +153,7 @@ class Scheduler:
         started_wall = time.time()
         started = time.monotonic()
         outcome: dict[str, Any]
-        if timer.entry.target == "workers" and self._call_each is not None:
+        if timer.entry.target == Target.WORKERS and self._call_each is not None:
             outcome = self._tick_each(timer)
         else:
             try:
@@ -213,9 +213,9 @@ class Scheduler:
     def describe(self) -> list[dict[str, Any]]:
         """What ``sys.timers`` answers."""
         with self._cond:
-            return [{"name": t.entry.name, "schedule": t.entry.schedule.describe(), "target": t.entry.target,
-                     "next_run": wall_to_iso(t.next_wall), "running": t.running_since is not None,
-                     "runs": t.runs, "ok": t.ok, "failed": t.errors, "skipped": t.skipped,
-                     "not_on_bus": t.off_bus,
+            return [{"name": t.entry.name, "schedule": t.entry.schedule.describe(),
+                     "target": str(t.entry.target), "next_run": wall_to_iso(t.next_wall),
+                     "running": t.running_since is not None, "runs": t.runs, "ok": t.ok,
+                     "failed": t.errors, "skipped": t.skipped, "not_on_bus": t.off_bus,
                      "last": dict(t.last) or None}
                     for t in sorted(self._timers.values(), key=lambda t: t.entry.name)]

@@ -15,16 +15,9 @@ import pytest
 from sbusr.bench import procs
 from sbusr.smartbus import codec as c
 from sbusr.smartbus.codec import Address as A
+from sbusr.util.procs import alive, descendants, rss_kb
 
 RUN_TIMEOUT = 150
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def _assert_every_request_accounted_for(row: dict) -> None:
@@ -110,16 +103,16 @@ def test_ctrl_c_stops_every_child():
         kids: list[int] = []
         deadline = time.monotonic() + 120  # generous: a busy 2-core machine starts Python slowly
         while time.monotonic() < deadline and len(kids) < 5:  # bus, server, echo, 2 load generators
-            kids = procs.descendants(proc.pid)
+            kids = descendants(proc.pid)
             time.sleep(0.2)
         assert len(kids) >= 5, kids
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 130  # the children are stopped at once, not one after another
         deadline = time.monotonic() + 90  # generous: on a busy machine an interpreter exits slowly
-        while time.monotonic() < deadline and any(_alive(k) for k in kids):
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
             time.sleep(0.1)
-        assert not [k for k in kids if _alive(k)]
+        assert not [k for k in kids if alive(k)]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -155,10 +148,9 @@ def test_feed_frames_rejects_a_bad_header_at_once():
         c.FrameDecoder().feed_frames(b"\0" * 20)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 def test_rss_of_this_process():
-    assert procs.rss_kb(os.getpid()) > 0
-    assert procs.rss_kb(2**22 + 12345) is None
+    assert rss_kb(os.getpid()) > 0
+    assert rss_kb(2**22 + 12345) is None
 
 
 def test_a_wrapped_server_is_stopped_with_everything_the_wrapper_started(tmp_path):
@@ -169,13 +161,13 @@ def test_a_wrapped_server_is_stopped_with_everything_the_wrapper_started(tmp_pat
     try:
         config = procs.write_server_config(tmp_path / "server.conf", port, "thread", None, "native")
         server = procs.start_server(config, wrapper)
-        inner = [pid for pid in procs.descendants(server.pid) if _alive(pid)]
+        inner = [pid for pid in descendants(server.pid) if alive(pid)]
         assert inner, "the wrapper should be running the server"
         server.stop()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in inner):
+        while time.monotonic() < deadline and any(alive(pid) for pid in inner):
             time.sleep(0.1)
-        assert not [pid for pid in inner if _alive(pid)]
+        assert not [pid for pid in inner if alive(pid)]
     finally:
         for pid in inner:  # a failed run must not leave a server behind
             with contextlib.suppress(ProcessLookupError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import multiprocessing
-import os
 import re
 import textwrap
 import threading
@@ -18,6 +17,7 @@ import pytest
 from sbusr.spooler.jobs import JobStore, SpoolRetry, spool
 from sbusr.testing import Stack
 from sbusr.testing.waiting import wait_for
+from sbusr.util.procs import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -235,7 +235,7 @@ def test_jobs_survive_kill_9_of_the_whole_server_and_run_once_after_restart(spoo
     add(stack, "blocking", n=2)  # queued behind it
     spooler_pids = spool_state(stack)["processes"]
     stack.kill_server()
-    wait_for(lambda: not any(_alive(p) for p in spooler_pids), "the spooler to die with its server")
+    wait_for(lambda: not any(alive(p) for p in spooler_pids), "the spooler to die with its server")
     (out / "block").unlink()
     assert lines(out / "blocking") == ["start 1"]
     stack.start_server()
@@ -245,15 +245,7 @@ def test_jobs_survive_kill_9_of_the_whole_server_and_run_once_after_restart(spoo
     assert "they run again" in stack.server.output()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+
 
 
 def test_a_standby_server_waits_for_the_spool_directory(spooling, tmp_path):

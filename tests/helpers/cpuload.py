@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sbusr.testing.processes import die_with_parent
+from sbusr.util.procs import die_with_parent
 
 BUSY_LOOP = "while True:\n    pass\n"
 

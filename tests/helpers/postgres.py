@@ -22,7 +22,8 @@ from typing import Any
 
 import psycopg
 
-from sbusr.testing.processes import die_with_parent, free_port
+from sbusr.testing.processes import free_port
+from sbusr.util.procs import die_with_parent
 from tests.helpers.debian import apt_install
 
 START_TIMEOUT = 90.0

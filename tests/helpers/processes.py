@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from sbusr.util import procs
+
 T = TypeVar("T")
 
 
@@ -23,8 +25,4 @@ def eventually(predicate: Callable[[], T], timeout: float, interval: float = 0.0
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return procs.alive(pid)

@@ -11,24 +11,14 @@ from pathlib import Path
 
 from sbusr.testing import processes
 from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, write_config
+from sbusr.util import procs
 
 __all__ = ["SERVER_CLIENT", "SERVER_UNIT", "ServerProcess", "children_of", "write_config"]
 
 
 def children_of(parent: int) -> list[int]:
-    """Pids whose parent is ``parent`` and that are not zombies, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[1]) == parent:
-            found.append(int(entry))
-    return sorted(found)
+    """Pids whose parent is ``parent`` and that are not zombies."""
+    return sorted(procs.children(parent))
 
 
 class ServerProcess(processes.ServerProcess):

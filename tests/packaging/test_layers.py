@@ -11,7 +11,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / "sbusr"
 #: one layer know nothing of each other. Every sbusr module belongs to the part with its longest prefix.
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"package": ("sbusr",)},  # the version, nothing else
-    {"utilities": ("sbusr.util",)},  # rate-limited logging, process facts: no sbusr imports
+    {"utilities": ("sbusr.util",)},  # rate-limited logging, child processes: no sbusr imports
     {"bus": ("sbusr.smartbus",),  # codec, development bus, bus clients, the vendor binding
      "metrics": ("sbusr.metrics",)},  # Prometheus metrics and the rolling window: transport-neutral
     {"options": ("sbusr.opts",), "json-rpc": ("sbusr.jsonrpc",)},  # JSON-RPC framing and its oslo mapping
@@ -34,8 +34,8 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"spooler": ("sbusr.spooler",)},  # spooler processes: jobs run with the workers' worker_init
     {"background": ("sbusr.server.background",)},  # sbusr-server's timers, spooler and reload on save
     {"services": ("sbusr.server",)},  # sbusr-server's thread- and process-mode services
-    {"benchmarks": ("sbusr.bench",)},
-    {"testing": ("sbusr.testing",)},  # the test kit for method writers; its processes reuse bench's
+    # siblings: the benchmark and the test kit for method writers share only util.procs
+    {"benchmarks": ("sbusr.bench",), "testing": ("sbusr.testing",)},
     {"project template": ("sbusr.scaffold",)},  # what sbusr-init writes
     {"programs": ("sbusr.cmd",)},
 ]
@@ -115,3 +115,12 @@ def test_execution_learns_its_call_from_the_dispatcher_not_the_transport():
     users = {module for module, path in known.items() if module.startswith("sbusr.execution")
              and "sbusr.driver_smartbus" in imported_modules(module, path.read_text(encoding="utf-8"), known)}
     assert users == {"sbusr.execution.master", "sbusr.execution.worker"}
+
+
+def test_the_test_kit_does_not_import_the_benchmark():
+    """A method writer's tests load sbusr.testing; the benchmark is a program of its own."""
+    known = _modules()
+    users = {module for module, path in known.items() if module.startswith("sbusr.testing")
+             and any(name == "sbusr.bench" or name.startswith("sbusr.bench.")
+                     for name in imported_modules(module, path.read_text(encoding="utf-8"), known))}
+    assert users == set()

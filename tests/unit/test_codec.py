@@ -12,7 +12,7 @@ A = c.Address
 CLIENT = A(20, 0, 19)
 IPSC = A(0, 0, 2)
 
-# Captures from shared/smartbus-protocol.md
+# Captures from docs/smartbus-protocol.md
 REGISTER_ACK = bytes.fromhex("155b02000100001314000000180000000400000000000000")
 FLOW_ACK_OK = bytes.fromhex(
     "155b0d01020000131400000047000000330000000d"

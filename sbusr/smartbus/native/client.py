@@ -1,7 +1,7 @@
 """Pure-Python SmartBus net client on asyncio (the "native" backend).
 
 It speaks the wire protocol of ``libbusnetcli.so`` 1.0.1.0465 (see
-``shared/smartbus-protocol.md``) through :mod:`sbusr.smartbus.codec` and keeps
+``docs/smartbus-protocol.md``) through :mod:`sbusr.smartbus.codec` and keeps
 the vendor library's observable behaviour where callers depend on it
 (registration, global-connect replies, automatic ping acks, the dst filter,
 flow ack/result matching).  Deliberate differences from the vendor library:
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import os
@@ -270,10 +271,10 @@ class SmartBusClient:
         idx = 0
         while not self._stopping:
             host, port, index = self._addresses[idx]
-            link = _Link(self, index, loop)
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    await loop.create_connection(lambda link=link: link, host, port)
+                    _, link = await loop.create_connection(functools.partial(_Link, self, index, loop),
+                                                           host, port)
             except (OSError, TimeoutError) as exc:
                 LOG.debug("SmartBus connect to %s:%d failed: %s", host, port, exc)
                 if not reported_failure:

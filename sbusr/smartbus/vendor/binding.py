@@ -3,7 +3,7 @@
 Why our own binding: the wheel's Python wrapper wires the flow-result callback to
 the disconnect handler and imports ``pkg_resources``; we only borrow its ``.so``.
 
-Library facts this module relies on (``shared/smartbus-protocol.md``):
+Library facts this module relies on (``docs/smartbus-protocol.md``):
 
 * one unit id per process, 16..47 (``Init`` returns 0, or -12 when out of range);
   several local client ids may share it, each with its own ``CreateConnect``;
@@ -37,7 +37,7 @@ from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Header, Packet
 from sbusr.smartbus.interface import BusError
 
-LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators across the package
 TRACE_LOG = logging.getLogger("sbusr.smartbus.vendor.lib")  # the library's own trace lines
 
 PACKAGE = "hesong.ipsc.busnetcli"

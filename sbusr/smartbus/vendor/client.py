@@ -40,7 +40,7 @@ from sbusr.smartbus.vendor.binding import (
 )
 from sbusr.util.ratelog import RateLimitedLog
 
-LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators, as before the split
+LOG = logging.getLogger("sbusr.smartbus.vendor")  # one logger name for operators across the package
 #: impossible global-connect notices: one WARNING per kind every 10 s (the callback names no sender)
 NOTICE_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
