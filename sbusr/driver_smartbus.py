@@ -74,7 +74,7 @@ class SmartBusIncomingMessage(base.RpcIncomingMessage):
         """IPSC flows have no call-monitor protocol."""
 
 
-class Admission:
+class _Admission:
     """Bounds the request packets received but not yet fully answered.
 
     Beyond the limit a request is answered "server busy" at once: neither our queue
@@ -114,7 +114,7 @@ class SmartBusListener(base.Listener):
         self._conn = driver.open_connection(wait=False)  # registers in the background: never block a start
         execution = driver.conf.execution
         self._limit = execution.workers + execution.queue_size
-        self._admission = Admission(self._limit)
+        self._admission = _Admission(self._limit)
 
     def start(self, on_incoming_callback: Callable[[list[Any]], None]) -> None:
         super().start(on_incoming_callback)
