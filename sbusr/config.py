@@ -173,7 +173,7 @@ def sql_problems(conf: cfg.ConfigOpts) -> list[str]:
 
 
 def transport_problems(conf: cfg.ConfigOpts) -> list[str]:
-    from sbusr.driver_smartbus import client_config_from_url  # the driver's own URL rules
+    from sbusr.transport.url import client_config_from_url  # the transport's URL rules
 
     text = opts.transport_url(conf)
     scheme = text.split(":", 1)[0] if "://" in text else text

@@ -45,12 +45,14 @@ from oslo_config import cfg
 
 import sbusr
 from sbusr import metrics, opts
-from sbusr.driver_smartbus import RemoteError, client_config_from_url
 from sbusr.jsonrpc.encoding import dumps
 from sbusr.jsonrpc.errors import INTERNAL_ERROR
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
-from sbusr.transport.connection import FlowRejected, IpscUnavailable
+from sbusr.transport.flows import FlowRejected
+from sbusr.transport.peers import IpscUnavailable
+from sbusr.transport.senders import RemoteError
+from sbusr.transport.url import client_config_from_url
 
 LOG = logging.getLogger(__name__)
 ACCESS_LOG = logging.getLogger("sbusr.api.access")

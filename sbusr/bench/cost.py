@@ -39,7 +39,7 @@ class _StubConnection:
         self.sink = sink
 
     def open_exchange(self, packet: Any) -> Any:
-        from sbusr.transport.connection import Exchange
+        from sbusr.transport.exchange import Exchange
 
         return Exchange(self)  # type: ignore[arg-type]
 

@@ -24,7 +24,7 @@ from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers, FlowInvocation
 from sbusr.smartbus.native.client import next_notify_id
-from sbusr.transport.connection import Exchange
+from sbusr.transport.exchange import Exchange
 
 LOG = logging.getLogger("sbusr.execution")
 

@@ -39,7 +39,6 @@ from typing import Any
 
 import oslo_messaging
 
-from sbusr.driver_smartbus import SmartBusDriver
 from sbusr.execution import messages
 from sbusr.execution.events import MasterEvents
 from sbusr.execution.exits import describe_exit
@@ -56,6 +55,9 @@ from sbusr.jsonrpc.errors import (
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Packet
 from sbusr.smartbus.interface import BusError
+from sbusr.transport.connection import BusConnection
+from sbusr.transport.replies import Phase, Replies
+from sbusr.transport.url import client_config_from_url
 
 LOG = logging.getLogger("sbusr.execution")
 
@@ -170,8 +172,10 @@ class Master:
         self._worker_argv = list(worker_argv)
         url = oslo_messaging.TransportURL.parse(conf, transport_url)
         self._transport_url = transport_url
-        self.driver = SmartBusDriver(conf, url)
-        self.conn = self.driver.open_connection(connect=False)
+        config = client_config_from_url(conf, url)
+        #: the replies the master writes itself (for a worker that cannot); services count them
+        self.replies = Replies(conf, config.encoding, lambda: self.conn)
+        self.conn = BusConnection.acquire(conf, config, self.replies.answer_idle, connect=False, wait=False)
         loop = self.conn.loop
         self._own_loop: threading.Thread | None = None
         if not isinstance(loop, asyncio.AbstractEventLoop):  # a backend without a loop (vendor)
@@ -259,7 +263,7 @@ class Master:
         self.loop.call_soon_threadsafe(self._abandon, done)
         pending = done.result(5.0)
         # every call is answered: the link may close (until then late requests got "shutting down")
-        self.driver.cleanup()
+        self.conn.release()
         if answered is not None:
             answered()
         deadline = time.monotonic() + 1.0
@@ -328,7 +332,7 @@ class Master:
         if state != "running":
             reason = "server is starting" if state == "starting" else "server is shutting down"
             self.events.refused("starting" if state == "starting" else "shutting down")
-            self.driver.reject(packet, SERVER_BUSY, reason)
+            self.replies.reject(packet, SERVER_BUSY, reason)
             return
         worker = self._take()
         if worker is not None:
@@ -343,14 +347,14 @@ class Master:
                 LOG.warning("request from %s refused: all %d workers busy and %d requests queued",
                             packet.src, self.size, self.queue_size)
             self.events.refused("busy")
-            self.driver.reject(packet, SERVER_BUSY, "server busy, try again later")
+            self.replies.reject(packet, SERVER_BUSY, "server busy, try again later")
 
     def _route_to(self, worker: _Worker, packet: Packet) -> None:
         """A request packet for ``worker`` only (:meth:`worker_sinks`)."""
         if self._state != "running" or worker.state != "ready" or worker.killed is not None:
             reason = "server is shutting down" if self._state == "stopping" else \
                 f"worker pid {worker.pid} no longer serves"
-            self.driver.reject(packet, SERVER_BUSY, reason)
+            self.replies.reject(packet, SERVER_BUSY, reason)
         elif len(worker.flights) < self.threads and not worker.pinned:
             self._dispatch(worker, packet, 0.0)
         else:
@@ -360,7 +364,7 @@ class Master:
         """``worker`` takes no more packets: answer those waiting for it alone."""
         pinned, worker.pinned = worker.pinned, collections.deque()
         for packet, _ in pinned:
-            self.driver.reject(packet, SERVER_BUSY, f"worker pid {worker.pid} no longer serves")
+            self.replies.reject(packet, SERVER_BUSY, f"worker pid {worker.pid} no longer serves")
 
     def _take(self) -> _Worker | None:
         idle = self._idle
@@ -536,7 +540,7 @@ class Master:
             return exc
 
         try:
-            self.driver.answer_for(flight.packet, error)
+            self.replies.answer_for(flight.packet, error)
         except Exception:
             LOG.exception("could not answer a call on behalf of a worker")
 
@@ -925,11 +929,11 @@ class Master:
 
     def _begin_stop(self) -> None:
         self._state = "stopping"
-        self.driver.phase = "stopping"
+        self.replies.phase = Phase.STOPPING
         queued, self._queue = self._queue, collections.deque()
         for packet, _ in queued:
             self.events.refused("shutting down")
-            self.driver.reject(packet, SERVER_BUSY, "server is shutting down")
+            self.replies.reject(packet, SERVER_BUSY, "server is shutting down")
         self.events.queue_length(0)
         self._idle.clear()
         waiters, self._reload_waiters = self._reload_waiters, []

@@ -2,7 +2,8 @@
 
 A worker's ``Done`` carries one outcome per answered call, so the master counts each call once,
 as thread mode's driver does, without parsing the packet. What the master answers itself (busy,
-starting, shutting down, time limits, crashes) goes through its driver, which counts it there.
+starting, shutting down, time limits, crashes) goes through its replies
+(:mod:`sbusr.transport.replies`), which count it there.
 """
 
 from __future__ import annotations

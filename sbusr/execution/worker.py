@@ -29,13 +29,13 @@ import oslo_messaging
 
 from sbusr import dispatch
 from sbusr.dispatch.context import CallContext
-from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
 from sbusr.execution import hooks, link, messages
 from sbusr.execution.home import HomeThread
 from sbusr.execution.limits import call_timeout
 from sbusr.execution.threads import Executor
 from sbusr.transport import connection
+from sbusr.transport.url import client_config_from_url
 
 LOG = logging.getLogger("sbusr.execution")
 

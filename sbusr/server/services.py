@@ -18,12 +18,12 @@ import oslo_messaging
 from oslo_config import cfg
 
 from sbusr import config, dispatch, metrics, opts
-from sbusr.driver_smartbus import client_config_from_url
 from sbusr.endpoints import system
 from sbusr.execution import hooks, threads
 from sbusr.jsonrpc.errors import SERVER_ERROR, RpcError
 from sbusr.server.background import Background
 from sbusr.smartbus import codec
+from sbusr.transport.url import client_config_from_url
 
 LOG = logging.getLogger("sbusr.server")
 #: sys.stats must fit one NOTIFY with its JSON-RPC envelope and sys.* fields around it
@@ -163,7 +163,7 @@ class ProcessService:
         self.background = Background(conf, identity, reload_entry or self.reload)
         self.metrics = metrics.requests()
         self.master = Master(conf, opts.transport_url(conf), argv, RecordingEvents(self.metrics))
-        self.master.driver.metrics = self.metrics  # what the master answers itself is counted there
+        self.master.replies.metrics = self.metrics  # what the master answers itself is counted there
         self.metrics.sample_executor(self.master.stats)
         self._metrics_listener: metrics.MetricsListener | None = None
         self.master.reload_handler = self.reload  # sys.reload from a worker reloads the timers too

@@ -1,11 +1,11 @@
 """One SmartBus connection per process identity, shared by the RPC listener and the sender.
 
-The oslo.messaging driver is thin glue; this module owns the SmartBus side:
-which backend to use, the optional embedded development bus, the table of
-peers learnt from global-connect events, routing incoming packets (JSON-RPC
-requests to the listener, NOTIFY replies to waiting callers) and sending:
-replies, flow starts on an IPSC (:meth:`BusConnection.start_flow`) and
-requests to another sbusr-server (:meth:`BusConnection.call`).
+The oslo.messaging driver is thin glue; this module owns the link: which backend to use, sharing
+one registration between everything in the process that talks to the bus, routing incoming packets
+(JSON-RPC requests to the listener, NOTIFY replies to waiting callers) and sending: replies, flow
+starts on an IPSC (:meth:`BusConnection.start_flow`) and requests to another sbusr-server
+(:meth:`BusConnection.call`). Its parts live beside it: :mod:`~sbusr.transport.peers`,
+:mod:`~sbusr.transport.flows`, :mod:`~sbusr.transport.standby`, :mod:`~sbusr.transport.embedded`.
 
 Vocabulary: every bus peer, an IPSC process included, is addressed by its
 ``unit`` and ``client`` id; "server" only ever means an sbusr-server.
@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from oslo_config import cfg
 
 from sbusr import metrics, opts
-from sbusr.jsonrpc.encoding import dumps, loads_or_text
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
-from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
+from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, resolve
+from sbusr.transport import flows
+from sbusr.transport.embedded import ensure_embedded_bus
+from sbusr.transport.exchange import Exchange
+from sbusr.transport.flows import FlowStarted
+from sbusr.transport.peers import Peer, PeerTable
+from sbusr.transport.standby import STANDBY_RETRY, Standby
 from sbusr.util.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
@@ -36,159 +38,11 @@ LOG = logging.getLogger(__name__)
 BAD_PACKET_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 RequestSink = Callable[[Packet], None]
-#: Seconds between registration attempts while the bus reports our identity taken: a hot standby
-#: (a second server with the same identity) takes over this soon after the first one leaves.
-STANDBY_RETRY = 1.0
 ClientFactory = Callable[[cfg.ConfigOpts, ClientConfig, ClientHandlers], BusClient]
-#: Seconds between two "still standing by" lines of a hot standby
-STANDBY_SUMMARY_INTERVAL = 60.0
-
-
-class Standby:
-    """What a hot standby says: one WARNING when the bus first reports its identity taken, then one
-    summary line a minute while it stays refused, and one line when it registers at last."""
-
-    def __init__(self, where: str, address: object, clock: Callable[[], float] = time.monotonic) -> None:
-        self.where = where
-        self.address = address
-        self._clock = clock
-        self.since: float | None = None
-        self._refused = 0
-        self._reported = 0.0
-
-    @property
-    def standing_by(self) -> bool:
-        return self.since is not None
-
-    def refused(self) -> None:
-        now = self._clock()
-        if self.since is None:
-            self.since, self._reported, self._refused = now, now, 0
-            LOG.warning("SmartBus %s: identity %s is taken by another process; standing by and retrying "
-                        "every %g s (hot standby)", self.where, self.address, STANDBY_RETRY)
-            return
-        self._refused += 1
-        if now - self._reported >= STANDBY_SUMMARY_INTERVAL:
-            LOG.info("SmartBus %s: still standing by as %s for %.0f s (%d registrations refused in the "
-                     "last %.0f s)", self.where, self.address, now - self.since, self._refused,
-                     now - self._reported)
-            self._reported, self._refused = now, 0
-
-    def registered(self) -> None:
-        if self.since is not None:
-            LOG.warning("SmartBus %s: identity %s is free again; taking over after %.0f s standing by",
-                        self.where, self.address, self._clock() - self.since)
-            self.since = None
-
-
-class Exchange:
-    """One request packet, from arrival until every call in it is answered (or has run).
-
-    The driver sends the packet's reply through :meth:`send_reply` and reports each call's end;
-    this base class sends straight to the bus. A process-mode worker's link to its master
-    (:mod:`sbusr.execution.link`) subclasses it to tell the master when calls start and end.
-    """
-
-    __slots__ = ("_closers", "_conn", "_lock", "_pending")
-
-    def __init__(self, conn: BusConnection | None) -> None:
-        self._conn = conn
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._closers: list[Callable[[], None]] = []
-
-    def send_reply(self, to: Address, title: str, body: bytes) -> None:
-        if self._conn is None:
-            raise BusError("no SmartBus connection to reply on")
-        self._conn.send_reply(to, title, body)
-
-    def on_close(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` once the packet is fully handled."""
-        self._closers.append(fn)
-
-    def expect(self, calls: int) -> None:
-        """``calls`` messages will report through :meth:`call_done`; 0 closes at once."""
-        self._pending = calls
-        if calls == 0:
-            self._close()
-
-    def note(self, method: str, code: int, message: str) -> None:
-        """An answer the driver gave without a call (a parse error, an invalid batch member)."""
-
-    def call_started(self, request_id: object, method: str, timeout: float) -> None:
-        """A call of this packet starts running with this limit (0 = none)."""
-
-    def call_done(self, method: str, code: int, message: str, replied: bool = True) -> None:
-        """One call ended (``code`` 0 = result, else its JSON-RPC error code); ``replied`` False
-        for a notification (it ran, nobody is answered)."""
-        with self._lock:
-            self._pending -= 1
-            last = self._pending == 0
-        if last:
-            self._close()
-
-    def _close(self) -> None:
-        for fn in self._closers:
-            try:
-                fn()
-            except Exception:
-                LOG.exception("exchange close hook failed")
-        self.closed()
-
-    def closed(self) -> None:
-        """Subclass hook: the packet is fully handled."""
-
-
-class IpscUnavailable(BusError):
-    """No IPSC on the bus matches the requested unit/process."""
-
-    def __init__(self, message: str, known: bool) -> None:
-        super().__init__(message)
-        #: True when a matching IPSC was seen but has since left the bus
-        self.known = known
-
-
-class FlowRejected(BusError):
-    """The IPSC answered a flow start with an error ack."""
-
-    def __init__(self, ack: int, message: str, source: Address | None) -> None:
-        super().__init__(f"IPSC {source} refused the flow: ack {ack} {message}".strip(), code=ack)
-        self.ack = ack
-        self.ack_message = message
-        self.source = source
 
 
 class ReplyTimeout(BusError):
     """No reply NOTIFY arrived in time."""
-
-
-@dataclass(slots=True)
-class FlowStarted:
-    """A flow an IPSC acknowledged (``ack`` 1) and, when it was awaited, the flow's result."""
-
-    unit: int
-    client: int
-    invoke_id: int
-    ack: int
-    message: str
-    result: Any = None  # the parsed result (its text when not JSON); only set with start_flow(wait=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    unit: int
-    client: int
-    type: int
-    access_point: int
-    add_info: str
-
-    @property
-    def is_ipsc(self) -> bool:
-        return self.type == codec.CLIENT_TYPE_IPSC and self.unit in codec.IPSC_UNITS
-
-    def as_dict(self) -> dict[str, object]:
-        return {"unit": self.unit, "client": self.client, "type": self.type,
-                "access_point": self.access_point, "add_info": self.add_info}
 
 
 _client_factory: ClientFactory | None = None
@@ -215,29 +69,6 @@ def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHand
     return ThreadedClient(config, handlers, duplicate_retry=STANDBY_RETRY)
 
 
-_embedded_lock = threading.Lock()
-_embedded_bus: object | None = None
-
-
-def ensure_embedded_bus(host: str, port: int, encoding: str) -> None:
-    """Start the development bus in this process unless one already listens there."""
-    global _embedded_bus
-    with _embedded_lock:
-        if _embedded_bus is not None:
-            return
-        from sbusr.smartbus.bus import BusThread
-
-        bus = BusThread(host=host, port=port, encoding=encoding)
-        try:
-            bus.start()
-        except OSError as exc:
-            LOG.warning("[smartbus] embedded_bus: not started, %s:%s is taken (%s); joining whatever bus "
-                        "listens there, which this process did not start", host, port, exc)
-            return
-        LOG.warning("embedded development SmartBus listening on %s:%s (not for production)", host, port)
-        _embedded_bus = bus
-
-
 class BusConnection:
     """A started SmartBus client plus the bookkeeping both RPC directions need."""
 
@@ -251,9 +82,7 @@ class BusConnection:
         conf.register_mutate_hook(self._on_config_mutated)  # ...and again when a reload changes it
         self.encoding = config.encoding
         self._refs = 0
-        self._peers: dict[tuple[int, int], Peer] = {}
-        self._seen_ipsc: set[tuple[int, int]] = set()
-        self._peers_lock = threading.Lock()
+        self._peers = PeerTable()
         self._replies: dict[str, concurrent.futures.Future[bytes]] = {}
         self._replies_lock = threading.Lock()
         self._request_sink: RequestSink | None = None
@@ -359,22 +188,12 @@ class BusConnection:
 
     def _on_disconnect(self) -> None:
         LOG.warning("SmartBus link to %s:%s lost; reconnecting", self.config.host, self.config.port)
-        with self._peers_lock:
-            self._peers.clear()
+        self._peers.clear()
         self._metrics.bus_connected(False)
         self._metrics.set_ipsc_peers(0)
 
     def _on_global_connect(self, event: GlobalConnect) -> None:
-        key = (event.unit, event.client)
-        with self._peers_lock:
-            if event.status == codec.GC_DISCONNECTED:
-                self._peers.pop(key, None)
-            else:
-                peer = Peer(event.unit, event.client, event.type, event.access_point, event.add_info)
-                self._peers[key] = peer
-                if peer.is_ipsc:
-                    self._seen_ipsc.add(key)
-            ipsc = sum(1 for p in self._peers.values() if p.is_ipsc)
+        ipsc = self._peers.update(event)
         self._metrics.set_ipsc_peers(ipsc)
         LOG.info("peer %s/%s type %s %s (%s)", event.unit, event.client, event.type,
                  {0: "left", 1: "joined", 2: "present"}.get(event.status, event.status), event.add_info)
@@ -471,31 +290,11 @@ class BusConnection:
         """Start ``project``/``flow`` on an IPSC (a random one unless ``unit``/``client`` say which).
 
         Returns once the IPSC acknowledged the flow or, with ``wait``, once the flow returned its
-        result. Raises IpscUnavailable, FlowRejected (error ack), FlowTimeout, BusError.
+        result. Raises IpscUnavailable, FlowRejected (error ack), FlowTimeout, BusError
+        (:func:`sbusr.transport.flows.start_flow`).
         """
-        peer = self.choose_ipsc(unit, client)
-        invocation = self.client.invoke_flow(peer.unit, peer.client, project, flow,
-                                             dumps(list(params)), want_result=wait,
-                                             ack_timeout=ack_timeout,
-                                             result_timeout=result_timeout if wait else None)
-        try:
-            ack = invocation.ack.result(timeout=ack_timeout + 1.0)
-        except (FlowTimeout, concurrent.futures.TimeoutError):
-            if invocation.result is not None:
-                invocation.result.cancel()
-            raise FlowTimeout(f"IPSC {peer.unit}/{peer.client} did not acknowledge the flow within "
-                              f"{ack_timeout:g} s", codec.ERR_TIMEOUT) from None
-        if ack.ack != codec.FLOW_ACK_OK:
-            raise FlowRejected(ack.ack, ack.message, ack.source)
-        started = FlowStarted(peer.unit, peer.client, invocation.invoke_id, ack.ack, ack.message)
-        if wait and invocation.result is not None:
-            try:
-                raw = invocation.result.result(timeout=result_timeout + 1.0)
-            except (FlowTimeout, concurrent.futures.TimeoutError):
-                raise FlowTimeout(f"flow {project}/{flow} returned no result within {result_timeout:g} s",
-                                  codec.ERR_TIMEOUT) from None
-            started.result = loads_or_text(raw)
-        return started
+        return flows.start_flow(self.client, self.choose_ipsc(unit, client), project, flow, params, wait=wait,
+                                ack_timeout=ack_timeout, result_timeout=result_timeout)
 
     def send_request(self, unit: int, client: int, body: bytes) -> None:
         """Send a JSON-RPC request packet (cmdtype 211) to the sbusr-server at ``unit``/``client``."""
@@ -566,20 +365,11 @@ class BusConnection:
             self._replies.pop(title, None)
 
     def peers(self) -> list[Peer]:
-        with self._peers_lock:
-            return sorted(self._peers.values(), key=lambda p: (p.unit, p.client))
+        return self._peers.present()
 
     def choose_ipsc(self, unit: int | None = None, client: int | None = None) -> Peer:
-        """A random IPSC on the bus matching whichever of unit/client is given."""
-        with self._peers_lock:
-            candidates = [p for p in self._peers.values() if p.is_ipsc
-                          and (unit is None or p.unit == unit) and (client is None or p.client == client)]
-            seen = any((unit is None or u == unit) and (client is None or c == client)
-                       for u, c in self._seen_ipsc)
-        if not candidates:
-            wanted = f"unit {'any' if unit is None else unit}, process {'any' if client is None else client}"
-            raise IpscUnavailable(f"no IPSC on the bus for {wanted}", known=seen)
-        return random.choice(candidates)
+        """A random IPSC on the bus matching whichever of unit/client is given (IpscUnavailable if none)."""
+        return self._peers.choose_ipsc(unit, client)
 
     @property
     def connected(self) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from oslo_config import cfg
 
 from sbusr import config, opts
-from sbusr.driver_smartbus import client_config_from_url
+from sbusr.transport.url import client_config_from_url
 
 ROOT = Path(__file__).resolve().parents[2]
 

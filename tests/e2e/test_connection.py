@@ -17,7 +17,9 @@ from sbusr.smartbus.codec import Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
 from sbusr.testing.ipsc import FakeIpsc
 from sbusr.testing.processes import BusProcess
-from sbusr.transport.connection import BusConnection, FlowRejected, IpscUnavailable, ReplyTimeout
+from sbusr.transport.connection import BusConnection, ReplyTimeout
+from sbusr.transport.flows import FlowRejected
+from sbusr.transport.peers import IpscUnavailable
 
 WAIT = 20.0
 SHORT = 0.3  # a timeout that must expire: the stand-in IPSC stays silent on purpose

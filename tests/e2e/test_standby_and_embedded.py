@@ -10,7 +10,8 @@ import pytest
 
 from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, BusProcess
 from sbusr.testing.waiting import wait_for
-from sbusr.transport import connection
+from sbusr.transport.standby import LOG as STANDBY_LOG
+from sbusr.transport.standby import Standby
 from tests.helpers.server import ServerProcess, write_config
 from tests.helpers.vendorproc import vendor_unavailable
 
@@ -55,9 +56,9 @@ def test_a_hot_standby_says_once_that_it_stands_by(bus, tmp_path, mode, backend)
 
 
 def test_standing_by_is_summed_up_once_a_minute(caplog):
-    caplog.set_level(logging.INFO, logger=connection.LOG.name)
+    caplog.set_level(logging.INFO, logger=STANDBY_LOG.name)
     now = [100.0]
-    standby = connection.Standby("127.0.0.1:8089", "19/1(type 19)", clock=lambda: now[0])
+    standby = Standby("127.0.0.1:8089", "19/1(type 19)", clock=lambda: now[0])
     for _ in range(59):
         standby.refused()
         now[0] += 1.0

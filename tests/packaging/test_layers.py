@@ -15,7 +15,9 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"bus": ("sbusr.smartbus",),  # codec, development bus, bus clients, the vendor binding
      "metrics": ("sbusr.metrics",)},  # Prometheus metrics and the rolling window: transport-neutral
     {"options": ("sbusr.opts",), "json-rpc": ("sbusr.jsonrpc",)},  # JSON-RPC framing and its oslo mapping
-    {"transport": ("sbusr.transport",),  # one SmartBus link per identity: replies, flow starts, calls
+    # one SmartBus link per identity (connection, its exchanges, peers, standby, embedded bus), the
+    # replies to a request packet, flow starts, the senders of an RPCClient, smartbus:// URLs
+    {"transport": ("sbusr.transport",),
      # what endpoint code imports: @limits, @timer/@cron, @spool; no bus, no server
      "method kit": ("sbusr.decorators", "sbusr.execution.limits", "sbusr.timers", "sbusr.spooler.jobs")},
     {"sql": ("sbusr.sql",)},  # SQL methods from .sql files: statements, pools, their endpoints
@@ -24,12 +26,12 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     # the built-in endpoints (sys.timers finds timers via dispatch; sbusr.timer.run runs each tick)
     {"endpoints": ("sbusr.endpoints",)},
     # the execution layer wires the sys.* endpoints to its state (process mode: in master and workers)
-    # execution learns which call it runs from the dispatcher (dispatch.current_call); only process
-    # mode's plumbing (the master's driver, the worker's link) uses the driver
+    # execution learns which call it runs from the dispatcher (dispatch.current_call), never from the
+    # driver; the process-mode master writes its replies with sbusr.transport.replies
     {"execution": ("sbusr.execution",),
      "scheduler": ("sbusr.timers.scheduler",),  # when timers are due
      "reload on save": ("sbusr.server.reload_on_save",),
-     "configuration": ("sbusr.config",),  # config files, start-up checks (the driver's URL rules), reload
+     "configuration": ("sbusr.config",),  # config files, start-up checks (the transport's URL rules), reload
      "http api": ("sbusr.api",)},
     {"spooler": ("sbusr.spooler",)},  # spooler processes: jobs run with the workers' worker_init
     {"background": ("sbusr.server.background",)},  # sbusr-server's timers, spooler and reload on save
@@ -109,12 +111,13 @@ def test_the_check_sees_upward_sideways_and_lazy_imports():
 
 
 def test_execution_learns_its_call_from_the_dispatcher_not_the_transport():
-    """Only process mode's plumbing (the master's bus side, the worker's transport URL) uses the driver:
-    thread mode and the limits run under any oslo.messaging transport."""
+    """No execution module imports the driver: thread mode and the limits run under any oslo.messaging
+    transport, a process-mode worker gets the driver from its transport URL, and the master is plumbing
+    that writes its replies with sbusr.transport.replies over its own connection."""
     known = _modules()
     users = {module for module, path in known.items() if module.startswith("sbusr.execution")
              and "sbusr.driver_smartbus" in imported_modules(module, path.read_text(encoding="utf-8"), known)}
-    assert users == {"sbusr.execution.master", "sbusr.execution.worker"}
+    assert users == set()
 
 
 def test_the_test_kit_does_not_import_the_benchmark():

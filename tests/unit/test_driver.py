@@ -13,13 +13,16 @@ from hypothesis import strategies as st
 from oslo_config import cfg
 
 from sbusr import opts
-from sbusr.driver_smartbus import RemoteError, SmartBusDriver, SmartBusIncomingMessage
+from sbusr.driver_smartbus import SmartBusDriver, SmartBusIncomingMessage
 from sbusr.jsonrpc.errors import INTERNAL_ERROR
 from sbusr.jsonrpc.protocol import POSITIONAL_KEY
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address
 from sbusr.smartbus.interface import BusError, FlowTimeout
-from sbusr.transport.connection import FlowRejected, FlowStarted, Peer, ReplyTimeout
+from sbusr.transport.connection import ReplyTimeout
+from sbusr.transport.flows import FlowRejected, FlowStarted
+from sbusr.transport.peers import Peer
+from sbusr.transport.senders import RemoteError
 
 CALLER = Address(0, 3, codec.CLIENT_TYPE_IPSC)
 
@@ -93,7 +96,7 @@ def test_any_request_bytes_become_calls_or_valid_errors(body):
 def test_oversized_request_is_refused_with_invalid_request():
     driver, conn = make_driver()
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "echo",
-                       "params": ["x" * driver.max_request_size]}).encode()
+                       "params": ["x" * driver.replies.max_request_size]}).encode()
     assert driver.incoming_from_packet(packet(body)) == []
     [(_, title, raw)] = conn.replies
     assert title == "null" and json.loads(raw)["error"]["code"] == -32600
