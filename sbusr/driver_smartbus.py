@@ -63,7 +63,7 @@ from sbusr.jsonrpc.protocol import (
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, FlowTimeout
-from sbusr.transport.connection import BusConnection, Exchange, ReplyTimeout
+from sbusr.transport.connection import BusConnection, ClientFactory, Exchange, ReplyTimeout
 from sbusr.util.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
@@ -368,8 +368,11 @@ class SmartBusDriver(base.BaseDriver):
     """SmartBus transport: JSON-RPC from IPSC flows in, flow starts and sbusr calls out."""
 
     def __init__(self, conf: cfg.ConfigOpts, url: oslo_messaging.TransportURL,
-                 default_exchange: str | None = None, allowed_remote_exmods: list[str] | None = None) -> None:
+                 default_exchange: str | None = None, allowed_remote_exmods: list[str] | None = None,
+                 client_factory: ClientFactory | None = None) -> None:
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
+        #: builds the connection's client instead of the configured backend (a worker's link)
+        self._client_factory = client_factory
         opts.register_opts(conf)
         self._config = client_config_from_url(conf, url)
         # read per request: look them up once (oslo.config lookups are not free)
@@ -402,7 +405,8 @@ class SmartBusDriver(base.BaseDriver):
                 if self._cleaned_up:  # a stopping server never registers again
                     raise BusError("this SmartBus transport is closed", codec.ERR_NOT_CONNECTED)
                 self._connection = BusConnection.acquire(self.conf, self._config, self.answer_idle,
-                                                         connect=connect, wait=False)
+                                                         connect=connect, wait=False,
+                                                         client_factory=self._client_factory)
                 first = connect and wait
             else:
                 first = False

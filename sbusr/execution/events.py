@@ -1,7 +1,7 @@
 """What the process-mode master reports, in one place: metrics and a status page plug in here.
 
 :class:`MasterEvents` is a no-op base (apart from DEBUG logs); pass a subclass to
-:class:`sbusr.execution.master.Master`. Every method is called on the master's relay thread and must
+:class:`sbusr.execution.master.relay.Master`. Every method is called on the master's relay thread and must
 return quickly.
 """
 
@@ -30,7 +30,7 @@ class MasterEvents:
         per answered call (``code`` 0 = result)."""
 
     def answered_for_worker(self, method: str, code: int, reason: str) -> None:
-        """The master answered a call itself: reason "timeout", "crash" or "shutdown"."""
+        """The master answered a worker's call for it: reason "timeout", "crash" or "shutdown"."""
 
     def refused(self, reason: str) -> None:
         """A request packet was answered -32002 at once: "busy", "starting" or "shutting down"."""

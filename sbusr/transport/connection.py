@@ -39,7 +39,8 @@ RequestSink = Callable[[Packet], None]
 #: Seconds between registration attempts while the bus reports our identity taken: a hot standby
 #: (a second server with the same identity) takes over this soon after the first one leaves.
 STANDBY_RETRY = 1.0
-ClientFactory = Callable[[cfg.ConfigOpts, ClientConfig, ClientHandlers], BusClient]
+#: builds a connection's client instead of the configured backend (a process-mode worker's link)
+ClientFactory = Callable[[ClientConfig, ClientHandlers], BusClient]
 #: Seconds between two "still standing by" lines of a hot standby
 STANDBY_SUMMARY_INTERVAL = 60.0
 
@@ -86,7 +87,7 @@ class Exchange:
 
     The driver sends the packet's reply through :meth:`send_reply` and reports each call's end;
     this base class sends straight to the bus. A process-mode worker's link to its master
-    (:mod:`sbusr.execution.link`) subclasses it to tell the master when calls start and end.
+    (:mod:`sbusr.execution.worker.link`) subclasses it to tell the master when calls start and end.
     """
 
     __slots__ = ("_closers", "_conn", "_lock", "_pending")
@@ -191,20 +192,8 @@ class Peer:
                 "access_point": self.access_point, "add_info": self.add_info}
 
 
-_client_factory: ClientFactory | None = None
-
-
-def use_client_factory(factory: ClientFactory | None) -> None:
-    """Make every SmartBus connection of this process use ``factory`` (a process-mode worker's
-    connection is its link to the master, not the bus); None restores the configured backend."""
-    global _client_factory
-    _client_factory = factory
-
-
 def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHandlers) -> BusClient:
     """The configured backend: the native client or the vendor library."""
-    if _client_factory is not None:
-        return _client_factory(conf, config, handlers)
     if conf.smartbus.backend == "vendor":
         from sbusr.smartbus.vendor.client import VendorClient
 
@@ -244,7 +233,8 @@ class BusConnection:
     _instances: dict[tuple[object, ...], BusConnection] = {}
     _instances_lock = threading.Lock()
 
-    def __init__(self, conf: cfg.ConfigOpts, config: ClientConfig) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, config: ClientConfig,
+                 client_factory: ClientFactory | None = None) -> None:
         self.conf = conf
         self.config = config
         self._notify_ttl = conf.smartbus.notify_ttl  # read once: oslo.config look-ups cost µs per reply
@@ -261,7 +251,8 @@ class BusConnection:
         self._standby = Standby(f"{config.host}:{config.port}", config.address)
         self._released = False  # for good: a released connection never registers again
         self._metrics = metrics.bus()
-        self.client = make_client(conf, config, ClientHandlers(
+        make = client_factory or (lambda config_, handlers: make_client(conf, config_, handlers))
+        self.client = make(config, ClientHandlers(
             on_connect=self._on_connect,
             on_connect_failed=self._on_connect_failed,
             on_disconnect=self._on_disconnect,
@@ -277,21 +268,23 @@ class BusConnection:
 
     @classmethod
     def acquire(cls, conf: cfg.ConfigOpts, config: ClientConfig, fallback_sink: RequestSink | None = None,
-                connect: bool = True, wait: bool = True) -> BusConnection:
+                connect: bool = True, wait: bool = True,
+                client_factory: ClientFactory | None = None) -> BusConnection:
         """The process-wide connection for this identity, started on first use.
 
         ``fallback_sink`` gets the request packets that arrive while no listener is installed (a
         server answers them "starting" or "shutting down" instead of dropping them); it is set
         before the client registers. With ``connect=False`` the caller starts the client itself
         (:meth:`connect`) once it is ready to serve; with ``wait=False`` it does not wait for the
-        first registration.
+        first registration. ``client_factory`` builds the client of a new connection instead of the
+        configured backend.
         """
         key = (config.host, config.port, config.unit_id, config.client_id, config.client_type,
                conf.smartbus.backend)
         with cls._instances_lock:
             conn = cls._instances.get(key)
             if conn is None:
-                conn = cls(conf, config)
+                conn = cls(conf, config, client_factory)
                 conn._fallback_sink = fallback_sink
                 cls._instances[key] = conn
                 if connect:

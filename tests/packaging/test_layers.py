@@ -114,4 +114,4 @@ def test_execution_learns_its_call_from_the_dispatcher_not_the_transport():
     known = _modules()
     users = {module for module, path in known.items() if module.startswith("sbusr.execution")
              and "sbusr.driver_smartbus" in imported_modules(module, path.read_text(encoding="utf-8"), known)}
-    assert users == {"sbusr.execution.master", "sbusr.execution.worker"}
+    assert users == {"sbusr.execution.master.relay", "sbusr.execution.worker.serve"}
