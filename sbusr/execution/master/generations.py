@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sbusr.execution import messages
 from sbusr.execution.hooks import BootFailed
-from sbusr.execution.master.workers import KillReason, RestartReason, WorkerState
+from sbusr.execution.master.workers import KillReason, RestartReason, Worker, WorkerState
 from sbusr.jsonrpc.errors import ServerBusy
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class Generations:
         """True while workers of ``generation`` should run (it serves or is starting)."""
         return not self.master.stopping and generation in (self.current, self.staged)
 
-    def members(self, generation: int, state: WorkerState | None = None) -> list[Any]:
+    def members(self, generation: int, state: WorkerState | None = None) -> list[Worker]:
         return [w for w in self.master.workers
                 if w.generation == generation and (state is None or w.state == state)]
 
