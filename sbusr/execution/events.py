@@ -26,8 +26,8 @@ class MasterEvents:
         """Worker ``pid`` reported a call whose limit differs from ``call_timeout`` (or of a batch)."""
 
     def call_done(self, pid: int, outcomes: Sequence[Outcome], seconds: float, caller: Address) -> None:
-        """Worker ``pid`` finished a packet from ``caller``, ``seconds`` after it arrived; one outcome
-        per answered call (``code`` 0 = result)."""
+        """Worker ``pid`` (the master's own pid for the ``sys.*`` calls it answers) finished a packet
+        from ``caller``, ``seconds`` after it arrived; one outcome per answered call (``code`` 0 = result)."""
 
     def answered_for_worker(self, method: str, code: int, reason: str) -> None:
         """The master answered a worker's call for it: reason "timeout", "crash" or "shutdown"."""
