@@ -32,7 +32,7 @@ from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Packet
 from sbusr.smartbus.interface import BusError, FlowTimeout
 from sbusr.transport import senders
-from sbusr.transport.connection import BusConnection
+from sbusr.transport.connection import BusConnection, ClientFactory
 from sbusr.transport.exchange import Exchange
 from sbusr.transport.replies import OUTCOME_LOG, Answer, Phase, Replies
 from sbusr.transport.url import client_config_from_url
@@ -148,7 +148,10 @@ class SmartBusDriver(base.BaseDriver):
     """SmartBus transport: JSON-RPC from IPSC flows in, flow starts and sbusr calls out."""
 
     def __init__(self, conf: cfg.ConfigOpts, url: oslo_messaging.TransportURL,
-                 default_exchange: str | None = None, allowed_remote_exmods: list[str] | None = None) -> None:
+                 default_exchange: str | None = None, allowed_remote_exmods: list[str] | None = None,
+                 client_factory: ClientFactory | None = None) -> None:
+        #: builds the connection's client instead of the configured backend (a worker's link)
+        self._client_factory = client_factory
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
         opts.register_opts(conf)
         self._config = client_config_from_url(conf, url)
@@ -173,7 +176,8 @@ class SmartBusDriver(base.BaseDriver):
                 if self._cleaned_up:  # a stopping server never registers again
                     raise BusError("this SmartBus transport is closed", codec.ERR_NOT_CONNECTED)
                 self._connection = BusConnection.acquire(self.conf, self._config, self.replies.answer_idle,
-                                                         connect=connect, wait=False)
+                                                         connect=connect, wait=False,
+                                                         client_factory=self._client_factory)
                 first = connect and wait
             else:
                 first = False

@@ -19,9 +19,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--link-fd", type=int, required=True)
     ours, rest = parser.parse_known_args(list(argv) if argv is not None else sys.argv[1:])
     conf = common.prepare(rest, "sbusr-worker")
-    from sbusr.execution import worker
+    from sbusr.execution.worker import serve
 
-    return worker.serve(conf, ours.link_fd, opts.transport_url(conf))
+    return serve.serve(conf, ours.link_fd, opts.transport_url(conf))
 
 
 if __name__ == "__main__":

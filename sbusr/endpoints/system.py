@@ -54,11 +54,6 @@ def set_report(name: str, handler: Callable[[], Any] | None) -> None:
         _state.reports[name] = handler
 
 
-def report(name: str) -> Any:
-    """The ``sys.<name>`` report of this process (a process-mode master answers its workers)."""
-    return _report(name)
-
-
 def _report(name: str) -> Any:
     handler = _state.reports.get(name)
     if handler is None:

@@ -3,22 +3,28 @@
 * :mod:`~sbusr.execution.limits` -- ``@limits(timeout=...)`` for endpoint code;
 * :mod:`~sbusr.execution.threads` -- thread mode: the RPCServer's threads plus a watchdog;
 * :mod:`~sbusr.execution.master` -- process mode's master: owns the bus link, relays packets to
-  workers, supervises them (:mod:`~sbusr.execution.events` are its hooks);
+  workers, supervises them, answers the ``sys.*`` calls whose state it keeps
+  (:mod:`~sbusr.execution.events` are its hooks);
 * :mod:`~sbusr.execution.worker` -- a process-mode worker: a standard RPCServer over its link to the
-  master (:mod:`~sbusr.execution.link`), speaking :mod:`~sbusr.execution.messages`.
+  master (:mod:`~sbusr.execution.worker.link`), speaking :mod:`~sbusr.execution.messages`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
+
+    from sbusr.execution.threads import ThreadExecutor
 
 __all__ = ["create_executor"]
 
 
-def create_executor(conf: Any) -> Any:
+def create_executor(conf: cfg.ConfigOpts) -> ThreadExecutor:
     """The in-process (thread-mode) executor for ``conf.execution``, not started; what runs
     endpoints in one process without a server (``sbusr.testing``). Process mode's executor is the
-    master (:class:`sbusr.execution.master.Master`), which ``sbusr-server`` creates itself."""
+    master (:class:`sbusr.execution.master.relay.Master`), which ``sbusr-server`` creates itself."""
     from sbusr.execution.threads import ThreadExecutor
 
     group = conf.execution

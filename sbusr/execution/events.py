@@ -1,7 +1,7 @@
 """What the process-mode master reports, in one place: metrics and a status page plug in here.
 
 :class:`MasterEvents` is a no-op base (apart from DEBUG logs); pass a subclass to
-:class:`sbusr.execution.master.Master`. Every method is called on the master's relay thread and must
+:class:`sbusr.execution.master.relay.Master`. Every method is called on the master's relay thread and must
 return quickly.
 """
 
@@ -26,11 +26,11 @@ class MasterEvents:
         """Worker ``pid`` reported a call whose limit differs from ``call_timeout`` (or of a batch)."""
 
     def call_done(self, pid: int, outcomes: Sequence[Outcome], seconds: float, caller: Address) -> None:
-        """Worker ``pid`` finished a packet from ``caller``, ``seconds`` after it arrived; one outcome
-        per answered call (``code`` 0 = result)."""
+        """Worker ``pid`` (the master's own pid for the ``sys.*`` calls it answers) finished a packet
+        from ``caller``, ``seconds`` after it arrived; one outcome per answered call (``code`` 0 = result)."""
 
     def answered_for_worker(self, method: str, code: int, reason: str) -> None:
-        """The master answered a call itself: reason "timeout", "crash" or "shutdown"."""
+        """The master answered a worker's call for it: reason "timeout", "crash" or "shutdown"."""
 
     def refused(self, reason: str) -> None:
         """A request packet was answered -32002 at once: "busy", "starting" or "shutting down"."""

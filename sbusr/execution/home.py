@@ -14,12 +14,15 @@ import contextvars
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from oslo_config import cfg
 
 T = TypeVar("T")
 
 
-def one_thread(conf: Any) -> bool:
+def one_thread(conf: cfg.ConfigOpts) -> bool:
     """True when ``conf``'s execution settings run one method at a time in a process."""
     group = conf.execution
     return group.threads == 1 if group.mode == "process" else group.workers == 1

@@ -20,9 +20,8 @@ from typing import Any
 from sbusr.smartbus import codec
 
 #: cmd values (with cmdtype 0) of control frames
-READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT, QUERY, QUERY_RESULT, FAILED = range(101, 110)
-CONTROL_CMDS = frozenset({READY, STARTED, DONE, RELOAD_REQUEST, RELOAD_RESULT, EXIT, QUERY, QUERY_RESULT,
-                          FAILED})
+READY, STARTED, DONE, EXIT, FAILED = 101, 102, 103, 106, 109
+CONTROL_CMDS = frozenset({READY, STARTED, DONE, EXIT, FAILED})
 #: outcome code of a call that returned a result (any other value is its JSON-RPC error code)
 RESULT = 0
 
@@ -95,44 +94,11 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True)
-class ReloadRequest:
-    """Worker -> master: a ``sys.reload`` call wants a new generation of workers."""
-
-    token: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    """Master -> worker: the reload asked for by ``token`` is done (summary) or failed (error)."""
-
-    token: int
-    summary: dict[str, Any] | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """Worker -> master: a ``sys.<name>`` report whose state lives in the master (timers, spool)."""
-
-    token: int
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class QueryResult:
-    """Master -> worker: the report asked for by ``token`` (``error`` when it is not available)."""
-
-    token: int
-    value: Any = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Exit:
     """Master -> worker: finish the calls you hold, then exit (retired, recycled or shutting down)."""
 
 
-Message = Ready | Failed | Started | Done | ReloadRequest | ReloadResult | Query | QueryResult | Exit
+Message = Ready | Failed | Started | Done | Exit
 
 
 def _frame(cmd: int, body: bytes) -> bytes:
@@ -160,16 +126,6 @@ def encode(msg: Message) -> bytes:
                                          "methods": msg.methods, "duplicates": msg.duplicates}).encode())
     if isinstance(msg, Failed):
         return _frame(FAILED, json.dumps({"pid": msg.pid, "cause": msg.cause, "detail": msg.detail}).encode())
-    if isinstance(msg, ReloadRequest):
-        return _frame(RELOAD_REQUEST, json.dumps({"token": msg.token}).encode())
-    if isinstance(msg, ReloadResult):
-        return _frame(RELOAD_RESULT, json.dumps({"token": msg.token, "summary": msg.summary,
-                                                 "error": msg.error}, default=str).encode())
-    if isinstance(msg, Query):
-        return _frame(QUERY, json.dumps({"token": msg.token, "name": msg.name}).encode())
-    if isinstance(msg, QueryResult):
-        return _frame(QUERY_RESULT, json.dumps({"token": msg.token, "value": msg.value,
-                                                "error": msg.error}, default=str).encode())
     if isinstance(msg, Exit):
         return _frame(EXIT, b"")
     raise TypeError(f"not a control message: {msg!r}")
@@ -177,7 +133,13 @@ def encode(msg: Message) -> bytes:
 
 def is_control(fields: tuple[int, ...]) -> bool:
     """True when frame header fields (codec wire order) are those of a control frame."""
-    return fields[2] == codec.CMDTYPE_INTERNAL and fields[1] in CONTROL_CMDS
+    cmd, cmdtype = codec.frame_command(fields)
+    return cmdtype == codec.CMDTYPE_INTERNAL and cmd in CONTROL_CMDS
+
+
+def decode_frame(raw: bytes, fields: tuple[int, ...]) -> Message:
+    """The message of a control frame (``is_control`` true); MessageError if malformed."""
+    return decode(codec.frame_command(fields)[0], codec.frame_body(raw, fields))
 
 
 def decode(cmd: int, body: bytes) -> Message:
@@ -212,14 +174,6 @@ def decode(cmd: int, body: bytes) -> Message:
                          list(data.get("duplicates") or []))
         if cmd == FAILED:
             return Failed(int(data["pid"]), str(data["cause"]), str(data.get("detail") or ""))
-        if cmd == RELOAD_REQUEST:
-            return ReloadRequest(int(data["token"]))
-        if cmd == RELOAD_RESULT:
-            return ReloadResult(int(data["token"]), data.get("summary"), data.get("error"))
-        if cmd == QUERY:
-            return Query(int(data["token"]), str(data["name"]))
-        if cmd == QUERY_RESULT:
-            return QueryResult(int(data["token"]), data.get("value"), data.get("error"))
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise MessageError(f"bad control frame {cmd}: {exc}") from None
     raise MessageError(f"unknown control frame {cmd}")

@@ -1,4 +1,5 @@
-"""Process mode's request metrics: the master counts the calls its workers answered.
+"""Process mode's request metrics: the master counts the calls its workers answered and the ``sys.*``
+calls it answers itself.
 
 A worker's ``Done`` carries one outcome per answered call, so the master counts each call once,
 as thread mode's driver does, without parsing the packet. What the master answers itself (busy,

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from oslo_config import cfg
+
 from sbusr import dispatch
 from sbusr.dispatch import aio
 from sbusr.dispatch.context import CallContext
@@ -67,7 +69,7 @@ class Executor:
     def default_timeout(self, adapter: dispatch.EndpointAdapter) -> float:
         return class_timeout(adapter.endpoint, self.call_timeout)
 
-    def reconfigure(self, conf: Any) -> None:
+    def reconfigure(self, conf: cfg.ConfigOpts) -> None:
         """Take the ``[execution]`` values a config reload may change (the options marked mutable);
         the invokers :meth:`bind` makes next read the new ``call_timeout``."""
         self.call_timeout = conf.execution.call_timeout
@@ -80,7 +82,7 @@ class Executor:
         """Release what start() set up."""
 
 
-def executor_pool_size(conf: Any) -> int:
+def executor_pool_size(conf: cfg.ConfigOpts) -> int:
     """oslo ``executor_thread_pool_size`` for thread mode: every worker slot busy, up to ``workers``
     abandoned calls holding threads on top, and still threads for sys.* calls and replies."""
     return max(int(conf.executor_thread_pool_size), 2 * conf.execution.workers + EXECUTOR_THREAD_MARGIN)
@@ -191,7 +193,7 @@ class ThreadExecutor(Executor):
         else:
             hooks.require_hook(spec)
 
-    def reconfigure(self, conf: Any) -> None:
+    def reconfigure(self, conf: cfg.ConfigOpts) -> None:
         """hooks.BootFailed when a changed hook raises: the reload stops there, nothing changed."""
         if conf.execution.worker_init != self.worker_init:
             self._require_hook(conf.execution.worker_init)  # a new hook runs once, as at start-up

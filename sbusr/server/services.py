@@ -2,7 +2,7 @@
 
 Thread mode: one process, the RPCServer and its threads (:class:`ThreadService`). Process mode: this
 process is the master that owns the SmartBus link and relays to pre-started worker processes, each a
-complete RPCServer (:class:`ProcessService`, :mod:`sbusr.execution.master`).
+complete RPCServer (:class:`ProcessService`, :mod:`sbusr.execution.master.relay`).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class ProcessService:
 
     def __init__(self, conf: cfg.ConfigOpts, argv: Sequence[str], reload_entry: Any = None,
                  config_reloader: config.Reloader | None = None) -> None:
-        from sbusr.execution.master import Master
+        from sbusr.execution.master.relay import Master
         from sbusr.execution.recording import RecordingEvents
 
         self.conf = conf
@@ -166,9 +166,9 @@ class ProcessService:
         self.master.replies.metrics = self.metrics  # what the master answers itself is counted there
         self.metrics.sample_executor(self.master.stats)
         self._metrics_listener: metrics.MetricsListener | None = None
-        self.master.reload_handler = self.reload  # sys.reload from a worker reloads the timers too
+        system.set_reload_handler(self.reload)  # the master answers sys.reload: timers reload too
         self.background.worker_sinks = self.master.worker_sinks  # timers with target="workers"
-        system.set_report("stats", self.stats)  # a worker's sys.stats asks the master
+        system.set_report("stats", self.stats)  # the master answers sys.stats
         self._lifecycle = Lifecycle()
         self._reload_lock = threading.Lock()
 
@@ -226,7 +226,7 @@ class ProcessService:
         return finished
 
     def stats(self) -> dict[str, Any]:
-        """``sys.stats`` (asked by a worker): the master's counts."""
+        """``sys.stats``: the master's counts."""
         return server_stats(self.address, "process", self.master.stats(), self.metrics)
 
 

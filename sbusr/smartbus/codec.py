@@ -235,6 +235,26 @@ def packet_from_frame(raw: bytes, fields: tuple[int, ...]) -> Packet:
     return _packet(_header_of(fields), raw[HEADER_SIZE:HEADER_SIZE + fields[10]])
 
 
+_DST = struct.Struct("<bb")  # dst unit, dst client
+_DST_OFFSET: Final = 8  # their place in a header (after flag, cmd, cmdtype, src, dst type)
+
+
+def frame_command(fields: tuple[int, ...]) -> tuple[int, int]:
+    """``(cmd, cmdtype)`` of a frame's header fields (as :meth:`FrameDecoder.feed_frames` gives them)."""
+    return fields[1], fields[2]
+
+
+def frame_body(raw: bytes, fields: tuple[int, ...]) -> bytes:
+    """The body of a frame :meth:`FrameDecoder.feed_frames` returned with its header fields."""
+    return raw[HEADER_SIZE:HEADER_SIZE + fields[10]]
+
+
+def frame_dst(raw: bytes) -> tuple[int, int]:
+    """``(unit, client)`` a frame is addressed to, read from its header alone (a relay needs no more)."""
+    unit, client = _DST.unpack_from(raw, _DST_OFFSET)
+    return unit, client
+
+
 def frame_of(packet: Packet) -> bytes:
     """The bytes of a decoded packet again (header re-packed, no padding), to forward it unchanged.
 

@@ -38,27 +38,16 @@ LOG = logging.getLogger(__name__)
 BAD_PACKET_LOG = RateLimitedLog(LOG, logging.WARNING, 10.0)
 
 RequestSink = Callable[[Packet], None]
-ClientFactory = Callable[[cfg.ConfigOpts, ClientConfig, ClientHandlers], BusClient]
+#: builds a connection's client instead of the configured backend (a process-mode worker's link)
+ClientFactory = Callable[[ClientConfig, ClientHandlers], BusClient]
 
 
 class ReplyTimeout(BusError):
     """No reply NOTIFY arrived in time."""
 
 
-_client_factory: ClientFactory | None = None
-
-
-def use_client_factory(factory: ClientFactory | None) -> None:
-    """Make every SmartBus connection of this process use ``factory`` (a process-mode worker's
-    connection is its link to the master, not the bus); None restores the configured backend."""
-    global _client_factory
-    _client_factory = factory
-
-
 def make_client(conf: cfg.ConfigOpts, config: ClientConfig, handlers: ClientHandlers) -> BusClient:
     """The configured backend: the native client or the vendor library."""
-    if _client_factory is not None:
-        return _client_factory(conf, config, handlers)
     if conf.smartbus.backend == "vendor":
         from sbusr.smartbus.vendor.client import VendorClient
 
@@ -75,7 +64,8 @@ class BusConnection:
     _instances: dict[tuple[object, ...], BusConnection] = {}
     _instances_lock = threading.Lock()
 
-    def __init__(self, conf: cfg.ConfigOpts, config: ClientConfig) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, config: ClientConfig,
+                 client_factory: ClientFactory | None = None) -> None:
         self.conf = conf
         self.config = config
         self._notify_ttl = conf.smartbus.notify_ttl  # read once: oslo.config look-ups cost µs per reply
@@ -90,7 +80,8 @@ class BusConnection:
         self._standby = Standby(f"{config.host}:{config.port}", config.address)
         self._released = False  # for good: a released connection never registers again
         self._metrics = metrics.bus()
-        self.client = make_client(conf, config, ClientHandlers(
+        make = client_factory or (lambda config_, handlers: make_client(conf, config_, handlers))
+        self.client = make(config, ClientHandlers(
             on_connect=self._on_connect,
             on_connect_failed=self._on_connect_failed,
             on_disconnect=self._on_disconnect,
@@ -106,21 +97,23 @@ class BusConnection:
 
     @classmethod
     def acquire(cls, conf: cfg.ConfigOpts, config: ClientConfig, fallback_sink: RequestSink | None = None,
-                connect: bool = True, wait: bool = True) -> BusConnection:
+                connect: bool = True, wait: bool = True,
+                client_factory: ClientFactory | None = None) -> BusConnection:
         """The process-wide connection for this identity, started on first use.
 
         ``fallback_sink`` gets the request packets that arrive while no listener is installed (a
         server answers them "starting" or "shutting down" instead of dropping them); it is set
         before the client registers. With ``connect=False`` the caller starts the client itself
         (:meth:`connect`) once it is ready to serve; with ``wait=False`` it does not wait for the
-        first registration.
+        first registration. ``client_factory`` builds the client of a new connection instead of the
+        configured backend.
         """
         key = (config.host, config.port, config.unit_id, config.client_id, config.client_type,
                conf.smartbus.backend)
         with cls._instances_lock:
             conn = cls._instances.get(key)
             if conn is None:
-                conn = cls(conf, config)
+                conn = cls(conf, config, client_factory)
                 conn._fallback_sink = fallback_sink
                 cls._instances[key] = conn
                 if connect:

@@ -14,7 +14,7 @@ import pytest
 from oslo_config import cfg
 
 from sbusr import config, execution, opts
-from sbusr.execution.master import Master
+from sbusr.execution.master.relay import Master
 from sbusr.smartbus.interface import ClientConfig
 from sbusr.testing.api_process import ApiProcess
 from sbusr.testing.processes import BusProcess

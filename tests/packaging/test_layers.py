@@ -111,13 +111,13 @@ def test_the_check_sees_upward_sideways_and_lazy_imports():
 
 
 def test_execution_learns_its_call_from_the_dispatcher_not_the_transport():
-    """No execution module imports the driver: thread mode and the limits run under any oslo.messaging
-    transport, a process-mode worker gets the driver from its transport URL, and the master is plumbing
-    that writes its replies with sbusr.transport.replies over its own connection."""
+    """Only a process-mode worker imports the driver (to build its RPCServer's transport over its link
+    to the master): thread mode and the limits run under any oslo.messaging transport, and the master
+    is plumbing that writes its replies with sbusr.transport.replies over its own connection."""
     known = _modules()
     users = {module for module, path in known.items() if module.startswith("sbusr.execution")
              and "sbusr.driver_smartbus" in imported_modules(module, path.read_text(encoding="utf-8"), known)}
-    assert users == set()
+    assert users == {"sbusr.execution.worker.serve"}
 
 
 def test_the_test_kit_does_not_import_the_benchmark():

@@ -4,22 +4,20 @@ socket, so the worker's standard RPCServer and smartbus driver serve exactly as 
 Request packets arrive as the SmartBus frames the bus sent the master; the reply to each packet goes
 back inside a :class:`~sbusr.execution.messages.Done` control frame (see there why), as the NOTIFY
 frame the bus expects. :class:`LinkExchange` is the driver's per-packet hook that produces
-:class:`~sbusr.execution.messages.Started` and ``Done``.
+:class:`~sbusr.execution.messages.Started` and ``Done``. The worker hands this client to its driver
+by constructor (a client factory); a worker cannot ping or start flows (that takes the bus's
+replies, which come to the master), so those raise :class:`~sbusr.smartbus.interface.BusError`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import itertools
 import logging
 import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from sbusr.execution import messages
-from sbusr.jsonrpc.errors import SERVER_ERROR, RpcError
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers, FlowInvocation
@@ -87,8 +85,6 @@ class LinkClient:
         self._seq = 0
         self._reader: threading.Thread | None = None
         self._stopped = False
-        self._waiting: dict[int, concurrent.futures.Future[Any]] = {}
-        self._tokens = itertools.count(1)
 
     # ------------------------------------------------------------------ BusClient
     @property
@@ -151,30 +147,6 @@ class LinkClient:
             except OSError:
                 self._on_lost()
 
-    def _ask(self, make: Callable[[int], messages.Message], timeout: float) -> Any:
-        token = next(self._tokens)
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._waiting[token] = fut
-        try:
-            self.send(make(token))
-            return fut.result(timeout)
-        finally:
-            self._waiting.pop(token, None)
-
-    def request_reload(self, timeout: float) -> dict[str, Any]:
-        """``sys.reload`` in a worker: ask the master, wait until it has switched generations."""
-        result = self._ask(messages.ReloadRequest, timeout)
-        if result.error is not None:  # the caller's answer, as thread mode gives it
-            raise RpcError(SERVER_ERROR, result.error)
-        return result.summary or {}
-
-    def query(self, name: str, timeout: float = 30.0) -> Any:
-        """A ``sys.<name>`` report kept by the master (timers, spool)."""
-        result = self._ask(lambda token: messages.Query(token, name), timeout)
-        if result.error is not None:
-            raise RpcError(SERVER_ERROR, result.error)
-        return result.value
-
     def _read(self) -> None:
         decoder = codec.FrameDecoder()
         on_packet = self.handlers.on_packet
@@ -185,8 +157,7 @@ class LinkClient:
                     break
                 for raw, fields in decoder.feed_frames(data):
                     if messages.is_control(fields):
-                        self._control(messages.decode(fields[1], raw[codec.HEADER_SIZE:
-                                                                     codec.HEADER_SIZE + fields[10]]))
+                        self._control(messages.decode_frame(raw, fields))
                         continue
                     self._seq += 1
                     if on_packet is not None:
@@ -198,10 +169,6 @@ class LinkClient:
     def _control(self, msg: messages.Message) -> None:
         if isinstance(msg, messages.Exit):
             self._on_exit()
-        elif isinstance(msg, (messages.ReloadResult, messages.QueryResult)):
-            fut = self._waiting.get(msg.token)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
         else:
             LOG.warning("unexpected control message from the master: %r", msg)
 

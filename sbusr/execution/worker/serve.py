@@ -4,7 +4,9 @@ master, not the bus.
 Started by the master as a fresh interpreter (``python -m sbusr.cmd.worker --link-fd N ...`` with
 the master's own command-line options, so it reads the same configuration files). Endpoint code,
 ``worker_init``, ``@limits``, the legacy adapter and the reply path are the thread-mode code; only
-the connection underneath differs (:mod:`sbusr.execution.link`). The worker
+the client underneath the smartbus driver differs: the driver is built with a client factory that
+makes the link (:mod:`sbusr.execution.worker.link`). The ``sys.*`` calls whose state lives in the
+master (stats, timers, spool, reload) are answered there and never reach a worker. The worker
 
 * takes ``[execution] threads`` request packets at a time (the master sends no more);
 * reports each call's limit when it differs from the one the master assumed, and every packet's
@@ -26,25 +28,26 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import oslo_messaging
+import oslo_messaging.transport
+from oslo_config import cfg
 
 from sbusr import dispatch
 from sbusr.dispatch.context import CallContext
+from sbusr.driver_smartbus import SmartBusDriver
 from sbusr.endpoints import system
-from sbusr.execution import hooks, link, messages
+from sbusr.execution import hooks, messages
 from sbusr.execution.home import HomeThread
 from sbusr.execution.limits import call_timeout
 from sbusr.execution.threads import Executor
-from sbusr.transport import connection
+from sbusr.execution.worker import link
+from sbusr.smartbus.interface import ClientConfig, ClientHandlers
+from sbusr.transport.connection import ClientFactory
 from sbusr.transport.url import client_config_from_url
 
 LOG = logging.getLogger("sbusr.execution")
 
 #: Seconds between checks that the master is still our parent (the link's EOF usually comes first).
 PARENT_CHECK_INTERVAL = 0.5
-#: ``sys.*`` reports whose state the master keeps (the scheduler, the spooler, the metrics).
-MASTER_REPORTS = ("timers", "spool", "stats")
-#: Seconds sys.reload waits for the master to switch generations.
-RELOAD_WAIT = 120.0
 
 
 class WorkerExecutor(Executor):
@@ -59,7 +62,7 @@ class WorkerExecutor(Executor):
 
     def system_invoker(self, adapter: dispatch.EndpointAdapter) -> dispatch.Invoker:
         def invoke(fn: Callable[..., Any], ctxt: Any, args: tuple, kwargs: dict) -> Any:
-            _report(0.0)  # sys.* are never limited: sys.reload waits for a whole new generation
+            _report(0.0)  # sys.* are never limited
             return fn(ctxt, *args, **kwargs)
 
         return invoke
@@ -93,8 +96,8 @@ def _watch_parent(parent_pid: int) -> None:
         threading.Event().wait(PARENT_CHECK_INTERVAL)
 
 
-def _boot(conf: Any, transport_url: str, links: list[link.LinkClient]) -> tuple[Any, link.LinkClient,
-                                                                               dispatch.Registry]:
+def _boot(conf: cfg.ConfigOpts, transport_url: str,
+          make_link: ClientFactory) -> tuple[Any, dispatch.Registry]:
     """worker_init, the endpoints, the RPCServer on the link: everything before Ready."""
     # one call at a time: worker_init, the endpoint classes and every method share one thread
     threads = conf.execution.threads
@@ -110,16 +113,13 @@ def _boot(conf: Any, transport_url: str, links: list[link.LinkClient]) -> tuple[
     system.bind_registry(registry)
 
     url = oslo_messaging.TransportURL.parse(conf, transport_url)
+    driver = SmartBusDriver(conf, url, client_factory=make_link)
+    transport = oslo_messaging.transport.RPCTransport(driver)
     identity = client_config_from_url(conf, url)
-    transport = oslo_messaging.get_rpc_transport(conf, url=url)
     target = oslo_messaging.Target(topic=conf.server.topic, server=f"{identity.unit_id}:{identity.client_id}")
     server = dispatch.rpc_server(transport, target, registry.adapters)
     server.start()  # the driver's connection is the link: its client exists from here on
-    the_link = links[0]
-    system.set_reload_handler(lambda: the_link.request_reload(RELOAD_WAIT))
-    for report in MASTER_REPORTS:  # their state lives in the master
-        system.set_report(report, lambda name=report: the_link.query(name))
-    return server, the_link, registry
+    return server, registry
 
 
 def _boot_failed(sock: socket.socket, exc: hooks.BootFailed) -> NoReturn:
@@ -132,7 +132,7 @@ def _boot_failed(sock: socket.socket, exc: hooks.BootFailed) -> NoReturn:
     os._exit(hooks.BOOT_FAILED_EXIT)
 
 
-def serve(conf: Any, link_fd: int, transport_url: str) -> int:
+def serve(conf: cfg.ConfigOpts, link_fd: int, transport_url: str) -> int:
     """Run the worker until told to exit; the exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -144,25 +144,24 @@ def serve(conf: Any, link_fd: int, transport_url: str) -> int:
     sock.setblocking(True)
     links: list[link.LinkClient] = []
 
-    def factory(conf_: Any, config: Any, handlers: Any) -> link.LinkClient:
+    def make_link(config: ClientConfig, handlers: ClientHandlers) -> link.LinkClient:
         client = link.LinkClient(sock, config, handlers, notify_ttl=conf.smartbus.notify_ttl,
                                  default_timeout=conf.execution.call_timeout, on_exit=leaving.set)
         links.append(client)
         return client
 
-    connection.use_client_factory(factory)
     conf.set_override("embedded_bus", False, group="smartbus")  # the master owns the bus side
     threads = conf.execution.threads
     conf.set_override("executor_thread_pool_size", threads)
 
     try:
-        server, the_link, registry = _boot(conf, transport_url, links)
+        server, registry = _boot(conf, transport_url, make_link)
     except hooks.BootFailed as exc:
         _boot_failed(sock, exc)
     except Exception as exc:  # a crash while loading: the master names it when it gives up
         _boot_failed(sock, hooks.BootFailed(f"worker start-up raised {hooks.describe(exc)}",
                                             traceback.format_exc()))
-    the_link.send(messages.Ready(os.getpid(), None, registry.methods(),
+    links[0].send(messages.Ready(os.getpid(), None, registry.methods(),
                                  [d.as_row() for d in registry.duplicates]))
     LOG.debug("worker pid %d serving %d methods", os.getpid(), len(registry.methods()))
     leaving.wait()
