@@ -15,7 +15,7 @@ from oslo_config import cfg
 from tornado.httpserver import HTTPServer
 
 from sbusr import config
-from sbusr.api import app as api
+from sbusr.api import handlers as api
 from sbusr.cmd import common
 
 LOG = logging.getLogger("sbusr.api")

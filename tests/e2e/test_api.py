@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from tornado.testing import AsyncHTTPTestCase
 
-from sbusr.api import app as api_module
+from sbusr.api import handlers as api_module
 from sbusr.cmd import common
 from sbusr.smartbus import codec
 from sbusr.testing.api_process import API_UNIT, ApiProcess
