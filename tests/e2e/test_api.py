@@ -34,7 +34,8 @@ from typing import Any
 import pytest
 from tornado.testing import AsyncHTTPTestCase
 
-from sbusr.api import handlers as api_module
+from sbusr.api import app as api_app
+from sbusr.api.bus import BusApi, make_transport
 from sbusr.cmd import common
 from sbusr.smartbus import codec
 from sbusr.testing.api_process import API_UNIT, ApiProcess
@@ -616,9 +617,9 @@ class NativeInProcessTest(AsyncHTTPTestCase):
             "smartbus": {"connect_timeout": 5},
             "api": {**API_OPTS, "unit_id": API_UNIT, "client_id": next(_api_client_ids)}})
         self.conf = common.prepare(["--config-file", str(path)], "test-sbusr-api")
-        self.transport = api_module.make_transport(self.conf)
+        self.transport = make_transport(self.conf)
+        self.bus_api = BusApi(self.conf, self.transport)
         super().setUp()
-        self.bus_api: api_module.BusApi = self._app.settings["sbusr_api"]
         self.bus_api.connect()
 
     def tearDown(self) -> None:
@@ -631,10 +632,10 @@ class NativeInProcessTest(AsyncHTTPTestCase):
             self.transport.cleanup()
 
     def get_app(self) -> Any:
-        return api_module.make_app(self.conf, self.transport)
+        return api_app.make_app(self.bus_api)
 
     def get_httpserver_options(self) -> dict[str, Any]:
-        return api_module.server_options(self.conf)
+        return api_app.server_options(self.conf)
 
     def get_async_test_timeout(self) -> float:
         return 30.0
