@@ -59,7 +59,7 @@ class StatusHandler(BaseHandler):
     def authorised(self) -> bool:
         if self.bearer_ok():
             return True
-        cookie = self.get_signed_cookie(STATUS_COOKIE, max_age_days=LOGIN_MAX_AGE_DAYS)
+        cookie = self.get_signed_cookie(STATUS_COOKIE, max_age_days=LOGIN_MAX_AGE_DAYS, min_version=2)
         return cookie == _LOGGED_IN.encode()
 
     def token_matches(self, supplied: str) -> bool:

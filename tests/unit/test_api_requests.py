@@ -72,7 +72,7 @@ class ApiTestCase(ApiAppTestCase):
         response = self.fetch(path, method=method, body=body, raise_error=False, **kwargs)
         self.assertTrue(response.headers.get("Content-Type", "").startswith("application/json"),
                         f"{method} {path}: not JSON: {response.headers.get('Content-Type')}")
-        payload = json.loads(response.body) if response.body else None
+        payload: Any = json.loads(response.body) if response.body else None
         if response.code >= 400:
             self.assertEqual(payload["error"]["code"], response.code, payload)
             self.assertIsInstance(payload["error"]["message"], str, payload)

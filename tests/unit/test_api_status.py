@@ -141,8 +141,9 @@ class LoginTest(StatusTestCase):
         signature = value.rsplit("|", 1)[1]
         forged = value[:-len(signature)] + ("0" if signature[0] != "0" else "1") + signature[1:]
         old_style = hmac.new(TOKEN.encode(), b"sbusr status page", hashlib.sha256).hexdigest()
+        version_1 = tornado.web.create_signed_value(cookie_secret(TOKEN), STATUS_COOKIE, "yes", version=1)
         for cookie in (None, f'{name}="{forged}"', f"{name}=yes", f"{name}={old_style}", f"{name}=",
-                       f"other={value}"):
+                       f"other={value}", f'{name}="{version_1.decode()}"'):
             self.assert_refused(cookie)
 
     def test_an_expired_cookie_is_refused(self):
