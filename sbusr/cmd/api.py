@@ -15,7 +15,8 @@ from oslo_config import cfg
 from tornado.httpserver import HTTPServer
 
 from sbusr import config
-from sbusr.api import app as api
+from sbusr.api import app as api_app
+from sbusr.api.bus import BusApi, make_transport
 from sbusr.cmd import common
 
 LOG = logging.getLogger("sbusr.api")
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.info("[smartbus] embedded_bus is ignored by sbusr-api; it connects to the bus already running")
         conf.set_override("embedded_bus", False, group="smartbus")
     try:
-        transport = api.make_transport(conf)
+        transport = make_transport(conf)
     except (ValueError, oslo_messaging.InvalidTransportURL) as exc:
         error = str(exc)
     else:
@@ -46,10 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport,
                 reloader: config.Reloader | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight calls end briefly, clean up."""
-    app = api.make_app(conf, transport)
-    bus_api: api.BusApi = app.settings["sbusr_api"]
+    bus_api = BusApi(conf, transport)
+    app = api_app.make_app(bus_api)
     loop = asyncio.get_running_loop()
-    server = HTTPServer(app, **api.server_options(conf))
+    server = HTTPServer(app, **api_app.server_options(conf))
     try:  # first: /health answers (503) while the bus is unreachable, and a taken port fails at once
         server.listen(conf.api.listen_port, conf.api.listen_host)
     except OSError as exc:
@@ -92,7 +93,7 @@ async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport,
     return 0
 
 
-def _connect(bus_api: api.BusApi) -> None:
+def _connect(bus_api: BusApi) -> None:
     """Register on the bus (waiting up to connect_timeout, then retrying in the background)."""
     try:
         status = bus_api.connect()

@@ -257,6 +257,7 @@ def test_status_routes_log_in_once_and_keep_a_cookie(bus: BusProcess, ipsc: Fake
         assert status == 303 and headers["location"] == "status"  # the token leaves the address at once
         cookie = headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+        assert "Path=/status" in cookie  # the browser sends it to the status routes only
         jar = {"Cookie": cookie.split(";")[0]}
 
         status, headers, body = http(api, "GET", "/status", headers=jar)
@@ -278,7 +279,9 @@ def test_status_routes_log_in_once_and_keep_a_cookie(bus: BusProcess, ipsc: Fake
         assert status == 401 and b"not valid" in body
         status, headers, _ = http(api, "POST", "/status/login", f"token={TOKEN}".encode(), form)
         assert status == 303 and headers["location"] == "/status"
-        assert headers["set-cookie"].split(";")[0] == jar["Cookie"]
+        relogin = {"Cookie": headers["set-cookie"].split(";")[0]}  # signed afresh: a timestamp of its own
+        assert relogin["Cookie"].startswith("sbusr_status=") and "Path=/status" in headers["set-cookie"]
+        assert http(api, "GET", "/status/data", headers=relogin)[0] == 200
         status, headers, _ = http(api, "GET", "/status/logout", headers=jar)
         assert status == 303 and 'sbusr_status=""' in headers["set-cookie"]
         api.stop()

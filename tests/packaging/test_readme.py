@@ -245,6 +245,7 @@ def test_wheel_ships_the_sample_config_units_and_licence(tmp_path):
             "share/sbusr/oslo-config-generator/sbusr.conf",
             "share/sbusr/systemd/sbusr-server.service", "share/sbusr/systemd/sbusr-api.service"} <= data
     assert any(n.endswith("/LICENSE") for n in names)
+    assert {"sbusr/api/templates/status.html", "sbusr/api/templates/login.html"} <= set(names)  # /status
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "License: Apache-2.0" in metadata or "License-Expression: Apache-2.0" in metadata
     assert "Author: " in metadata and "Home-page: " in metadata
