@@ -29,6 +29,7 @@ from sbusr.jsonrpc.encoding import dumps, loads_or_text
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusClient, BusError, ClientConfig, ClientHandlers, FlowTimeout, resolve
+from sbusr.util import ready
 from sbusr.util.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Standby:
         now = self._clock()
         if self.since is None:
             self.since, self._reported, self._refused = now, now, 0
+            ready.event("standby", after=frozenset({"serving"}))
             LOG.warning("SmartBus %s: identity %s is taken by another process; standing by and retrying "
                         "every %g s (hot standby)", self.where, self.address, STANDBY_RETRY)
             return
@@ -349,6 +351,7 @@ class BusConnection:
         LOG.info("registered on SmartBus %s:%s as %s, access point unit %s", self.config.host,
                  self.config.port, self.config.address, access_point)
         self._metrics.bus_connected(True)
+        ready.mark("registered")
 
     def _on_connect_failed(self, code: int) -> None:
         if code == codec.ERR_CONNECTED:  # retried every STANDBY_RETRY s: said once, then once a minute
