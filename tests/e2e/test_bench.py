@@ -15,8 +15,17 @@ import pytest
 from sbusr.bench import procs
 from sbusr.smartbus import codec as c
 from sbusr.smartbus.codec import Address as A
+from sbusr.testing.waiting import wait_for
 
 RUN_TIMEOUT = 150
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _alive(pid: int) -> bool:
@@ -107,13 +116,13 @@ def test_ctrl_c_stops_every_child():
                              "--phases", "null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=_interruptible)
     try:
-        kids: list[int] = []
-        deadline = time.monotonic() + 120  # generous: a busy 2-core machine starts Python slowly
-        while time.monotonic() < deadline and len(kids) < 5:  # bus, server, echo, 2 load generators
+        def all_started() -> list[int]:
+            """Every child once both load generators run (they start last): bus, server, echo, 2 loads."""
             kids = procs.descendants(proc.pid)
-            time.sleep(0.2)
-        assert len(kids) >= 5, kids
-        time.sleep(1.0)
+            loads = [k for k in kids if b"sbusr.bench.loadgen" in _cmdline(k)]
+            return kids if len(loads) >= 2 and len(kids) >= 5 else []
+
+        kids = wait_for(all_started, "the bench's children", timeout=120)  # generous: slow start-ups
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 130  # the children are stopped at once, not one after another
         deadline = time.monotonic() + 90  # generous: on a busy machine an interpreter exits slowly

@@ -120,7 +120,7 @@ def test_a_job_queued_from_one_folder_names_its_function_the_same_from_another(t
 # ---------------------------------------------------------------------------- through a real bus
 
 @pytest.fixture(scope="module", params=["thread", "process"])
-def spooling(request, tmp_path_factory, sbusr_bus, sbusr_identities):
+def spooling(request, tmp_path_factory, on_session_bus):
     """A server whose spooler has run the two jobs of earlier releases: every test starts from an
     idle spooler, whichever tests of this module ran before it on this pytest-xdist worker."""
     out = tmp_path_factory.mktemp("out")
@@ -133,8 +133,7 @@ def spooling(request, tmp_path_factory, sbusr_bus, sbusr_identities):
     store.enqueue("jobs.record", {"n": "moved"})
     config = {"execution": {"mode": request.param, "workers": 2},
               "spooler": {"directory": spool_dir, "max_retries": 3, "processes": 2}}
-    with Stack([folder], config, workdir=tmp_path_factory.mktemp("stack"), bus=sbusr_bus,
-               identities=sbusr_identities) as stack:
+    with Stack([folder], config, workdir=tmp_path_factory.mktemp("stack"), **on_session_bus) as stack:
         wait_for(lambda: spool_state(stack)["finished"] == 2 and not queued_jobs(spool_dir),
                  "the spooler to run the jobs of earlier releases")
         yield stack, out, spool_dir, folder

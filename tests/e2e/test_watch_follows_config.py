@@ -38,7 +38,8 @@ def save_until(path, text, seen) -> None:
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_the_watch_follows_the_configuration_as_the_readme_walks_through_it(tmp_path, monkeypatch, mode):
+def test_the_watch_follows_the_configuration_as_the_readme_walks_through_it(tmp_path, monkeypatch, mode,
+                                                                            on_session_bus):
     etc, methods, elsewhere = tmp_path / "etc", tmp_path / "methods", tmp_path / "elsewhere"
     for folder in (etc, methods, elsewhere):
         folder.mkdir()
@@ -46,7 +47,7 @@ def test_the_watch_follows_the_configuration_as_the_readme_walks_through_it(tmp_
     source = methods / "ep.py"
     source.write_text(VERSION.format(version="v1"))
     config = {"endpoints": {"watch": True, "directories": ""}, "execution": {"mode": mode, "workers": 1}}
-    with Stack(config=config, workdir=etc) as stack:
+    with Stack(config=config, workdir=etc, **on_session_bus) as stack:
         call = stack.ipsc.call
         assert "nothing to watch until a reload adds a folder" in stack.server.output()
 
