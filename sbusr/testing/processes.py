@@ -29,6 +29,7 @@ SERVER_START_TIMEOUT = 120.0  # returns as soon as ready; a busy 2-core machine 
 SERVER_UNIT = 19
 SERVER_CLIENT = 1
 
+_prctl: Any
 try:  # prepared in the parent so the child only makes one libc call between fork and exec
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):
