@@ -18,6 +18,7 @@ from sbusr import config
 from sbusr.api import app as api_app
 from sbusr.api.bus import BusApi, make_transport
 from sbusr.cmd import common
+from sbusr.util import ready
 
 LOG = logging.getLogger("sbusr.api")
 
@@ -29,6 +30,7 @@ DESCRIPTION = ("HTTP API of sbusr: start IPSC flows over SmartBus (POST /api/flo
 
 def main(argv: Sequence[str] | None = None) -> int:
     conf = common.prepare(argv if argv is not None else sys.argv[1:], "sbusr-api", description=DESCRIPTION)
+    ready.setup("sbusr-api", {"listening", "bus"})
     if conf.smartbus.embedded_bus:
         # the bus must outlive the API; only sbusr-server (or sbusr-bus) may host the development bus
         LOG.info("[smartbus] embedded_bus is ignored by sbusr-api; it connects to the bus already running")
@@ -64,6 +66,7 @@ async def serve(conf: cfg.ConfigOpts, transport: oslo_messaging.Transport,
     LOG.info("sbusr-api listening on http://%s:%s (auth %s); /sys/reset reloads sbusr-server %s",
              conf.api.listen_host, conf.api.listen_port, "on" if conf.api.auth_token else "off",
              bus_api.server)
+    ready.mark("listening", url=f"http://{conf.api.listen_host}:{conf.api.listen_port}")
     stop = asyncio.Event()
 
     def on_signal(signum: int) -> None:
@@ -98,8 +101,10 @@ def _connect(bus_api: BusApi) -> None:
     try:
         status = bus_api.connect()
         LOG.info("SmartBus identity %s, connected: %s", status.get("address"), status.get("connected"))
+        ready.mark("bus", address=status.get("address"), connected=bool(status.get("connected")))
     except Exception as exc:  # keep serving: /health reports the state and the client keeps reconnecting
         LOG.warning("SmartBus status unavailable at start-up: %s", exc)
+        ready.mark("bus", connected=False)
 
 
 def _reload_config(reloader: config.Reloader) -> None:

@@ -14,6 +14,7 @@ import sys
 from sbusr.smartbus import codec
 from sbusr.smartbus.bus import Bus
 from sbusr.smartbus.memory import DEFAULT_MEMORY_BUDGET
+from sbusr.util import ready
 
 LOG = logging.getLogger("sbusr.cmd.bus")
 
@@ -76,6 +77,7 @@ async def _serve(bus: Bus) -> None:
         loop.add_signal_handler(sig, stop.set)
     await bus.start()
     print(f"listening on {bus.host}:{bus.port}", flush=True)
+    ready.mark("listening", address=f"{bus.host}:{bus.port}")
     try:
         await stop.wait()
     finally:
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--user and --password go together")
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ready.setup("sbusr-bus", {"listening"})
     users = None if args.user is None else {args.user: args.password}
     try:
         bus = Bus(host=args.host, port=args.port, unit_id=args.unit_id, users=users,

@@ -17,6 +17,7 @@ from sbusr.cmd import common
 from sbusr.execution import hooks
 from sbusr.jsonrpc.errors import RpcError
 from sbusr.server.services import ProcessService, ThreadService
+from sbusr.util import ready
 
 LOG = logging.getLogger("sbusr.server")
 #: Seconds past graceful_timeout after which a stopping server leaves no matter what.
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     conf = common.prepare(args, "sbusr-server", description=DESCRIPTION)
+    ready.setup("sbusr-server", {"serving", "registered"})  # before any worker or spooler process starts
     service: ThreadService | ProcessService | None = None
 
     def reload_entry() -> None:  # SIGHUP and reload on save run the same reload

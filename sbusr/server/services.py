@@ -24,6 +24,7 @@ from sbusr.jsonrpc.errors import SERVER_ERROR, RpcError
 from sbusr.server.background import Background
 from sbusr.smartbus import codec
 from sbusr.transport.url import client_config_from_url
+from sbusr.util import ready
 
 LOG = logging.getLogger("sbusr.server")
 #: sys.stats must fit one NOTIFY with its JSON-RPC envelope and sys.* fields around it
@@ -98,6 +99,7 @@ class ThreadService:
             self.background.start(self.registry)
             LOG.info("sbusr-server %s serving %d methods: %s", self.address, len(self.registry.methods()),
                      ", ".join(self.registry.methods()))
+            ready.mark("serving", address=self.address, methods=len(self.registry.methods()))
 
     def reload(self) -> dict[str, Any]:
         """Re-import endpoint code; calls already running finish on the old code."""
@@ -193,6 +195,7 @@ class ProcessService:
             self.metrics.set_methods(methods)
             LOG.info("sbusr-server %s serving %d methods in %d worker processes: %s", self.address,
                      len(methods), self.conf.execution.workers, ", ".join(methods))
+            ready.mark("serving", address=self.address, methods=len(methods))
             self.master.connect()  # registers in the background: the bus may be unreachable for now
             self.background.start(timers)
 

@@ -13,12 +13,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, free_port, write_config
+from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, ReadyPipe, free_port, write_config
 from sbusr.util.procs import die_with_parent, terminate
 
 START_TIMEOUT = 120.0  # returns as soon as ready; a busy 2-core machine starts Python slowly
@@ -72,28 +71,21 @@ class ApiProcess:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> ApiProcess:
-        """Start and wait until the HTTP port answers.
-
-        Readiness is probed with GET /api/ipsc (answered from the local peer table), not /health,
-        which also pings sbusr-server and takes its ping timeout when none runs.  The CLI listens
-        first, then opens the bus connection (waiting up to ``connect_timeout``) and logs its
-        "SmartBus identity" line: start() waits for that line too.
-        """
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sbusr.cmd.api", "--config-file", str(self.config_file)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(os.getpid()))
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.returncode = self.proc.returncode
-                raise RuntimeError(f"sbusr-api exited with {self.returncode} during start:\n{self.output()}")
-            if "SmartBus identity" in self.output() and \
-                    self.try_request("GET", "/api/ipsc", timeout=2.0) is not None:
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"sbusr-api did not answer HTTP within {START_TIMEOUT} s:\n{self.output()}")
+        """Start and wait for its ``ready`` event (``SBUSR_READY_FD``): it listens for HTTP and its
+        first registration on the bus ended (waiting up to ``connect_timeout``)."""
+        pipe = ReadyPipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sbusr.cmd.api", "--config-file", str(self.config_file)],
+                stdout=self._log, stderr=subprocess.STDOUT, pass_fds=pipe.pass_fds,
+                env=pipe.env(dict(os.environ, PYTHONUNBUFFERED="1")), preexec_fn=die_with_parent(os.getpid()))
+            pipe.wait(self.proc, "ready", START_TIMEOUT, "sbusr-api", self.output)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            pipe.close()
+        return self
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

@@ -5,17 +5,20 @@ Each runs as ``python -m ...`` of the installed sbusr, so tests see exactly what
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sbusr.util import ready
 from sbusr.util.procs import die_with_parent, terminate
 
 START_TIMEOUT = 60.0  # returns as soon as ready; generous for a busy machine
@@ -29,6 +32,69 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+class ReadyPipe:
+    """The pipe a child announces its events on (``SBUSR_READY_FD``, :mod:`sbusr.util.ready`).
+
+    ``env(...)`` and ``pass_fds`` go to ``subprocess.Popen``; :meth:`wait` then returns the event's
+    JSON object as soon as the child writes it, and fails with the child's output when the child
+    exits first or the bound passes.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        self._buffer = b""
+        #: every event the child wrote so far, in order
+        self.events: list[dict[str, Any]] = []
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self._write,) if self._write >= 0 else ()
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        return dict(os.environ if base is None else base, **{ready.ENV: str(self._write)})
+
+    def launched(self) -> None:
+        """After Popen: only the child holds the write end, so its exit ends the pipe."""
+        if self._write >= 0:
+            os.close(self._write)
+            self._write = -1
+
+    def wait(self, proc: subprocess.Popen[bytes], event: str, timeout: float, what: str,
+             output: Callable[[], str]) -> dict[str, Any]:
+        self.launched()
+        deadline = time.monotonic() + timeout
+        while True:
+            for seen in self.events:
+                if seen.get("event") == event:
+                    return seen
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"{what} did not report {event!r} within {timeout:g} s:\n{output()}")
+            readable, _, _ = select.select([self._read], [], [], remaining)
+            if not readable:
+                continue
+            data = os.read(self._read, 65536)
+            if not data:  # the child closed its end: it exited (or is exiting)
+                try:
+                    code: int | None = proc.wait(min(remaining, STOP_TIMEOUT))
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise RuntimeError(f"{what} exited with {code} before reporting {event!r}:\n{output()}")
+            self._buffer += data
+            *lines, self._buffer = self._buffer.split(b"\n")
+            self.events.extend(json.loads(line) for line in lines if line.strip())
+
+    def close(self) -> None:
+        self.launched()
+        if self._read >= 0:
+            os.close(self._read)
+            self._read = -1
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class BusProcess:
@@ -49,23 +115,19 @@ class BusProcess:
             raise RuntimeError("bus process already running")
         cmd = [sys.executable, "-m", "sbusr.cmd.bus", "--host", self.host, "--port", str(self.port),
                "--unit-id", str(self.unit_id), *self.extra_args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.returncode = None
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=die_with_parent(os.getpid()))
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.returncode = self.proc.returncode
-                raise RuntimeError(f"bus exited with {self.returncode} during start:\n{self.output()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"bus did not listen on {self.host}:{self.port} within {START_TIMEOUT} s:\n"
-                           f"{self.output()}")
+        pipe = ReadyPipe()
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                         env=pipe.env(dict(os.environ, PYTHONUNBUFFERED="1")),
+                                         pass_fds=pipe.pass_fds, preexec_fn=die_with_parent(os.getpid()))
+            pipe.wait(self.proc, "ready", START_TIMEOUT, "sbusr-bus", self.output)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            pipe.close()
+        return self
 
     def stop(self) -> None:
         """SIGTERM, wait, SIGKILL if it hangs.  ``returncode`` keeps the exit status."""
@@ -135,24 +197,35 @@ class ServerProcess:
         self.config_file = config_file
         self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
+        self._ready: ReadyPipe | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="sbusr-server-", suffix=".log", delete=False)
 
-    def start(self) -> ServerProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def launch(self) -> ServerProcess:
+        """Start the process and return at once; :meth:`wait_for_event` waits for what it reports."""
+        self._ready = ReadyPipe()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sbusr.cmd.server", "--config-file", str(self.config_file),
              *self.extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sbusr-server exited with {self.proc.returncode}:\n{self.output()}")
-            out = self.output()
-            if " serving " in out and "registered on SmartBus" in out:
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"sbusr-server did not start within {SERVER_START_TIMEOUT} s:\n{self.output()}")
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env=self._ready.env(dict(os.environ, PYTHONUNBUFFERED="1")), pass_fds=self._ready.pass_fds)
+        self._ready.launched()
+        return self
+
+    def wait_for_event(self, event: str = "ready", timeout: float = SERVER_START_TIMEOUT) -> dict[str, Any]:
+        """The event (``ready``: serving and registered; ``standby``: serving, identity taken) as
+        the server reported it; RuntimeError/TimeoutError with its output when it never comes."""
+        assert self.proc is not None and self._ready is not None
+        try:
+            return self._ready.wait(self.proc, event, timeout, "sbusr-server", self.output)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self) -> ServerProcess:
+        """Start and wait until it serves and is registered on the bus."""
+        self.launch()
+        self.wait_for_event("ready")
+        return self
 
     def output(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
@@ -171,4 +244,6 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._ready is not None:
+            self._ready.close()
         Path(self._log.name).unlink(missing_ok=True)

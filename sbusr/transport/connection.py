@@ -31,6 +31,7 @@ from sbusr.transport.exchange import Exchange
 from sbusr.transport.flows import FlowStarted
 from sbusr.transport.peers import Peer, PeerTable
 from sbusr.transport.standby import STANDBY_RETRY, Standby
+from sbusr.util import ready
 from sbusr.util.ratelog import RateLimitedLog
 
 LOG = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class BusConnection:
         LOG.info("registered on SmartBus %s:%s as %s, access point unit %s", self.config.host,
                  self.config.port, self.config.address, access_point)
         self._metrics.bus_connected(True)
+        ready.mark("registered")
 
     def _on_connect_failed(self, code: int) -> None:
         if code == codec.ERR_CONNECTED:  # retried every STANDBY_RETRY s: said once, then once a minute

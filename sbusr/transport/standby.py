@@ -10,6 +10,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from sbusr.util import ready
+
 LOG = logging.getLogger(__name__)
 
 #: Seconds between registration attempts while the bus reports our identity taken: a hot standby
@@ -39,6 +41,7 @@ class Standby:
         now = self._clock()
         if self.since is None:
             self.since, self._reported, self._refused = now, now, 0
+            ready.event("standby", after=frozenset({"serving"}))
             LOG.warning("SmartBus %s: identity %s is taken by another process; standing by and retrying "
                         "every %g s (hot standby)", self.where, self.address, STANDBY_RETRY)
             return

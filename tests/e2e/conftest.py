@@ -7,6 +7,7 @@ the bus itself, or that counts the peers on it, starts a bus of its own.
 """
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,3 +18,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(_HERE):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def on_session_bus(sbusr_bus: Any, sbusr_identities: Any) -> dict[str, Any]:
+    """``Stack(..., **on_session_bus)``: a stack on the session's bus, with addresses of its own."""
+    return {"bus": sbusr_bus, "identities": sbusr_identities}

@@ -10,14 +10,23 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from sbusr.bench import procs
 from sbusr.smartbus import codec as c
 from sbusr.smartbus.codec import Address as A
+from sbusr.testing.waiting import wait_for
 from sbusr.util.procs import alive, descendants, rss_kb
 
 RUN_TIMEOUT = 150
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
 
 
 def _assert_every_request_accounted_for(row: dict) -> None:
@@ -100,13 +109,13 @@ def test_ctrl_c_stops_every_child():
                              "--phases", "null"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=_interruptible)
     try:
-        kids: list[int] = []
-        deadline = time.monotonic() + 120  # generous: a busy 2-core machine starts Python slowly
-        while time.monotonic() < deadline and len(kids) < 5:  # bus, server, echo, 2 load generators
+        def all_started() -> list[int]:
+            """Every child once both load generators run (they start last): bus, server, echo, 2 loads."""
             kids = descendants(proc.pid)
-            time.sleep(0.2)
-        assert len(kids) >= 5, kids
-        time.sleep(1.0)
+            loads = [k for k in kids if "sbusr.bench.loadgen" in _cmdline(k)]
+            return kids if len(loads) >= 2 and len(kids) >= 5 else []
+
+        kids = wait_for(all_started, "the bench's children", timeout=120)  # generous: slow start-ups
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 130  # the children are stopped at once, not one after another
         deadline = time.monotonic() + 90  # generous: on a busy machine an interpreter exits slowly

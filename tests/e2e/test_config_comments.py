@@ -54,9 +54,10 @@ def test_values_with_a_hash_inside_a_word_are_kept(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_a_reload_with_an_inline_comment_is_refused_and_the_running_config_stays(tmp_path, mode):
+def test_a_reload_with_an_inline_comment_is_refused_and_the_running_config_stays(tmp_path, mode,
+                                                                                 on_session_bus):
     config = {"execution": {"mode": mode, "workers": 1, "call_timeout": 30}}
-    with Stack(config=config, workdir=tmp_path) as stack:
+    with Stack(config=config, workdir=tmp_path, **on_session_bus) as stack:
         conf = stack.config_file()
         conf.write_text(conf.read_text().replace("call_timeout = 30", "call_timeout = 5  # shorter"))
         refused = stack.ipsc.call("sys.reload")

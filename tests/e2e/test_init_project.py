@@ -12,8 +12,7 @@ import pytest
 
 from sbusr import scaffold
 from sbusr.testing.ipsc import FakeIpsc
-from sbusr.testing.processes import terminate
-from sbusr.testing.waiting import wait_for
+from sbusr.testing.processes import SERVER_START_TIMEOUT, ReadyPipe, terminate
 
 BIN = Path(sys.executable).parent
 
@@ -56,13 +55,14 @@ def test_its_tests_pass_with_pytest(project):
 def test_sbusr_server_serves_the_example_through_a_real_bus(project, tmp_path):
     root, port = project
     log = tmp_path / "server.log"
+    ready = ReadyPipe()
     with open(log, "wb") as out:
         server = subprocess.Popen([str(BIN / "sbusr-server"), "--config-file", str(root / "sbusr.conf")],
-                                  cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+                                  cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=ready.env(),
+                                  pass_fds=ready.pass_fds)
     try:
-        wait_for(lambda: server.poll() is not None or "registered on SmartBus" in log.read_text(),
-                 "sbusr-server to register on its own bus")
-        assert server.poll() is None, log.read_text()
+        # serving and registered on its own (embedded) bus
+        ready.wait(server, "ready", SERVER_START_TIMEOUT, "sbusr-server", log.read_text)
         ipsc = FakeIpsc("127.0.0.1", port, unit=0, process=3, server=(19, 1)).start()
         try:
             assert ipsc.call("greeting.hello", ["Li Lei"])["result"] == {"text": "Hello, Li Lei!"}
@@ -71,6 +71,7 @@ def test_sbusr_server_serves_the_example_through_a_real_bus(project, tmp_path):
         finally:
             ipsc.stop()
     finally:
+        ready.close()
         assert terminate(server, 30) == 0, log.read_text()
 
 

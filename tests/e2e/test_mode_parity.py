@@ -118,10 +118,10 @@ def layout(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_loading_serves_every_source_and_reports_a_load_error_once(tmp_path, layout, mode):
+def test_loading_serves_every_source_and_reports_a_load_error_once(tmp_path, layout, mode, on_session_bus):
     config = {"endpoints": {"modules": "parity_mod", "legacy_packages": "oldmethods"},
               "execution": {"mode": mode, "workers": 2}}
-    with Stack([layout], config, workdir=tmp_path) as stack:
+    with Stack([layout], config, workdir=tmp_path, **on_session_bus) as stack:
         call = stack.ipsc.call
         assert call("geo.where", ["bj"])["result"] == {"city": "bj", "version": "v1"}  # folder
         assert call("mod.name")["result"] == "parity_mod"  # [endpoints] modules
@@ -141,12 +141,12 @@ def test_loading_serves_every_source_and_reports_a_load_error_once(tmp_path, lay
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_a_duplicate_of_a_builtin_is_one_warning_and_the_first_loaded_wins(tmp_path, mode):
+def test_a_duplicate_of_a_builtin_is_one_warning_and_the_first_loaded_wins(tmp_path, mode, on_session_bus):
     methods = tmp_path / "methods"
     methods.mkdir()
     (methods / "mine.py").write_text(DUPLICATE_ECHO)
     config = {"execution": {"mode": mode, "workers": 2}}
-    with Stack([methods], config, workdir=tmp_path) as stack:
+    with Stack([methods], config, workdir=tmp_path, **on_session_bus) as stack:
         assert stack.ipsc.call("echo", ["hi"])["result"] == "mine: hi"  # folders load before entry points
         assert stack.ipsc.call("sys.ping")["result"] == "pong"
         warnings = lines_with(stack.server.output(), " WARNING ", "echo")
@@ -154,21 +154,22 @@ def test_a_duplicate_of_a_builtin_is_one_warning_and_the_first_loaded_wins(tmp_p
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_the_reload_answer_names_the_duplicates(tmp_path, mode):
+def test_the_reload_answer_names_the_duplicates(tmp_path, mode, on_session_bus):
     methods = tmp_path / "methods"
     methods.mkdir()
     (methods / "mine.py").write_text(DUPLICATE_ECHO)
-    with Stack([methods], {"execution": {"mode": mode, "workers": 2}}, workdir=tmp_path) as stack:
+    with Stack([methods], {"execution": {"mode": mode, "workers": 2}}, workdir=tmp_path,
+               **on_session_bus) as stack:
         answer = stack.ipsc.call("sys.reload")
         assert "echo" in json.dumps(answer["result"]["duplicates"]), answer
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_sighup_sys_reload_and_sys_reset_reload_the_same_way(tmp_path, layout, mode):
+def test_sighup_sys_reload_and_sys_reset_reload_the_same_way(tmp_path, layout, mode, on_session_bus):
     source = layout / "geo.py"
     (layout / "broken.py").unlink()
     config = {"execution": {"mode": mode, "workers": 2}}
-    with Stack([layout], config, workdir=tmp_path) as stack:
+    with Stack([layout], config, workdir=tmp_path, **on_session_bus) as stack:
         call = stack.ipsc.call
         assert call("geo.where", ["x"])["result"]["version"] == "v1"
 
@@ -195,12 +196,12 @@ def test_sighup_sys_reload_and_sys_reset_reload_the_same_way(tmp_path, layout, m
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_time_limits_of_config_class_and_method_give_the_same_answers(tmp_path, mode):
+def test_time_limits_of_config_class_and_method_give_the_same_answers(tmp_path, mode, on_session_bus):
     methods = tmp_path / "methods"
     methods.mkdir()
     (methods / "lim.py").write_text(LIMITED)
     config = {"execution": {"mode": mode, "workers": 2, "call_timeout": 1.5}}
-    with Stack([methods], config, workdir=tmp_path) as stack:
+    with Stack([methods], config, workdir=tmp_path, **on_session_bus) as stack:
         call = stack.ipsc.call
         for method, limit in [("plain.by_config", 1.5), ("plain.by_method", 0.5), ("lim.by_class", 0.5)]:
             reply = call(method, [5], timeout=60)

@@ -54,13 +54,13 @@ def watching(stack: Stack, folder) -> int:
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_saved_file_is_served_without_a_signal_and_a_broken_one_is_not(tmp_path, mode):
+def test_saved_file_is_served_without_a_signal_and_a_broken_one_is_not(tmp_path, mode, on_session_bus):
     folder = tmp_path / "methods"
     folder.mkdir()
     source = folder / "ep.py"
     source.write_text(VERSION.format(version="v1"))
     config = {"endpoints": {"watch": True}, "execution": {"mode": mode, "workers": 2}}
-    with Stack([folder], config, workdir=tmp_path) as stack:
+    with Stack([folder], config, workdir=tmp_path, **on_session_bus) as stack:
         assert stack.ipsc.call("ep.version")["result"] == "v1"
         offset = watching(stack, folder)
         save(source, VERSION.format(version="v2"))

@@ -108,7 +108,7 @@ def postgres():
 
 
 @pytest.fixture(scope="module", params=["thread", "process"])
-def stack(request, postgres, tmp_path_factory):
+def stack(request, postgres, tmp_path_factory, on_session_bus):
     mode = request.param
     work = tmp_path_factory.mktemp(f"sql-{mode}")
     sql = work / "sql"
@@ -121,7 +121,7 @@ def stack(request, postgres, tmp_path_factory):
         "execution": {"mode": mode, "workers": 2, "call_timeout": 20},
         "endpoints": {"watch": True},
     }
-    with Stack([], config, workdir=work) as running:
+    with Stack([], config, workdir=work, **on_session_bus) as running:
         running.mode = mode
         running.sql = sql
         yield running

@@ -56,12 +56,12 @@ def lines(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module", params=["thread", "process"])
-def cached(request, tmp_path_factory):
+def cached(request, tmp_path_factory, on_session_bus):
     out = tmp_path_factory.mktemp("out")
     folder = tmp_path_factory.mktemp("endpoints")
     (folder / "cache.py").write_text(CACHE.format(out=str(out)))
     config = {"execution": {"mode": request.param, "workers": WORKERS}}
-    with Stack([folder], config, workdir=tmp_path_factory.mktemp("stack")) as stack:
+    with Stack([folder], config, workdir=tmp_path_factory.mktemp("stack"), **on_session_bus) as stack:
         yield request.param, stack, out
 
 

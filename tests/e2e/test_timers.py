@@ -73,13 +73,13 @@ def timers_by_name(stack: Stack) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module", params=["thread", "process"])
-def running(request, tmp_path_factory):
+def running(request, tmp_path_factory, on_session_bus):
     out = tmp_path_factory.mktemp("out")
     folder = tmp_path_factory.mktemp("endpoints")
     (folder / "ticks.py").write_text(TIMERS.format(out=str(out)))
     config = {"execution": {"mode": request.param, "workers": 2, "call_timeout": 4},
               "server": {"graceful_timeout": 30}}
-    with Stack([folder], config, workdir=tmp_path_factory.mktemp("stack")) as stack:
+    with Stack([folder], config, workdir=tmp_path_factory.mktemp("stack"), **on_session_bus) as stack:
         yield request.param, stack, out, folder
 
 

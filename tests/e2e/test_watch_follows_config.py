@@ -33,12 +33,19 @@ def save(path, text):
 
 
 def save_until(path, text, seen) -> None:
-    """Save ``path`` again every 2 s until ``seen()``: a watch starts a moment after it is announced."""
-    wait_for(lambda: save(path, text) or seen(), f"the save of {path.name} to be seen", interval=2.0)
+    """Save ``path`` again every 2 s until ``seen()``: a watch starts a moment after it is announced.
+    ``seen()`` is asked before each save, so no save follows the one that was seen at once."""
+    wait_for(lambda: seen() or save(path, text), f"the save of {path.name} to be seen", interval=2.0)
+
+
+def reloads_ended(log: str) -> bool:
+    """Every reload a save started in ``log`` has ended."""
+    return log.count("endpoint files saved") == log.count("reloaded endpoints")
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
-def test_the_watch_follows_the_configuration_as_the_readme_walks_through_it(tmp_path, monkeypatch, mode):
+def test_the_watch_follows_the_configuration_as_the_readme_walks_through_it(tmp_path, monkeypatch, mode,
+                                                                            on_session_bus):
     etc, methods, elsewhere = tmp_path / "etc", tmp_path / "methods", tmp_path / "elsewhere"
     for folder in (etc, methods, elsewhere):
         folder.mkdir()
@@ -46,7 +53,7 @@ def test_the_watch_follows_the_configuration_as_the_readme_walks_through_it(tmp_
     source = methods / "ep.py"
     source.write_text(VERSION.format(version="v1"))
     config = {"endpoints": {"watch": True, "directories": ""}, "execution": {"mode": mode, "workers": 1}}
-    with Stack(config=config, workdir=etc) as stack:
+    with Stack(config=config, workdir=etc, **on_session_bus) as stack:
         call = stack.ipsc.call
         assert "nothing to watch until a reload adds a folder" in stack.server.output()
 
@@ -60,14 +67,18 @@ def test_the_watch_follows_the_configuration_as_the_readme_walks_through_it(tmp_
         wait_for(lambda: f"reloading on save of *.py and *.sql files in {methods}" in stack.server.output(),
                  "the watch on the folder the reload added")
 
+        mark = len(stack.server.output())
         save_until(source, VERSION.format(version="v2"), lambda: call("ep.version").get("result") == "v2")
+        # a save before the one seen may have started a reload too: it must not read the truncated file
+        wait_for(lambda: reloads_ended(stack.server.output()[mark:]), "the reloads the saves started")
 
         # an editor that truncates, then writes: the empty file is not loaded
-        reloads = stack.server.output().count("reloaded endpoints")
+        mark = len(stack.server.output())
         source.write_text("")
-        wait_for(lambda: "ep.py is empty" in stack.server.output(), "the empty file to be noticed")
-        assert stack.server.output().count("reloaded endpoints") == reloads
+        wait_for(lambda: "ep.py is empty" in stack.server.output()[mark:], "the empty file to be noticed")
         assert call("ep.version")["result"] == "v2"
+        log = stack.server.output()[mark:]
+        assert "endpoint files saved" not in log and "reloaded endpoints" not in log, log
         source.write_text(VERSION.format(version="v3"))
         wait_for(lambda: call("ep.version").get("result") == "v3", "the written file to be served")
 

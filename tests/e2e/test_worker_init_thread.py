@@ -122,19 +122,21 @@ def test_kit_answers_minus_32001_with_one_thread_too(crm):
 # ---------------------------------------------------------------------------- through a real bus
 
 @pytest.mark.parametrize("execution", ONE_THREAD, ids=_ids)
-def test_server_one_call_at_a_time_shares_worker_inits_thread(crm, tmp_path, execution):
+def test_server_one_call_at_a_time_shares_worker_inits_thread(crm, tmp_path, execution, on_session_bus):
     config = {"execution": {**execution, "worker_init": "crm_db:init"}}
-    with Stack([crm], config, workdir=tmp_path) as stack:
+    with Stack([crm], config, workdir=tmp_path, **on_session_bus) as stack:
         for _ in range(3):
             reply = stack.ipsc.call("crm.lookup", ["13800000000"])
             assert reply.get("result") == {"name": "Li Lei"}, reply
 
 
 @pytest.mark.parametrize("execution", SEVERAL_THREADS, ids=_ids)
-def test_server_methods_on_several_threads_do_not_share_worker_inits(crm, tmp_path, execution):
+def test_server_methods_on_several_threads_do_not_share_worker_inits(crm, tmp_path, execution,
+                                                                    on_session_bus):
     config = {"execution": {**execution, "worker_init": "crm_db:init"}, "server": {"expose_tracebacks": True}}
     config["execution"]["workers"] = execution.get("workers", 1)  # process mode: both calls in one worker
-    with Stack([crm], config, workdir=tmp_path) as stack, concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with Stack([crm], config, workdir=tmp_path, **on_session_bus) as stack, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
         # two calls at once run on two threads: at least one is not worker_init's
         replies = list(pool.map(lambda _: stack.ipsc.call("crm.lookup_together", ["13800000000"]), range(2)))
         errors = [r["error"] for r in replies if "error" in r]
