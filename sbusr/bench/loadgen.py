@@ -77,7 +77,17 @@ class Phase:
         self.lat_us: list[int] = []
         self.ok = self.errors = self.send_errors = self.late = self.early = self.sent = 0
         self.error_codes: dict[str, int] = {}  # why the error replies came (busy, timeout ...)
+        # the open loop's schedule still has slots to send: a tick that a busy loop runs after the
+        # window still sends the slots due before its end, so an empty ``inflight`` is not yet the end
+        self.scheduled = self.rate > 0
         self.done: asyncio.Future[None] | None = None
+
+    def finish_if_drained(self, now: float) -> None:
+        """Resolve ``done`` once no request can be sent any more and every one sent is answered."""
+        if now < self.window_end or self.scheduled or self.inflight:
+            return
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
 
 
 class LoadGen:
@@ -132,11 +142,9 @@ class LoadGen:
             phase.late += 1
         else:
             phase.early += 1  # answered during the warm-up: not measured, but accounted for
-        if now < phase.window_end:
-            if not phase.rate:
-                self._send(phase)  # closed loop: this caller's next request
-        elif not phase.inflight and phase.done is not None and not phase.done.done():
-            phase.done.set_result(None)
+        if now < phase.window_end and not phase.rate:
+            self._send(phase)  # closed loop: this caller's next request
+        phase.finish_if_drained(now)
 
     # ------------------------------------------------------------------ commands
     async def probe(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -177,8 +185,10 @@ class LoadGen:
         else:
             for _ in range(phase.callers):
                 self._send(phase)
-        await asyncio.sleep(max(0.0, phase.window_end - _perf()))
-        if phase.inflight:
+        while _perf() < phase.window_end:  # a timer may fire a hair early
+            await asyncio.sleep(phase.window_end - _perf())
+        phase.finish_if_drained(_perf())
+        if not phase.done.done():
             try:
                 await asyncio.wait_for(asyncio.shield(phase.done), float(spec.get("drain", 5.0)))
             except TimeoutError:
@@ -199,6 +209,9 @@ class LoadGen:
             due += interval
         if due < phase.window_end:
             loop.call_later(due - now, self._tick, phase, loop, due)
+        else:
+            phase.scheduled = False
+            phase.finish_if_drained(now)
 
 
 async def _serve(gen: LoadGen) -> None:
