@@ -68,23 +68,29 @@ class Background:
                           conf.spooler.directory, exc)
         if self.spooler is not None:  # .spool() in this process and in every worker stores jobs there
             os.environ[DIRECTORY_ENV] = self.spooler.store.directory
+        self._report_state()
         self._reload = reload
         self.watcher: ReloadOnSave | None = None
         self._halted = False
         self._conn: BusConnection | None = None
 
-    def start(self, registry: Any) -> None:
-        """Call once the RPCServer serves (a tick is a request to it)."""
+    def _report_state(self) -> None:
+        """``sys.spool`` and ``sys.timers`` answer from the moment the server can be called, even
+        before start(): a caller that sees the server join the bus gets figures, never an error."""
         if self.spooler is not None:
-            self.spooler.start()
             system.set_report("spool", self.spooler.describe)
         else:
             system.set_report("spool", lambda: {"directory": None, "active": False, "queued": 0,
                                                 "running": 0, "failed": 0})
+        system.set_report("timers", self.scheduler.describe)
+
+    def start(self, registry: Any) -> None:
+        """Call once the RPCServer serves (a tick is a request to it)."""
+        if self.spooler is not None:
+            self.spooler.start()
         self._conn = BusConnection.acquire(self.conf, self.identity, connect=False)  # the server connects it
         self.scheduler.update(schedule.find_timers(registry.modules))
         self.scheduler.start()
-        system.set_report("timers", self.scheduler.describe)
         if self.conf.endpoints.watch:
             self.watcher = ReloadOnSave(self._watched_folders(), self._reload)
             self.watcher.start()

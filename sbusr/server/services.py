@@ -195,9 +195,9 @@ class ProcessService:
             self.metrics.set_methods(methods)
             LOG.info("sbusr-server %s serving %d methods in %d worker processes: %s", self.address,
                      len(methods), self.conf.execution.workers, ", ".join(methods))
-            ready.mark("serving", address=self.address, methods=len(methods))
             self.master.connect()  # registers in the background: the bus may be unreachable for now
             self.background.start(timers)
+            ready.mark("serving", address=self.address, methods=len(methods))
 
     def _timer_registry(self) -> dispatch.Registry:
         """Timers are found in the endpoint modules: the master loads them for that alone (it never
