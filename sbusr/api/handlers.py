@@ -19,7 +19,7 @@ import tornado.web
 
 from sbusr import metrics
 from sbusr.api.bus import BusApi, ipsc_peers
-from sbusr.api.errors import ApiError
+from sbusr.api.errors import ApiError, asking_server
 from sbusr.api.requests import parse_flag, parse_flow_request
 from sbusr.smartbus import codec
 from sbusr.smartbus.interface import BusError, FlowOutcomeUnknown, NotConnected
@@ -172,17 +172,8 @@ class ResetHandler(BodyHandler):
     """GET or POST /sys/reset: make sbusr-server reload its endpoints; answers once it is done."""
 
     async def get(self) -> None:
-        try:
+        with asking_server(self.api.server, "failed to reload"):
             reloaded = await self.api.reload()
-        except RemoteError as exc:
-            raise ApiError(502, f"sbusr-server {self.api.server} failed to reload: {exc.rpc_message}",
-                           rpc_code=exc.code, data=exc.data) from None
-        except oslo_messaging.MessagingTimeout as exc:
-            raise ApiError(504, str(exc)) from None
-        except NotConnected as exc:
-            raise ApiError(503, f"not connected to the SmartBus: {exc}") from None
-        except (BusError, codec.CodecError) as exc:
-            raise ApiError(502, f"could not reach sbusr-server {self.api.server}: {exc}") from None
         LOG.info("sbusr-server %s reloaded its endpoints", self.api.server)
         self.reply({"server": self.api.server, "reloaded": reloaded})
 

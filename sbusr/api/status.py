@@ -19,15 +19,12 @@ import time
 import urllib.parse
 from typing import Any
 
-import oslo_messaging
 import tornado.web
 
 import sbusr
 from sbusr.api.bus import ipsc_peers
-from sbusr.api.errors import ApiError
+from sbusr.api.errors import ApiError, asking_server
 from sbusr.api.handlers import BaseHandler, BodyHandler
-from sbusr.smartbus import codec
-from sbusr.smartbus.interface import BusError, NotConnected
 from sbusr.transport.senders import RemoteError
 
 #: the status page's login cookie (a signed "logged in", never the token)
@@ -155,17 +152,8 @@ class MethodsHandler(StatusHandler):
     login_required = "a valid bearer token is required (Authorization: Bearer <token>)"
 
     async def get(self) -> None:
-        try:
+        with asking_server(self.api.server, "answered rpc.discover with an error"):
             document = await self.api.methods()
-        except RemoteError as exc:
-            raise ApiError(502, f"sbusr-server {self.api.server} answered rpc.discover with an error: "
-                           f"{exc.rpc_message}", rpc_code=exc.code) from None
-        except oslo_messaging.MessagingTimeout as exc:
-            raise ApiError(504, str(exc)) from None
-        except NotConnected as exc:
-            raise ApiError(503, f"not connected to the SmartBus: {exc}") from None
-        except (BusError, codec.CodecError) as exc:
-            raise ApiError(502, f"could not reach sbusr-server {self.api.server}: {exc}") from None
         self.reply(document)
 
 
