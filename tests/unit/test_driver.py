@@ -23,24 +23,11 @@ from sbusr.transport.connection import ReplyTimeout
 from sbusr.transport.flows import FlowRejected, FlowStarted
 from sbusr.transport.peers import Peer
 from sbusr.transport.senders import RemoteError
-
-CALLER = Address(0, 3, codec.CLIENT_TYPE_IPSC)
-
-
-class RecordingConnection:
-    """Stands in for BusConnection: records the replies the driver sends."""
-
-    def __init__(self) -> None:
-        self.replies: list[tuple[Address, str, bytes]] = []
-
-    def send_reply(self, to: Address, title: str, body: bytes) -> None:
-        self.replies.append((to, title, body))
+from tests.helpers.recording import CALLER, RecordingConnection, default_conf
 
 
 def make_driver() -> tuple[SmartBusDriver, RecordingConnection]:
-    conf = cfg.ConfigOpts()
-    opts.register_opts(conf)
-    conf([], default_config_files=[])
+    conf = default_conf()
     driver = SmartBusDriver(conf, oslo_messaging.TransportURL.parse(conf, "smartbus://127.0.0.1:1/"))
     conn = RecordingConnection()
     driver._connection = conn  # never connect: the request path only needs send_reply

@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import json
 
-from oslo_config import cfg
-
-from sbusr import opts
 from sbusr.jsonrpc.errors import SERVER_BUSY, WorkerCrashed
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address
 from sbusr.transport.exchange import Exchange
 from sbusr.transport.replies import Phase, Replies
-
-CALLER = Address(0, 3, codec.CLIENT_TYPE_IPSC)
-
-
-class RecordingConnection:
-    """Stands in for BusConnection: records the replies sent on it."""
-
-    def __init__(self) -> None:
-        self.replies: list[tuple[Address, str, bytes]] = []
-
-    def send_reply(self, to: Address, title: str, body: bytes) -> None:
-        self.replies.append((to, title, body))
+from tests.helpers.recording import CALLER, RecordingConnection, default_conf
 
 
 def make_replies() -> tuple[Replies, RecordingConnection]:
-    conf = cfg.ConfigOpts()
-    opts.register_opts(conf)
-    conf([], default_config_files=[])
+    conf = default_conf()
     conn = RecordingConnection()
     return Replies(conf, "gbk", lambda: conn), conn  # type: ignore[arg-type,return-value]
 
