@@ -3,12 +3,15 @@
 watchfiles (inotify through Rust's notify crate) reports changes to the ``[endpoints] directories``
 (``*.py``) and the ``[sql] directories`` (``*.sql``) as the loader resolves them (a relative folder
 is relative to its config file); a reload that changes the folders moves the watch
-(:meth:`ReloadOnSave.watch`). Changes are grouped until the folders have been quiet for
-:data:`QUIET_MS`, so an editor's several writes make one reload. A saved file that is empty (an
-editor that truncates, then writes) is skipped until its content arrives; each other saved file is
-first test-loaded (:func:`sbusr.dispatch.check_source`): a file that does not import is reported
-with one ERROR (with its traceback) and nothing is reloaded, so the previous code keeps serving; the
-next save that imports reloads. The reload itself is the server's own (the one SIGHUP runs).
+(:meth:`ReloadOnSave.watch`). The folders are watched before :meth:`ReloadOnSave.start` returns, so a
+save made as soon as the server reports ready is seen (watchfiles' documented Rust backend is used
+directly because its ``watch()`` generator only starts watching once it is first iterated).
+Changes are grouped until the folders have been quiet for :data:`QUIET_MS`, so an editor's several
+writes make one reload. A saved file that is empty (an editor that truncates, then writes) is
+skipped until its content arrives; each other saved file is first test-loaded
+(:func:`sbusr.dispatch.check_source`): a file that does not import is reported with one ERROR (with
+its traceback) and nothing is reloaded, so the previous code keeps serving; the next save that
+imports reloads. The reload itself is the server's own (the one SIGHUP runs).
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ class ReloadOnSave:
         # events of this thread alone: one stopped from inside (by the reload it ran) ends on its own
         self._stop, self._moved = threading.Event(), threading.Event()
         self._say_what_is_watched()
-        self._thread = threading.Thread(target=self._run, args=(self._stop, self._moved), name="sbusr-watch",
-                                        daemon=True)
+        first = self._open_watch()
+        self._thread = threading.Thread(target=self._run, args=(first, self._stop, self._moved),
+                                        name="sbusr-watch", daemon=True)
         self._thread.start()
 
     def watch(self, folders: Iterable[str]) -> None:
@@ -89,25 +93,42 @@ class ReloadOnSave:
                         ", ".join(missing), "does" if len(missing) == 1 else "do",
                         "it is" if len(missing) == 1 else "they are")
 
-    def _run(self, stop: threading.Event, moved: threading.Event) -> None:
-        import watchfiles
+    def _open_watch(self) -> Any:
+        """A watch on the folders that exist, established now (None when none exists)."""
+        from watchfiles._rust_notify import RustNotify
 
-        while not stop.is_set():
-            moved.clear()
-            folders = sorted(f for f in self.folders if os.path.isdir(f))
-            if not folders:
-                moved.wait()
-                continue
-            try:
-                for changes in watchfiles.watch(*folders, debounce=MAX_GROUP_MS, step=QUIET_MS,
-                                                stop_event=moved, recursive=False, raise_interrupt=False):
-                    paths = sorted({os.path.abspath(p) for _change, p in changes})
-                    relevant = [p for p in paths if _is_endpoint_file(p, self.folders)]
-                    if relevant and not stop.is_set():
-                        self.changed(relevant)
-            except Exception:
-                LOG.exception("watching the endpoint files failed; reload on save is off")
+        folders = sorted(f for f in self.folders if os.path.isdir(f))
+        if not folders:
+            return None
+        return RustNotify(folders, False, False, QUIET_MS, False, False)
+
+    def _run(self, watch: Any, stop: threading.Event, moved: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                if watch is None:
+                    moved.wait()
+                else:
+                    with watch:
+                        self._serve(watch, stop, moved)
+                if stop.is_set():
+                    return
+                moved.clear()
+                watch = self._open_watch()
+        except Exception:
+            LOG.exception("watching the endpoint files failed; reload on save is off")
+
+    def _serve(self, watch: Any, stop: threading.Event, moved: threading.Event) -> None:
+        """Reload on the changes ``watch`` reports until the folders move or the watcher stops."""
+        while not moved.is_set():
+            changes = watch.watch(MAX_GROUP_MS, QUIET_MS, 5000, moved)
+            if changes == "stop":
                 return
+            if not isinstance(changes, set):  # "timeout" or "signal": nothing changed
+                continue
+            paths = sorted({os.path.abspath(p) for _change, p in changes})
+            relevant = [p for p in paths if _is_endpoint_file(p, self.folders)]
+            if relevant and not stop.is_set():
+                self.changed(relevant)
 
     def changed(self, paths: list[str]) -> bool:
         """React to saved ``paths``: reload unless one of them does not import; True if reloaded."""
