@@ -88,11 +88,11 @@ class Responder:
         self._started = recorder.request_received(size) if recorder is not None else 0.0
 
     def fill(self, slot: int, response: dict[str, Any], method: str = metrics.UNKNOWN_METHOD) -> None:
-        recorder = self._recorder
         if not self._batch:
-            sent = self._send(response)
-            if recorder is not None:
-                self._record(recorder, method, sent)
+            body, counted = self._encode(response)
+            if self._recorder is not None:
+                self._record(self._recorder, method, counted)
+            self._send(body)
             return
         with self._lock:
             self._slots[slot] = response
@@ -102,10 +102,11 @@ class Responder:
         if done:
             answers = [r for r in self._slots if r is not None]
             if answers:
-                sent = self._send(answers)
-                if recorder is not None:
-                    for name, answer in zip(self._methods, sent, strict=True):
-                        self._record(recorder, name, answer)
+                body, counted = self._encode(answers)
+                if self._recorder is not None:
+                    for name, answer in zip(self._methods, counted, strict=True):
+                        self._record(self._recorder, name, answer)
+                self._send(body)
 
     def _record(self, recorder: metrics.RequestMetrics, method: str, response: dict[str, Any]) -> None:
         error = response.get("error")
@@ -115,8 +116,12 @@ class Responder:
             caller = f"{self._to.unit}:{self._to.client}"
             recorder.request_done(method, error.get("code"), self._started, caller, error.get("message"))
 
-    def _send(self, response: Any) -> Any:
-        """Send ``response`` (or, when too large, the error that replaces it); returns what was sent."""
+    def _encode(self, response: Any) -> tuple[bytes, Any]:
+        """The reply's bytes (or, when too large, the error's that replaces it) and what they answer.
+
+        Replies are counted before they are sent, so whatever a caller has been answered is already
+        in ``sys.stats`` and the metrics when it asks next.
+        """
         body = dumps(response, self._decimal_as)
         if len(body) > codec.MAX_NOTIFY_PARAM:
             LOG.warning("reply %r to %s is %d bytes; a NOTIFY carries at most %d: answering -32603",
@@ -124,12 +129,14 @@ class Responder:
             body = too_large(response, len(body))
             too_big = error_response(None, INTERNAL_ERROR, "response too large")
             response = ([{**too_big, "id": r.get("id")} for r in response] if isinstance(response, list)
-                        else {**too_big, "id": response.get("id")})  # what the metrics count
+                        else {**too_big, "id": response.get("id")})
+        return body, response
+
+    def _send(self, body: bytes) -> None:
         try:
             self._exchange.send_reply(self._to, self._title, body)
         except (BusError, codec.CodecError) as exc:
             LOG.error("could not send reply %r to %s: %s", self._title, self._to, exc)
-        return response
 
 
 def too_large(response: dict[str, Any] | list[dict[str, Any]], size: int) -> bytes:

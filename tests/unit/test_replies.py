@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+from prometheus_client import CollectorRegistry
+
 from sbusr.jsonrpc.errors import SERVER_BUSY, WorkerCrashed
+from sbusr.metrics.requests import RequestMetrics
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Address
 from sbusr.transport.exchange import Exchange
-from sbusr.transport.replies import Phase, Replies
+from sbusr.transport.replies import Phase, Replies, Responder
 from tests.helpers.recording import CALLER, RecordingConnection, default_conf
 
 
@@ -61,3 +64,29 @@ def test_idle_answers_follow_the_phase():
     replies.answer_idle(packet(b'{"jsonrpc": "2.0", "id": 2, "method": "m"}'))
     assert [json.loads(raw)["error"]["message"] for _, _, raw in conn.replies] == [
         "server is starting", "server is shutting down"]
+
+
+class CountingOnSend(RecordingConnection):
+    """Notes what the metrics held at the moment each reply was sent."""
+
+    def __init__(self, recorder: RequestMetrics) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.counted_at_send: list[int] = []
+
+    def send_reply(self, to: Address, title: str, body: bytes) -> None:
+        self.counted_at_send.append(self.recorder.snapshot()["calls"])
+        super().send_reply(to, title, body)
+
+
+def test_a_reply_is_counted_before_it_is_sent():
+    """A caller that asks sys.stats right after its answer finds its call counted."""
+    recorder = RequestMetrics(CollectorRegistry())
+    conn = CountingOnSend(recorder)
+    single = Responder(Exchange(conn), CALLER, "1", batch=False, size=1, recorder=recorder)  # type: ignore[arg-type]
+    single.fill(0, {"jsonrpc": "2.0", "id": 1, "result": 3}, "add")
+    batch = Responder(Exchange(conn), CALLER, "a", batch=True, size=2, recorder=recorder)  # type: ignore[arg-type]
+    batch.fill(0, {"jsonrpc": "2.0", "id": "a", "result": 1}, "add")
+    batch.fill(1, {"jsonrpc": "2.0", "id": "b", "error": {"code": -32602, "message": "bad"}}, "add")
+    assert conn.counted_at_send == [1, 3]
+    assert [title for _, title, _ in conn.replies] == ["1", "a"]
