@@ -41,9 +41,9 @@ class Standby:
         now = self._clock()
         if self.since is None:
             self.since, self._reported, self._refused = now, now, 0
-            ready.event("standby", after=frozenset({"serving"}))
             LOG.warning("SmartBus %s: identity %s is taken by another process; standing by and retrying "
                         "every %g s (hot standby)", self.where, self.address, STANDBY_RETRY)
+            ready.event("standby", after=frozenset({"serving"}))  # after the line: a reader finds it
             return
         self._refused += 1
         if now - self._reported >= STANDBY_SUMMARY_INTERVAL:
