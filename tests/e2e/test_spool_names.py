@@ -168,7 +168,9 @@ def test_a_job_whose_function_is_gone_waits_with_one_warning_until_it_is_back(sp
     wait_for(marked, "the job to be marked as waiting for its function")
     add(stack, "record", n="after-gone")  # the queue does not stall behind it
     wait_for(lambda: "after-gone" in lines(out / "record"), "the next job")
-    assert [j["id"] for j in queued_jobs(spool_dir) if j["id"] not in earlier] == [job_id]
+    # each spooler process looks at the job once (moving it to running/ and back) before it skips it
+    wait_for(lambda: [j["id"] for j in queued_jobs(spool_dir) if j["id"] not in earlier] == [job_id],
+             "the job to stay queued, alone")
     assert not list((spool_dir / "failed").iterdir())
     with open(folder / "jobs.py", "a") as fh:
         fh.write(COMEBACK)
