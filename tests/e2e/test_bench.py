@@ -42,8 +42,8 @@ def _assert_every_request_accounted_for(row: dict) -> None:
 def test_short_run_reports_every_phase_with_answered_calls():
     # a generous drain: on a busy machine replies can trail the window by seconds, and a reply that
     # comes is not an error; what must hold is that every request is answered or explained
-    cmd = [sys.executable, "-m", "sbusr.bench", "--duration", "1", "--warmup", "0.2", "--drain", "60",
-           "--concurrency", "1,2", "--cost-calls", "400", "--json", "-"]
+    cmd = [sys.executable, "-m", "sbusr.bench", "--duration", "0.5", "--warmup", "0.1", "--drain", "60",
+           "--concurrency", "1,2", "--cost-calls", "200", "--json", "-"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -84,7 +84,7 @@ def test_short_run_reports_every_phase_with_answered_calls():
     _assert_every_request_accounted_for(ol)
     assert "calls/s" in done.stderr  # the table goes to stderr when JSON goes to stdout
     cost = result["cost"]
-    assert cost["calls"] == 400 and cost["executor_pool_size"] >= 1
+    assert cost["calls"] == 200 and cost["executor_pool_size"] >= 1
     steps = ("parse_us", "rpcserver_us", "executor_hop_us", "metrics_us", "total_us", "total_calls_per_s")
     for step in steps:
         assert cost[step] > 0, (step, cost)

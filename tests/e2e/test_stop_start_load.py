@@ -32,7 +32,7 @@ from tests.helpers.server import SERVER_UNIT, ServerProcess, write_config
 WAIT = 60.0  # generous bound for "soon" on a loaded machine
 GRACEFUL = 3  # [server] graceful_timeout of these servers
 MODES = ["thread", "process"]
-STOP_CYCLES = 4  # per mode
+STOP_CYCLES = 2  # per mode
 
 ENDPOINT = textwrap.dedent('''
     import oslo_messaging
