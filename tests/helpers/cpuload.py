@@ -1,5 +1,6 @@
-"""CPU load a test makes itself: busy-loop processes, one more than there are cores, so start and
-stop edges are exercised on a machine that is busier than the server can keep up with."""
+"""CPU load a test makes itself: one busy-loop process per core (as CI runs beside the suite), so
+with the server's own threads and the test's callers the machine has more to run than it has cores
+and start and stop edges are exercised on a machine busier than the server can keep up with."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ BUSY_LOOP = "while True:\n    pass\n"
 
 
 @contextmanager
-def busy_cpus(extra: int = 1) -> Iterator[list[subprocess.Popen[bytes]]]:
+def busy_cpus(extra: int = 0) -> Iterator[list[subprocess.Popen[bytes]]]:
     """``os.cpu_count() + extra`` busy loops for the duration of the block; killed at its end."""
     loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], stdin=subprocess.DEVNULL,
                               preexec_fn=die_with_parent(os.getpid()))
