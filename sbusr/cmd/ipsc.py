@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sbusr.smartbus import codec
+from sbusr.smartbus import codec, flow_messages
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
 from sbusr.smartbus.native.threaded import ThreadedClient
@@ -147,7 +147,7 @@ def serve(args: argparse.Namespace) -> int:
         if packet.cmdtype != codec.CMDTYPE_SYSTEM or packet.cmd != codec.CMD_CALL_FLOW:
             return
         try:
-            flow = codec.decode_call_flow(packet.body)
+            flow = flow_messages.decode_call_flow(packet.body)
         except codec.CodecError as exc:
             print(f"sbusr-ipsc: bad CALL_FLOW ignored: {exc}", file=sys.stderr)
             return

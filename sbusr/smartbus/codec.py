@@ -7,7 +7,8 @@ clients can drop a bad peer without guessing which exception to catch.
 Fixed-size name fields (project, flow, title, user, add_info ...) are text in a
 configurable legacy encoding (GBK by default, as the vendor wrapper uses).
 Variable payloads (notify param, flow parameters, ack message, flow result) stay
-``bytes`` so that callers decide how strictly to decode them.
+``bytes`` so that callers decide how strictly to decode them.  The remote-flow bodies
+live in :mod:`sbusr.smartbus.flow_messages`, built on the field helpers here.
 """
 
 from __future__ import annotations
@@ -77,9 +78,6 @@ _HEARTBEAT = struct.Struct("<iiqq")
 _GC_BODY = struct.Struct("<bbbbb256s")  # after the 20-byte inner header
 GLOBAL_CONNECT_SIZE: Final = HEADER_SIZE + _GC_BODY.size  # 281
 _NOTIFY_FIXED = struct.Struct("<B32sBii102si")  # 148
-_CALL_FLOW_FIXED = struct.Struct("<B32s32sBiii34s")  # 112
-_FLOW_ACK_FIXED = struct.Struct("<B32siiii")  # 49
-_FLOW_RET_FIXED = struct.Struct("<B32siii")  # 45
 
 _I8 = range(-128, 128)
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
@@ -367,7 +365,7 @@ class FrameDecoder:
 # --------------------------------------------------------------------------- strings
 
 
-def _fixed(text: str, size: int, encoding: str, field: str) -> bytes:
+def fixed_text(text: str, size: int, encoding: str, field: str) -> bytes:
     """Encode text into a NUL-padded char[size] that keeps a terminating NUL."""
     try:
         raw = text.encode(encoding)
@@ -385,29 +383,32 @@ def notify_title_problem(title: str, encoding: str = DEFAULT_ENCODING) -> str | 
     if not title:
         return "title is empty"
     try:
-        _fixed(title, MAX_NOTIFY_TITLE + 1, encoding, "title")
+        fixed_text(title, MAX_NOTIFY_TITLE + 1, encoding, "title")
     except CodecError as exc:
         return str(exc)
     return None
 
 
-def _cstr(raw: bytes) -> bytes:
+def c_string(raw: bytes) -> bytes:
+    """The bytes before the first NUL of a char[] field."""
     end = raw.find(b"\0")
     return raw if end < 0 else raw[:end]
 
 
-def _text(raw: bytes, encoding: str) -> str:
-    return _cstr(raw).decode(encoding, errors="replace")
+def text_of(raw: bytes, encoding: str) -> str:
+    """A char[] name field as text; undecodable bytes become U+FFFD rather than failing a packet."""
+    return c_string(raw).decode(encoding, errors="replace")
 
 
-def _payload(raw: bytes, field: str) -> bytes:
+def c_payload(raw: bytes, field: str) -> bytes:
     """Variable C-string payload; NULs inside cannot be represented on the wire."""
     if b"\0" in raw:
         raise CodecError(f"{field} contains a NUL byte")
     return raw
 
 
-def _need(body: bytes, size: int, what: str) -> None:
+def need_bytes(body: bytes, size: int, what: str) -> None:
+    """Refuse a body shorter than its fixed layout, naming the message."""
     if len(body) < size:
         raise CodecError(f"{what} body needs at least {size} bytes, got {len(body)}")
 
@@ -429,27 +430,27 @@ class Register:
 def encode_register(src: Address, msg: Register, encoding: str = DEFAULT_ENCODING) -> bytes:
     fixed = _REGISTER_FIXED.pack(
         msg.connect_index,
-        _fixed(msg.version, 20, "ascii", "version"),
-        _fixed(msg.user, 64, encoding, "user"),
-        _fixed(msg.password, 128, encoding, "password"),
+        fixed_text(msg.version, 20, "ascii", "version"),
+        fixed_text(msg.user, 64, encoding, "user"),
+        fixed_text(msg.password, 128, encoding, "password"),
         msg.pid,
-        _fixed(msg.add_info, 256, encoding, "add_info"),
+        fixed_text(msg.add_info, 256, encoding, "add_info"),
     )
     node = bytearray(NODE_SIZE)
     _NODE_HEAD.pack_into(node, 0, 1, 1, src.unit, msg.access_point, 1, b"", 0, b"", 0, 1)
     _NODE_CLI.pack_into(node, _NODE_HEAD.size, 1, 1, src.client, src.type,
-                        _fixed(msg.add_info, 256, encoding, "add_info"), b"", b"")
+                        fixed_text(msg.add_info, 256, encoding, "add_info"), b"", b"")
     return encode_packet(CMD_REGISTER, CMDTYPE_INTERNAL, src, Address(0, 0, 0), fixed + bytes(node))
 
 
 def decode_register(body: bytes, encoding: str = DEFAULT_ENCODING) -> Register:
-    _need(body, _REGISTER_FIXED.size, "REGISTER")
+    need_bytes(body, _REGISTER_FIXED.size, "REGISTER")
     idx, version, user, password, pid, add_info = _REGISTER_FIXED.unpack_from(body)
     ap = -1
     if len(body) >= _REGISTER_FIXED.size + 10:
         (ap,) = struct.unpack_from("<i", body, _REGISTER_FIXED.size + 6)
-    return Register(idx, _text(version, "ascii"), _text(user, encoding), _text(password, encoding),
-                    pid, _text(add_info, encoding), ap)
+    return Register(idx, text_of(version, "ascii"), text_of(user, encoding), text_of(password, encoding),
+                    pid, text_of(add_info, encoding), ap)
 
 
 def encode_register_ack(bus: Address, dst: Address, result: int) -> bytes:
@@ -458,7 +459,7 @@ def encode_register_ack(bus: Address, dst: Address, result: int) -> bytes:
 
 
 def decode_register_ack(body: bytes) -> int:
-    _need(body, 4, "REGISTER_ACK")
+    need_bytes(body, 4, "REGISTER_ACK")
     return struct.unpack_from("<i", body)[0]
 
 
@@ -481,7 +482,7 @@ def encode_heartbeat(src: Address, dst: Address, hb: Heartbeat, ack: bool = Fals
 def decode_heartbeat(body: bytes) -> Heartbeat:
     if len(body) >= _HEARTBEAT.size:
         return Heartbeat(*_HEARTBEAT.unpack_from(body))
-    _need(body, 4, "HEARTBEAT")
+    need_bytes(body, 4, "HEARTBEAT")
     return Heartbeat(struct.unpack_from("<i", body)[0])
 
 
@@ -513,7 +514,7 @@ def encode_global_connect(src: Address, dst: Address, event: GlobalConnect, repl
     inner = encode_header(cmd, CMDTYPE_SYSTEM, src, dst, GLOBAL_CONNECT_SIZE - HEADER_SIZE,
                           GLOBAL_CONNECT_SIZE)
     body = inner + _GC_BODY.pack(event.unit, event.client, event.type, event.access_point,
-                                 event.status, _fixed(event.add_info, 256, encoding, "add_info"))
+                                 event.status, fixed_text(event.add_info, 256, encoding, "add_info"))
     return encode_packet(cmd, CMDTYPE_SYSTEM, src, dst, body)
 
 
@@ -535,7 +536,7 @@ def decode_global_connect(body: bytes, encoding: str = DEFAULT_ENCODING) -> Glob
     if len(body) != GLOBAL_CONNECT_SIZE:  # the vendor library insists on exactly 281
         raise CodecError(f"GLOBAL_CONNECT body must be {GLOBAL_CONNECT_SIZE} bytes, got {len(body)}")
     unit, client, ctype, ap, status, add_info = _GC_BODY.unpack_from(body, HEADER_SIZE)
-    return GlobalConnect(unit, client, ctype, ap, status, _text(add_info, encoding))
+    return GlobalConnect(unit, client, ctype, ap, status, text_of(add_info, encoding))
 
 
 # --------------------------------------------------------------------------- notify
@@ -552,97 +553,21 @@ class Notify:
 
 
 def encode_notify(src: Address, dst: Address, msg: Notify, encoding: str = DEFAULT_ENCODING) -> bytes:
-    param = _payload(msg.param, "notify param")
+    param = c_payload(msg.param, "notify param")
     if len(param) > MAX_NOTIFY_PARAM:
         raise CodecError(f"notify param is {len(param)} bytes; at most {MAX_NOTIFY_PARAM} fit")
-    title = _fixed(msg.title, MAX_NOTIFY_TITLE + 1, encoding, "title")
-    fixed = _NOTIFY_FIXED.pack(CMD_NOTIFY, _fixed(msg.project, 32, encoding, "project"), msg.mode & 0xFF,
+    title = fixed_text(msg.title, MAX_NOTIFY_TITLE + 1, encoding, "title")
+    fixed = _NOTIFY_FIXED.pack(CMD_NOTIFY, fixed_text(msg.project, 32, encoding, "project"), msg.mode & 0xFF,
                                msg.invoke_id, msg.expires, title,
                                len(param))
     return encode_packet(CMD_NOTIFY, CMDTYPE_SYSTEM, src, dst, fixed + param + b"\0\0")
 
 
 def decode_notify(body: bytes, encoding: str = DEFAULT_ENCODING) -> Notify:
-    _need(body, _NOTIFY_FIXED.size, "NOTIFY")
+    need_bytes(body, _NOTIFY_FIXED.size, "NOTIFY")
     _, project, mode, invoke_id, expires, title, _len = _NOTIFY_FIXED.unpack_from(body)
-    return Notify(_text(project, encoding), _text(title, encoding), _cstr(body[_NOTIFY_FIXED.size:]),
+    return Notify(text_of(project, encoding), text_of(title, encoding), c_string(body[_NOTIFY_FIXED.size:]),
                   invoke_id, mode, expires)
-
-
-# --------------------------------------------------------------------------- remote flow
-
-
-@dataclass(frozen=True, slots=True)
-class CallFlow:
-    project: str
-    flow: str
-    params: bytes  # JSON array text by convention
-    invoke_id: int
-    mode: int = 0  # 0 = result expected, 1 = no result
-    event_ch: int = -1
-
-
-def encode_call_flow(src: Address, dst: Address, msg: CallFlow, encoding: str = DEFAULT_ENCODING) -> bytes:
-    params = _payload(msg.params, "flow params")
-    if len(params) > MAX_FLOW_PARAMS:
-        raise CodecError(f"flow params are {len(params)} bytes; at most {MAX_FLOW_PARAMS} fit")
-    fixed = _CALL_FLOW_FIXED.pack(CMD_CALL_FLOW, _fixed(msg.project, 32, encoding, "project"),
-                                  _fixed(msg.flow, 32, encoding, "flow"), msg.mode & 0xFF, msg.event_ch,
-                                  msg.invoke_id, len(params), b"")
-    return encode_packet(CMD_CALL_FLOW, CMDTYPE_SYSTEM, src, dst, fixed + params + b"\0\0")
-
-
-def decode_call_flow(body: bytes, encoding: str = DEFAULT_ENCODING) -> CallFlow:
-    _need(body, _CALL_FLOW_FIXED.size, "CALL_FLOW")
-    _, project, flow, mode, event_ch, invoke_id, _len, _tmp = _CALL_FLOW_FIXED.unpack_from(body)
-    return CallFlow(_text(project, encoding), _text(flow, encoding), _cstr(body[_CALL_FLOW_FIXED.size:]),
-                    invoke_id, mode, event_ch)
-
-
-@dataclass(frozen=True, slots=True)
-class FlowAck:
-    project: str
-    invoke_id: int
-    ack: int  # 1 = started, anything else = error code
-    msg: bytes = b""
-    invoker_ch: int = 0
-
-
-def encode_flow_ack(src: Address, dst: Address, msg: FlowAck, encoding: str = DEFAULT_ENCODING) -> bytes:
-    text = _payload(msg.msg, "ack message")
-    fixed = _FLOW_ACK_FIXED.pack(CMD_CALL_FLOW_ACK, _fixed(msg.project, 32, encoding, "project"),
-                                 msg.invoke_id, msg.invoker_ch, msg.ack, len(text) + 1)
-    tail = text + b"\0"
-    return encode_packet(CMD_CALL_FLOW_ACK, CMDTYPE_SYSTEM, src, dst, fixed + tail.ljust(2, b"\0"))
-
-
-def decode_flow_ack(body: bytes, encoding: str = DEFAULT_ENCODING) -> FlowAck:
-    _need(body, _FLOW_ACK_FIXED.size + 2, "CALL_FLOW_ACK")  # the vendor library wants datalen > 50
-    _, project, invoke_id, ch, ack, _len = _FLOW_ACK_FIXED.unpack_from(body)
-    return FlowAck(_text(project, encoding), invoke_id, ack, _cstr(body[_FLOW_ACK_FIXED.size:]), ch)
-
-
-@dataclass(frozen=True, slots=True)
-class FlowResult:
-    project: str
-    invoke_id: int
-    param: bytes  # JSON array text by convention
-    invoker_ch: int = 0
-
-
-def encode_flow_result(src: Address, dst: Address, msg: FlowResult,
-                       encoding: str = DEFAULT_ENCODING) -> bytes:
-    param = _payload(msg.param, "flow result")
-    fixed = _FLOW_RET_FIXED.pack(CMD_CALL_FLOW_RET, _fixed(msg.project, 32, encoding, "project"),
-                                 msg.invoke_id, msg.invoker_ch, len(param) + 1)
-    tail = param + b"\0"
-    return encode_packet(CMD_CALL_FLOW_RET, CMDTYPE_SYSTEM, src, dst, fixed + tail.ljust(2, b"\0"))
-
-
-def decode_flow_result(body: bytes, encoding: str = DEFAULT_ENCODING) -> FlowResult:
-    _need(body, _FLOW_RET_FIXED.size + 2, "CALL_FLOW_RET")  # the vendor library wants datalen > 46
-    _, project, invoke_id, ch, _len = _FLOW_RET_FIXED.unpack_from(body)
-    return FlowResult(_text(project, encoding), invoke_id, _cstr(body[_FLOW_RET_FIXED.size:]), ch)
 
 
 # --------------------------------------------------------------------------- plain packets

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sbusr.jsonrpc import errors, protocol
-from sbusr.smartbus import codec
+from sbusr.smartbus import codec, flow_messages
 from sbusr.smartbus.codec import Address, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers
 from sbusr.smartbus.native.threaded import ThreadedClient
@@ -25,7 +25,7 @@ START_TIMEOUT = 60.0  # returns as soon as ready; generous for a busy machine
 
 
 @dataclass(frozen=True, slots=True)
-class ReceivedCall(codec.CallFlow):
+class ReceivedCall(flow_messages.CallFlow):
     """A CALL_FLOW as received, with the address of the caller."""
 
     src: Address | None = None
@@ -71,7 +71,7 @@ class FakeIpsc:
         self.server = server
         self._ids = itertools.count(1)
         self.behaviours: dict[str, Behaviour] = {}
-        self.calls: list[codec.CallFlow] = []
+        self.calls: list[flow_messages.CallFlow] = []
         self.notifies: queue.Queue[codec.Notify] = queue.Queue()
         self._lock = threading.Lock()
         self._waiting: dict[str, concurrent.futures.Future[codec.Notify]] = {}
@@ -135,7 +135,7 @@ class FakeIpsc:
                 fut.set_result(notify)
 
     def _on_call_flow(self, packet: Packet) -> None:
-        msg = codec.decode_call_flow(packet.body, self.client.config.encoding)
+        msg = flow_messages.decode_call_flow(packet.body, self.client.config.encoding)
         call = ReceivedCall(msg.project, msg.flow, msg.params, msg.invoke_id, msg.mode, msg.event_ch,
                             src=packet.src)
         with self._lock:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sbusr.smartbus import codec
+from sbusr.smartbus import codec, flow_messages
 from sbusr.smartbus.bus import BusThread
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import BusError, ClientConfig, ClientHandlers, FlowTimeout, NotConnected
@@ -233,7 +233,7 @@ def flow_pair(bus, make_client):
     def serve(pkt: Packet) -> None:
         if (pkt.cmd, pkt.cmdtype) != (codec.CMD_CALL_FLOW, codec.CMDTYPE_SYSTEM):
             return
-        call = codec.decode_call_flow(pkt.body)
+        call = flow_messages.decode_call_flow(pkt.body)
         if call.flow == "ok":
             ipsc.send_flow_ack(pkt.src, call.project, call.invoke_id, 1, b"")
             ipsc.send_flow_result(pkt.src, call.project, call.invoke_id, b'["ok",1]')
@@ -257,8 +257,8 @@ def test_flow_ack_then_result(flow_pair):
     assert (ack.invoke_id, ack.ack, ack.message) == (inv.invoke_id, 1, "")
     assert ack.source == Address(IPSC_UNIT, 0, codec.CLIENT_TYPE_IPSC)
     assert inv.result is not None and inv.result.result(WAIT) == '["ok",1]'
-    call = codec.decode_call_flow(ri.of("packet")[0].body)
-    assert call == codec.CallFlow("Project1", "ok", params, inv.invoke_id, 0, -1)
+    call = flow_messages.decode_call_flow(ri.of("packet")[0].body)
+    assert call == flow_messages.CallFlow("Project1", "ok", params, inv.invoke_id, 0, -1)
     assert caller.client.pending_flows == 0
 
 
@@ -520,7 +520,7 @@ def test_async_api_sends_and_refuses_when_not_connected():
                 await until(lambda: len(seen) == 3)
                 assert seen[0].body == b"abc"
                 assert codec.decode_notify(seen[1].body).invoke_id == nid
-                assert codec.decode_flow_result(seen[2].body).param == b"[1]"
+                assert flow_messages.decode_flow_result(seen[2].body).param == b"[1]"
                 with pytest.raises(codec.CodecError):
                     await client.send_data(Address(21, 0, 19), 1, 0, b"cmdtype 0 is reserved")
             finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sbusr.smartbus import codec
+from sbusr.smartbus import codec, flow_messages
 from sbusr.smartbus.codec import Address, GlobalConnect, Packet
 from sbusr.smartbus.interface import ClientConfig, ClientHandlers
 from sbusr.testing.processes import BusProcess, free_port
@@ -256,13 +256,13 @@ def test_notify_vendor_to_native_ipsc_and_back(agents: Callable[..., VendorAgent
 # --------------------------------------------------------------------------- 5. flow
 
 
-def _answer_flows(ipsc: Any, rec: Recorder, count: int) -> list[codec.CallFlow]:
+def _answer_flows(ipsc: Any, rec: Recorder, count: int) -> list[flow_messages.CallFlow]:
     """IPSC role for ``count`` CALL_FLOWs: flow "ok" starts and returns, "err" fails, others stay silent."""
     calls = []
     pos = 0
     for _ in range(count):
         pkt, pos = rec.wait_pos("packet", lambda p: p.cmd == codec.CMD_CALL_FLOW, since=pos)
-        call = codec.decode_call_flow(pkt.body)
+        call = flow_messages.decode_call_flow(pkt.body)
         calls.append(call)
         if call.flow == "ok":
             ipsc.send_flow_ack(pkt.src, call.project, call.invoke_id, codec.FLOW_ACK_OK)
@@ -283,7 +283,7 @@ def test_flow_invocation_ack_result_error_and_timeout(agents: Callable[..., Vend
                     timeout_ms=1000)["rc"]
     assert ok >= 1 and err == ok + 1 and silent == ok + 2
     calls = _answer_flows(ipsc, rec, 3)
-    assert calls[0] == codec.CallFlow("Proj", "ok", '[1,"abc","中文"]'.encode(GBK), ok, 0, -1)
+    assert calls[0] == flow_messages.CallFlow("Proj", "ok", '[1,"abc","中文"]'.encode(GBK), ok, 0, -1)
 
     ack = a.wait_for(_is("flow_ack", invoke_id=ok))
     assert (ack["ack"], ack["msg"], ack["project"], _src(ack)) == (1, "", "Proj", (0, 0, 2))

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sbusr.smartbus import codec as c
+from sbusr.smartbus import flow_messages as fm
 
 A = c.Address
 CLIENT = A(20, 0, 19)
@@ -40,11 +41,11 @@ def test_captured_register_ack():
 
 
 def test_captured_flow_ack_and_result():
-    ack = c.decode_flow_ack(c.decode_packet(FLOW_ACK_OK).body)
+    ack = fm.decode_flow_ack(c.decode_packet(FLOW_ACK_OK).body)
     assert (ack.project, ack.invoke_id, ack.ack, ack.msg, ack.invoker_ch) == ("Project1", 1, 1, b"", 7)
     pkt = c.decode_packet(FLOW_RET)
     assert pkt.header.packet_size == 74 and pkt.header.datalen == 54
-    ret = c.decode_flow_result(pkt.body)
+    ret = fm.decode_flow_result(pkt.body)
     assert (ret.invoke_id, ret.param) == (1, b'["ok",1]')
 
 
@@ -61,8 +62,8 @@ def test_encodings_match_captured_sizes_and_headers():
     )
     assert notify[:12] == bytes.fromhex("155b0f011314000200000000")
     assert struct.unpack_from("<i", notify, 16)[0] == 167
-    flow = c.encode_call_flow(
-        CLIENT, IPSC, c.CallFlow("Project1", "Flow1", '[1,"abc","中文"]'.encode("gbk"), 1)
+    flow = fm.encode_call_flow(
+        CLIENT, IPSC, fm.CallFlow("Project1", "Flow1", '[1,"abc","中文"]'.encode("gbk"), 1)
     )
     assert struct.unpack_from("<i", flow, 16)[0] == 130
     assert flow[20 + 112 : 20 + 112 + 18] == b'[1,"abc","\xd6\xd0\xce\xc4"]\0\0'
@@ -102,11 +103,11 @@ def test_bad_packets_raise_codec_error(mutate, message):
 
 def test_truncated_bodies_and_bad_values():
     with pytest.raises(c.CodecError):
-        c.decode_flow_ack(b"\x0d" * 50)
+        fm.decode_flow_ack(b"\x0d" * 50)
     with pytest.raises(c.CodecError):
         c.decode_global_connect(b"\0" * 280)
     with pytest.raises(c.CodecError, match="at most 31"):
-        c.encode_call_flow(CLIENT, IPSC, c.CallFlow("P" * 32, "F", b"[]", 1))
+        fm.encode_call_flow(CLIENT, IPSC, fm.CallFlow("P" * 32, "F", b"[]", 1))
     with pytest.raises(c.CodecError, match="NUL"):
         c.encode_notify(CLIENT, IPSC, c.Notify("P", "T", b"a\0b"))
     with pytest.raises(c.CodecError, match="signed byte"):
@@ -151,16 +152,16 @@ def test_roundtrip_messages(src, dst, project, title, data, number, mode):
         mode,
         7,
     )
-    f = c.decode_call_flow(
-        c.decode_packet(c.encode_call_flow(src, dst, c.CallFlow(project, title, data, number))).body
+    f = fm.decode_call_flow(
+        c.decode_packet(fm.encode_call_flow(src, dst, fm.CallFlow(project, title, data, number))).body
     )
     assert (f.project, f.flow, f.params, f.invoke_id) == (project, title, data, number)
-    a = c.decode_flow_ack(
-        c.decode_packet(c.encode_flow_ack(src, dst, c.FlowAck(project, number, -3, data))).body
+    a = fm.decode_flow_ack(
+        c.decode_packet(fm.encode_flow_ack(src, dst, fm.FlowAck(project, number, -3, data))).body
     )
     assert (a.invoke_id, a.ack, a.msg) == (number, -3, data)
-    r = c.decode_flow_result(
-        c.decode_packet(c.encode_flow_result(src, dst, c.FlowResult(project, number, data))).body
+    r = fm.decode_flow_result(
+        c.decode_packet(fm.encode_flow_result(src, dst, fm.FlowResult(project, number, data))).body
     )
     assert r.param == data
     pkt = c.decode_packet(c.encode_data(src, dst, mode, 3, data))
@@ -187,9 +188,9 @@ def test_random_bytes_only_raise_codec_error(data):
         c.decode_heartbeat,
         c.decode_global_connect,
         c.decode_notify,
-        c.decode_call_flow,
-        c.decode_flow_ack,
-        c.decode_flow_result,
+        fm.decode_call_flow,
+        fm.decode_flow_ack,
+        fm.decode_flow_result,
     ]
     for fn in (c.decode_packet, *decoders):
         try:
@@ -205,7 +206,7 @@ def test_random_bytes_only_raise_codec_error(data):
 @given(st.binary(min_size=0, max_size=64))
 def test_random_bodies_behind_valid_headers(body):
     raw = c.encode_packet(c.CMD_CALL_FLOW_ACK, 1, CLIENT, IPSC, body)
-    for fn in (c.decode_flow_ack, c.decode_flow_result, c.decode_notify, c.decode_call_flow):
+    for fn in (fm.decode_flow_ack, fm.decode_flow_result, c.decode_notify, fm.decode_call_flow):
         try:
             fn(c.decode_packet(raw).body)
         except c.CodecError:

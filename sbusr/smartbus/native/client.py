@@ -35,8 +35,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sbusr.smartbus import codec
+from sbusr.smartbus import codec, flow_messages
 from sbusr.smartbus.codec import Address, Packet
+from sbusr.smartbus.flow_messages import CallFlow, FlowAck, FlowResult
 from sbusr.smartbus.flows import FlowTable
 from sbusr.smartbus.interface import (
     BusError,
@@ -430,7 +431,7 @@ class SmartBusClient:
 
     def _on_flow_ack(self, pkt: Packet) -> None:
         try:
-            msg = codec.decode_flow_ack(pkt.body, self._enc)
+            msg = flow_messages.decode_flow_ack(pkt.body, self._enc)
         except codec.CodecError as exc:
             BAD_PACKET_LOG.log((pkt.src, "flow ack"), "SmartBus: malformed flow ack from %s: %s", pkt.src,
                                exc)
@@ -440,7 +441,7 @@ class SmartBusClient:
 
     def _on_flow_ret(self, pkt: Packet) -> None:
         try:
-            msg = codec.decode_flow_result(pkt.body, self._enc)
+            msg = flow_messages.decode_flow_result(pkt.body, self._enc)
         except codec.CodecError as exc:
             BAD_PACKET_LOG.log((pkt.src, "flow result"), "SmartBus: malformed flow result from %s: %s",
                                pkt.src, exc)
@@ -469,12 +470,12 @@ class SmartBusClient:
         return invoke_id, codec.encode_notify(self.address, dst, msg, self._enc)
 
     def build_flow_ack(self, dst: Address, project: str, invoke_id: int, ack: int, msg: bytes) -> bytes:
-        return codec.encode_flow_ack(self.address, dst, codec.FlowAck(project, invoke_id, ack, msg),
-                                     self._enc)
+        return flow_messages.encode_flow_ack(self.address, dst, FlowAck(project, invoke_id, ack, msg),
+                                             self._enc)
 
     def build_flow_result(self, dst: Address, project: str, invoke_id: int, result: bytes) -> bytes:
-        return codec.encode_flow_result(self.address, dst, codec.FlowResult(project, invoke_id, result),
-                                        self._enc)
+        return flow_messages.encode_flow_result(self.address, dst, FlowResult(project, invoke_id, result),
+                                                self._enc)
 
     def build_flow(self, unit: int, client: int, project: str, flow: str, params: bytes,
                    want_result: bool) -> tuple[FlowInvocation, bytes]:
@@ -482,9 +483,9 @@ class SmartBusClient:
         if unit not in codec.IPSC_UNITS:
             raise BusError(f"flow target unit {unit} is not an IPSC unit (0..15)", codec.ERR_UNIT)
         invoke_id = next_flow_id()
-        msg = codec.CallFlow(project, flow, params, invoke_id, 0 if want_result else 1)
-        raw = codec.encode_call_flow(self.address, Address(unit, client, codec.CLIENT_TYPE_IPSC), msg,
-                                     self._enc)
+        msg = CallFlow(project, flow, params, invoke_id, 0 if want_result else 1)
+        raw = flow_messages.encode_call_flow(self.address, Address(unit, client, codec.CLIENT_TYPE_IPSC),
+                                             msg, self._enc)
         inv = FlowInvocation(invoke_id)
         if want_result:
             inv.result = concurrent.futures.Future()
