@@ -74,8 +74,19 @@ class ClientInfo:
         return Address(self.unit, self.client, self.type)
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP peer: frames its input and hands packets to the bus."""
+#: bytes one read may take from a socket (asyncio's own default for a plain Protocol)
+RECEIVE_BUFFER_SIZE = 256 * 1024
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One TCP peer: frames its input and hands packets to the bus.
+
+    Reads go into the bus's one receive buffer (asyncio fills it and reports the count in the same
+    callback, so connections never share it at the same time) and only the bytes read are copied
+    out. A plain Protocol would allocate a fresh 256 KiB object per read, and with the mmap
+    threshold the memory budget fixes (:func:`memory.map_big_buffers`) each of those is a mapping
+    made and unmade per packet.
+    """
 
     __slots__ = ("bus", "closed", "decoder", "info", "last_hb_ack", "last_rx", "owed", "peer", "src",
                  "transport")
@@ -99,6 +110,12 @@ class _Connection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
         self.bus._conns.add(self)
         LOG.debug("connection from %s", self.peer)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.bus._receive_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.bus._receive_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -183,6 +200,7 @@ class Bus:
         self._idle_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._conns: set[_Connection] = set()
+        self._receive_view = memoryview(bytearray(RECEIVE_BUFFER_SIZE))  # every connection reads into it
         self._by_addr: dict[tuple[int, int], _Connection] = {}
         self._by_unit: dict[int, dict[int, _Connection]] = {}
         self._log_absent = RateLimitedLog(LOG, logging.INFO, ABSENT_LOG_INTERVAL)

@@ -351,6 +351,24 @@ def test_big_packet_forwarded_whole(make_bus, peers):
     assert b.recv()[0].body == b"marker"
 
 
+def test_interleaved_reads_from_many_peers_stay_apart(make_bus, peers):
+    """Every connection's reads go through the bus's one receive buffer: bytes two peers send
+    in alternating pieces must still arrive as each sender's own packets, whole and in order."""
+    bus = make_bus(max_packet_size=4 * 1024 * 1024)
+    a, b, sink = registered(peers, bus, A(20, 0, 19), A(21, 0, 19), A(22, 0, 19))
+    from_a = [c.encode_data(a.addr, sink.addr, 1, 3, bytes([n]) * (300_000 + n)) for n in range(3)]
+    from_b = [c.encode_data(b.addr, sink.addr, 2, 3, bytes([100 + n]) * (7 + n)) for n in range(50)]
+    stream_a, stream_b = b"".join(from_a), b"".join(from_b)
+    piece_a, piece_b = 65_537, 97
+    for i in range(max(len(stream_a) // piece_a, len(stream_b) // piece_b) + 1):
+        a.send(stream_a[i * piece_a:(i + 1) * piece_a])
+        b.send(stream_b[i * piece_b:(i + 1) * piece_b])
+    got = [sink.recv()[1] for _ in range(len(from_a) + len(from_b))]
+    assert [raw for raw in got if raw in from_a] == from_a
+    assert [raw for raw in got if raw in from_b] == from_b
+    assert len(got) == len(from_a) + len(from_b)
+
+
 def test_unregistered_sender_dropped(bus, peers):
     a, b = registered(peers, bus, A(20, 0, 19), A(21, 0, 19))
     stranger = peers(bus.port)
