@@ -21,6 +21,10 @@ from sbusr.testing.processes import (
     free_port,
     write_config,
 )
+from sbusr.testing.waiting import wait_for
+
+#: seconds a new sbusr-api may take to hear from the IPSC stand-in (a busy machine is slow, not wrong)
+API_SEES_IPSC_TIMEOUT = 60.0
 
 
 class Stack:
@@ -105,11 +109,22 @@ class Stack:
         self.server = None
 
     def start_api(self, **api_options: Any) -> ApiProcess:
-        """sbusr-api on a free port, talking to this bus; ``api.start_flow(...)`` starts flows."""
+        """sbusr-api on a free port, talking to this bus; ``api.start_flow(...)`` starts flows.
+
+        Returns once the API lists the IPSC stand-in: a newcomer learns of the clients already on the
+        bus only from their replies to its arrival, which may come after the API says it is ready.
+        """
         client_id = self.identities.api_client() if self.identities is not None else len(self._apis) + 10
         api = ApiProcess(self.workdir, self.bus.port, client_id=client_id, api=api_options or None,
-                         server=self.server_address).start()
+                         server=self.server_address)
         self._apis.append(api)
+        api.start()
+        if self.ipsc is not None:
+            token = str(api_options.get("auth_token", ""))
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            wanted = {"unit": self.ipsc_unit, "client": self.ipsc_process}
+            wait_for(lambda: _lists(api, headers, wanted), f"sbusr-api to list the IPSC stand-in {wanted}",
+                     API_SEES_IPSC_TIMEOUT, interval=0.05)
         return api
 
     def stop(self) -> None:
@@ -130,3 +145,13 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _lists(api: ApiProcess, headers: dict[str, str], ipsc: dict[str, int]) -> bool:
+    """Whether ``GET /api/ipsc`` names ``ipsc`` (any answer but a 200 listing it is a no)."""
+    response = api.try_request("GET", "/api/ipsc", headers=headers)
+    if response is None or response.status != 200:
+        return False
+    listed = response.json().get("ipsc", [])
+    return any(isinstance(p, dict) and p.get("unit") == ipsc["unit"] and p.get("client") == ipsc["client"]
+               for p in listed)

@@ -205,3 +205,19 @@ def test_readme_testing_section_runs_as_written(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "5 passed" in done.stdout
+
+
+def test_start_api_returns_an_api_that_already_lists_the_ipsc_stand_in(tmp_path, on_session_bus):
+    """A newcomer hears of the clients already on the bus from their replies, which may trail the
+    API's ready event; the kit's start_api returns only when the stand-in is listed."""
+    from sbusr.testing import Stack
+
+    with Stack([], {}, workdir=tmp_path, **on_session_bus) as stack:
+        for token in ("", "s3cret"):
+            api = stack.start_api(**({"auth_token": token} if token else {}))
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            listed = api.request("GET", "/api/ipsc", headers=headers).json()["ipsc"]
+            assert (stack.ipsc_unit, stack.ipsc_process) in {(p["unit"], p["client"]) for p in listed}
+            response = api.start_flow("Project1", "Flow1", ["Hello"], wait=True, headers=headers)
+            assert response.status == 200, response.body
+            assert response.json()["result"] == ["ok"]
