@@ -37,7 +37,7 @@ typecheck: $(TEST_STAMP)
 TEST_WORKERS ?= 4
 
 test: lint typecheck
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(RUN_STAMP)
 	$(BIN)/sbusr-bench
