@@ -9,11 +9,10 @@ wrong, never a 500 from deeper down.
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 from sbusr.api.errors import ApiError
+from sbusr.jsonrpc import strict_json
 from sbusr.jsonrpc.encoding import dumps
 from sbusr.smartbus import codec
 
@@ -45,7 +44,7 @@ def parse_flow_request(raw: bytes, encoding: str, wait_flag: bool = False) -> di
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        body = strict_json.loads(text)
     except ValueError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
     except RecursionError:  # the C scanner's own depth limit; never a 500
@@ -100,18 +99,6 @@ def _int(body: dict[str, Any], field: str, low: int, high: int) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ApiError(400, f"'{field}' must be an integer {low}..{high} (or absent for a random IPSC)")
-    return value
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    """JSON numbers beyond a double (``1e999``) would reach the IPSC as null: refuse them."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:40]} is not a finite number")
     return value
 
 

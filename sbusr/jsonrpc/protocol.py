@@ -7,11 +7,12 @@ A request without a ``"jsonrpc"`` member is accepted (the original sbusr's docs 
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from sbusr.jsonrpc import strict_json
 from sbusr.jsonrpc.errors import (
     INVALID_REQUEST,
     MAX_QUOTED_NAME,
@@ -83,8 +84,10 @@ def is_dispatchable_name(method: str) -> bool:
 
 
 def valid_id(value: Any) -> bool:
-    return value is None or isinstance(value, str) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool))
+    """A string, a number a reply can carry, or null."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _parse_one(obj: Any) -> Call | dict | None:
@@ -125,7 +128,9 @@ def _log_dropped(method: str) -> None:
 def parse(text: str) -> Parsed:
     """Parse a JSON-RPC 2.0 request or batch; never raises for any input text."""
     try:
-        obj = json.loads(text)
+        obj = strict_json.loads(text)
+    except strict_json.Refused as exc:
+        return Parsed(False, [error_response(None, PARSE_ERROR, f"Parse error: {exc}")])
     except (ValueError, RecursionError, TypeError):
         return Parsed(False, [error_response(None, PARSE_ERROR, "Parse error")])
     if isinstance(obj, list):

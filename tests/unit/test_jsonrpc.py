@@ -7,6 +7,7 @@ import datetime
 import decimal
 import enum
 import json
+import math
 import pickle
 import uuid
 
@@ -64,6 +65,27 @@ def test_parse_notification_has_no_id_member():
 def test_parse_error_for_invalid_json():
     item = single('{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]')
     assert error_code(item) == errors.PARSE_ERROR and item["id"] is None
+
+
+@pytest.mark.parametrize("text, why", [
+    ('{"jsonrpc": "2.0", "id": 1e999, "method": "add"}', "1e999 is not a finite number"),
+    ('{"jsonrpc": "2.0", "id": 1, "method": "add", "params": [-2E+400]}', "-2E+400 is not a finite number"),
+    ('{"jsonrpc": "2.0", "id": Infinity, "method": "add"}', "Infinity is not JSON"),
+    ('{"jsonrpc": "2.0", "id": 1, "method": "add", "params": [NaN]}', "NaN is not JSON"),
+    ('[{"jsonrpc": "2.0", "id": 1, "method": "add", "params": {"x": -Infinity}}]', "-Infinity is not JSON"),
+])
+def test_parse_error_names_a_number_no_reply_could_carry(text, why):
+    item = single(text)
+    assert error_code(item) == errors.PARSE_ERROR and item["id"] is None
+    assert item["error"]["message"] == f"Parse error: {why}"
+    assert encoding.dumps(item)  # the error itself can be sent
+
+
+@pytest.mark.parametrize("bad_id", [math.inf, -math.inf, math.nan])
+def test_a_reply_to_an_id_json_cannot_carry_is_sent_with_id_null(bad_id):
+    assert not protocol.valid_id(bad_id)
+    sent = json.loads(encoding.dumps(protocol.error_response(bad_id, errors.INVALID_REQUEST, "x")))
+    assert sent["id"] is None and sent["error"]["code"] == errors.INTERNAL_ERROR
 
 
 @pytest.mark.parametrize("text", ['1', '"text"', 'null', 'true', '[]'])
