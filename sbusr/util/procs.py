@@ -60,6 +60,22 @@ def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> Callable[[], N
     return preexec
 
 
+def process_name() -> str:
+    """This process's name as ``ps -o comm`` shows it ("" off Linux)."""
+    try:
+        with open("/proc/self/comm", encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def set_process_name(name: str) -> None:
+    """Set the name ``ps -o comm`` and psutil's ``name()`` show (15 bytes at most; no-op off Linux)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/comm", "w", encoding="utf-8") as fh:
+            fh.write(name[:15])
+
+
 def terminate(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> int:
     """SIGTERM, wait up to ``timeout``, SIGKILL if it hangs; the exit code."""
     if proc.poll() is None:

@@ -15,6 +15,7 @@ child processes (workers, spoolers) never write to a descriptor they did not inh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,6 +51,13 @@ class _Notifier:
             return
         with self._lock:
             self._fd, self._program, self._missing = fd, program, set(needs)
+
+    def forget(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+            self._fd = None
 
     def mark(self, condition: str, fields: dict[str, Any]) -> None:
         with self._lock:
@@ -88,6 +96,12 @@ _NOTIFIER = _Notifier()
 def setup(program: str, needs: set[str] | frozenset[str] = frozenset({"started"})) -> None:
     """Called once by a program's main: notify ``ready`` once every condition in ``needs`` was marked."""
     _NOTIFIER.setup(program, set(needs))
+
+
+def forget() -> None:
+    """In a forked copy of the program (the process-mode fork server): close the descriptor, so
+    only the program itself notifies and its end closes the pipe."""
+    _NOTIFIER.forget()
 
 
 def mark(condition: str, **fields: Any) -> None:
