@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import oslo_messaging
 
 from sbusr import config
-from sbusr.cmd import common
-from sbusr.execution import hooks
+from sbusr.cmd import common, worker
+from sbusr.execution import forkserver, hooks
 from sbusr.jsonrpc.errors import RpcError
 from sbusr.server.services import ProcessService, ThreadService
 from sbusr.util import ready
@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_stop)
     conf = common.prepare(args, "sbusr-server", description=DESCRIPTION)
     ready.setup("sbusr-server", {"serving", "registered"})  # before any worker or spooler process starts
+    # while this process has one thread: the copy that forks the workers (it never returns here)
+    forks = forkserver.start(worker.main) if conf.execution.mode == "process" else None
     service: ThreadService | ProcessService | None = None
 
     def reload_entry() -> None:  # SIGHUP and reload on save run the same reload
@@ -57,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         reloader = config.Reloader(conf, "sbusr-server")
-        service = (ProcessService(conf, args, reload_entry, reloader) if conf.execution.mode == "process"
-                   else ThreadService(conf, reload_entry, reloader))
+        service = (ProcessService(conf, args, reload_entry, reloader, forks)
+                   if conf.execution.mode == "process" else ThreadService(conf, reload_entry, reloader))
     except oslo_messaging.InvalidTransportURL as exc:
         LOG.error("bad transport_url: %s", exc)
         return 2
@@ -77,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     guard.daemon = True
     guard.start()
     service.stop(graceful, f"signal {signals[0]}: stopping" if signals else None)
+    if forks is not None:
+        forks.close()
     guard.cancel()
     LOG.info("stopped")
     return common.finish(conf, outcome[0] if outcome else 0)

@@ -20,6 +20,7 @@ from oslo_config import cfg
 from sbusr import config, dispatch, metrics, opts
 from sbusr.endpoints import system
 from sbusr.execution import hooks, threads
+from sbusr.execution.forkserver import ForkServer
 from sbusr.jsonrpc.errors import SERVER_ERROR, RpcError
 from sbusr.server.background import Background
 from sbusr.smartbus import codec
@@ -152,7 +153,7 @@ class ProcessService:
     """Process mode: the master; workers run the RPCServer."""
 
     def __init__(self, conf: cfg.ConfigOpts, argv: Sequence[str], reload_entry: Any = None,
-                 config_reloader: config.Reloader | None = None) -> None:
+                 config_reloader: config.Reloader | None = None, forks: ForkServer | None = None) -> None:
         from sbusr.execution.master.relay import Master
         from sbusr.execution.recording import RecordingEvents
 
@@ -164,7 +165,7 @@ class ProcessService:
         # before the workers start: they inherit the environment it sets
         self.background = Background(conf, identity, reload_entry or self.reload)
         self.metrics = metrics.requests()
-        self.master = Master(conf, opts.transport_url(conf), argv, RecordingEvents(self.metrics))
+        self.master = Master(conf, opts.transport_url(conf), argv, RecordingEvents(self.metrics), forks)
         self.master.replies.metrics = self.metrics  # what the master answers itself is counted there
         self.metrics.sample_executor(self.master.stats)
         self._metrics_listener: metrics.MetricsListener | None = None

@@ -439,7 +439,7 @@ def test_sys_methods_answer_and_methods_run_in_workers(process_server, ipsc):
     assert "ep.info" in process_server.call(ipsc, "sys.methods")["result"]
     worker_pid = process_server.call(ipsc, "ep.info")["result"][1]
     assert worker_pid != process_server.proc.proc.pid
-    assert worker_pid in process_server.proc.children()
+    assert worker_pid in process_server.proc.workers()
 
 
 def test_worker_init_runs_once_in_every_worker(process_server, ipsc):

@@ -199,7 +199,7 @@ def test_a_replacement_that_cannot_boot_backs_off_while_the_others_serve(bus, tm
         mp.setenv("PYTHONPATH", _python_path(_hooks(tmp_path)))
         proc = ServerProcess(conf).start()
     try:
-        workers = proc.children()
+        workers = proc.workers()
         assert len(workers) == 2
         (tmp_path / "flag").touch()  # from now on a new worker cannot boot
         os.kill(workers[0], signal.SIGKILL)
@@ -214,7 +214,7 @@ def test_a_replacement_that_cannot_boot_backs_off_while_the_others_serve(bus, tm
             for i in range(4):  # the surviving worker answers everything
                 assert _call(ipsc, client, "echo", [i], f"s{i}")["result"] == {"mine": i}
             (tmp_path / "flag").unlink()  # boots work again: the next attempt replaces the dead worker
-            assert eventually(lambda: len(proc.children()) == 2, WAIT * 2), proc.output()
+            assert eventually(lambda: len(proc.workers()) == 2, WAIT * 2), proc.output()
         assert proc.proc.poll() is None
     finally:
         proc.stop()

@@ -207,18 +207,18 @@ def test_hot_standby_takes_over_when_the_first_server_leaves(ids, bus, tmp_path)
                 return ipsc.call_rpc(*server, {"jsonrpc": "2.0", "id": f"p{time.monotonic()}",
                                                "method": "edge.pid"}, timeout=WAIT)["result"]
 
-            assert pid_answer() in first.children()
+            assert pid_answer() in first.workers()
             first.signal(signal.SIGTERM)
             assert first.proc.wait(WAIT) == 0
             assert wait_for(notices.left.is_set), "no leave notice of the first server"
             assert wait_for(lambda: notices.present), f"the standby did not take over:\n{second.output()}"
-            assert pid_answer() in second.children(), second.output()
+            assert pid_answer() in second.workers(), second.output()
             assert "registered on SmartBus" in second.output()
             # a standby refused by the bus stops on SIGTERM like any server
             third.start()
             third.signal(signal.SIGTERM)
             assert third.proc.wait(WAIT) == 0, third.output()
-            assert pid_answer() in second.children()
+            assert pid_answer() in second.workers()
     finally:
         for proc in (first, second, third):
             proc.stop()
@@ -249,8 +249,8 @@ def test_sigterm_while_workers_are_still_starting_ends_the_server(ids, bus, tmp_
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])))
         proc = ServerProcess(conf).launch()
     try:
-        assert wait_for(lambda: len(proc.children()) == 2)
-        workers = proc.children()
+        assert wait_for(lambda: len(proc.workers()) == 2)
+        workers = proc.workers()
         proc.signal(signal.SIGTERM)
         assert proc.proc.wait(WAIT) == 0, proc.output()
         assert wait_for(lambda: not [p for p in workers if pid_alive(p)])
@@ -263,7 +263,7 @@ def test_sigterm_while_workers_are_still_starting_ends_the_server(ids, bus, tmp_
 def test_workers_exit_when_the_master_is_killed(ids, bus, tmp_path):
     proc = ServerProcess(_config(tmp_path, bus.port, "process", ids.server())).start()
     try:
-        workers = proc.children()
+        workers = proc.workers()
         assert len(workers) == 2
         proc.proc.kill()
         proc.proc.wait(WAIT)

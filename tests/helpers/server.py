@@ -5,16 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
+
+from sbusr.execution import forkserver
 from sbusr.testing import processes
 from sbusr.testing.processes import SERVER_CLIENT, SERVER_UNIT, write_config
 from sbusr.util import procs
 
-__all__ = ["SERVER_CLIENT", "SERVER_UNIT", "ServerProcess", "children_of", "write_config"]
+__all__ = ["SERVER_CLIENT", "SERVER_UNIT", "ServerProcess", "workers_of", "write_config"]
 
 
-def children_of(parent: int) -> list[int]:
-    """Pids whose parent is ``parent`` and that are not zombies."""
-    return sorted(procs.children(parent))
+def workers_of(server: int) -> list[int]:
+    """The live worker processes of a process-mode server: the children of its fork server, and
+    any child started as a fresh interpreter (the fork server itself runs no calls)."""
+    found: list[int] = []
+    for pid in procs.children(server):
+        try:
+            forks = psutil.Process(pid).name() == forkserver.NAME
+        except psutil.Error:
+            continue
+        found.extend(procs.children(pid) if forks else [pid])
+    return sorted(found)
 
 
 class ServerProcess(processes.ServerProcess):
@@ -29,7 +40,7 @@ class ServerProcess(processes.ServerProcess):
         self.wait_for_event("standby" if self.standby else "ready")
         return self
 
-    def children(self) -> list[int]:
-        """Pids of the server's live child processes (process mode: its workers)."""
+    def workers(self) -> list[int]:
+        """Pids of the server's live worker processes (process mode)."""
         assert self.proc is not None
-        return children_of(self.proc.pid)
+        return workers_of(self.proc.pid)

@@ -39,6 +39,7 @@ from oslo_config import cfg
 
 from sbusr.execution import messages
 from sbusr.execution.events import MasterEvents
+from sbusr.execution.forkserver import ForkServer
 from sbusr.execution.master.generations import RELOAD_TIMEOUT, Generations, Summary
 from sbusr.execution.master.system_calls import SystemCalls
 from sbusr.execution.master.workers import (
@@ -48,6 +49,7 @@ from sbusr.execution.master.workers import (
     RestartReason,
     Worker,
     WorkerPool,
+    WorkerProcess,
     WorkerState,
     kill,
 )
@@ -87,7 +89,7 @@ class Master:
     """The process-mode server (see the module docstring); ``sbusr-server`` drives it."""
 
     def __init__(self, conf: cfg.ConfigOpts, transport_url: str, worker_argv: Sequence[str],
-                 events: MasterEvents | None = None) -> None:
+                 events: MasterEvents | None = None, forks: ForkServer | None = None) -> None:
         group = conf.execution
         self.conf = conf
         self.size: int = group.workers
@@ -114,7 +116,7 @@ class Master:
         # relay state: touched on the loop only
         self._phase = Phase.STARTING
         self.workers: list[Worker] = []
-        self.pool = WorkerPool(self, worker_argv)
+        self.pool = WorkerPool(self, worker_argv, forks)
         self.generations = Generations(self)
         self.system_calls = SystemCalls(self.conn.config.encoding, conf.smartbus.max_request_size,
                                         bool(getattr(conf, "debug", False) or conf.server.expose_tracebacks),
@@ -180,7 +182,7 @@ class Master:
         finished = self._drained.wait(timeout)
         if not finished:
             LOG.warning("calls still running after %.1f s; answering them 'shutting down'", timeout)
-        done: concurrent.futures.Future[list[subprocess.Popen[bytes]]] = concurrent.futures.Future()
+        done: concurrent.futures.Future[list[WorkerProcess]] = concurrent.futures.Future()
         self.loop.call_soon_threadsafe(self._abandon, done)
         pending = done.result(5.0)
         # every call is answered: the link may close (until then late requests got "shutting down")
@@ -188,11 +190,11 @@ class Master:
         if answered is not None:
             answered()
         deadline = time.monotonic() + 1.0
-        for popen in pending:
+        for process in pending:
             try:
-                popen.wait(max(0.05, deadline - time.monotonic()))
+                process.wait(max(0.05, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                popen.kill()
+                process.kill()
         self.pool.spawner.shutdown(wait=False, cancel_futures=True)
         self.system_calls.shutdown()
         if self._own_loop is not None:
@@ -542,9 +544,9 @@ class Master:
         if not self._local_calls and not any(w.flights for w in self.workers):
             self._drained.set()
 
-    def _abandon(self, done: concurrent.futures.Future[list[subprocess.Popen[bytes]]]) -> None:
+    def _abandon(self, done: concurrent.futures.Future[list[WorkerProcess]]) -> None:
         """After the graceful wait: cut the calls still running; the processes still to reap."""
-        popens = []
+        processes = []
         for worker in list(self.workers):
             if worker.flights:
                 flights, worker.flights = worker.flights, {}
@@ -553,6 +555,6 @@ class Master:
                 if worker.transport is not None:
                     worker.transport.abort()
                 self.answer_all(flights, "shutdown")
-            if worker.popen is not None:
-                popens.append(worker.popen)
-        done.set_result(popens)
+            if worker.process is not None:
+                processes.append(worker.process)
+        done.set_result(processes)

@@ -1,9 +1,10 @@
 """Worker processes as the master sees them: start, attach, boot failures, retire, crash, reap.
 
-Workers are fresh interpreters started with ``subprocess`` (fork+exec in C: no Python code runs in
-the child before exec, so the multi-threaded master is never forked in the unsafe sense), each with
-one end of a socketpair as its link. Starting and reaping block, so they run on spawner threads and
-hop back to the relay loop; everything else here runs on that loop.
+Workers are forked by the fork server (:mod:`sbusr.execution.forkserver`), each with one end of a
+socketpair as its link. Without one (it could not start, or it died), they are fresh interpreters
+started with ``subprocess`` (fork+exec in C: no Python code runs in the child before exec, so the
+multi-threaded master is never forked in the unsafe sense). Starting and reaping block, so they
+run on spawner threads and hop back to the relay loop; everything else here runs on that loop.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ import collections
 import concurrent.futures
 import enum
 import logging
-import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sbusr.execution import messages
 from sbusr.execution.exits import describe_exit
+from sbusr.execution.forkserver import ForkServer, ForkServerGone
 from sbusr.jsonrpc.errors import WorkerCrashed
 from sbusr.smartbus import codec
 from sbusr.smartbus.codec import Packet
@@ -45,6 +45,16 @@ MAX_BOOT_FAILURES = 3
 #: Back-off before the n-th attempt to boot a worker after n - 1 failures in a row: doubling from
 #: the first value up to the second (a replacement that cannot boot never spins).
 BOOT_BACKOFF = (0.5, 60.0)
+
+
+class WorkerProcess(Protocol):
+    """What the master needs of a worker's process: a ``Popen`` or a :class:`ForkedProcess`."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int | None: ...
+    def kill(self) -> None: ...
 
 
 class WorkerState(enum.StrEnum):
@@ -96,7 +106,7 @@ class Worker:
     def __init__(self, generation: int) -> None:
         self.generation = generation
         self.state = WorkerState.STARTING
-        self.popen: subprocess.Popen[bytes] | None = None
+        self.process: WorkerProcess | None = None
         self.pid = 0
         self.transport: asyncio.Transport | None = None
         self.decoder = codec.FrameDecoder()
@@ -148,9 +158,9 @@ class WorkerProtocol(asyncio.BufferedProtocol):
 
 def kill(worker: Worker) -> None:
     """SIGKILL ``worker``'s process if it still runs."""
-    if worker.popen is not None and worker.popen.poll() is None:
+    if worker.process is not None and worker.process.poll() is None:
         try:
-            os.kill(worker.popen.pid, signal.SIGKILL)
+            worker.process.kill()
         except ProcessLookupError:
             pass
 
@@ -158,9 +168,10 @@ def kill(worker: Worker) -> None:
 class WorkerPool:
     """Starts, replaces and reaps the master's worker processes."""
 
-    def __init__(self, master: Master, worker_argv: Sequence[str]) -> None:
+    def __init__(self, master: Master, worker_argv: Sequence[str], forks: ForkServer | None = None) -> None:
         self.master = master
         self._argv = list(worker_argv)
+        self._forks = forks
         self.spawner = concurrent.futures.ThreadPoolExecutor(max_workers=max(2, min(master.size, 8)),
                                                              thread_name_prefix="sbusr-spawn")
         self.replaced: collections.Counter[str] = collections.Counter()
@@ -193,25 +204,33 @@ class WorkerPool:
         loop = self.master.loop
         ours, theirs = socket.socketpair()
         try:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "sbusr.cmd.worker", "--link-fd", str(theirs.fileno()), *self._argv],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+            process = self._start_process(theirs.fileno())
         except Exception as exc:
             ours.close()
             loop.call_soon_threadsafe(self._launch_failed, worker, exc)
             return
         finally:
             theirs.close()  # else our copy would hide the worker's death (no EOF)
-        loop.call_soon_threadsafe(self._attach, worker, popen, ours)
+        loop.call_soon_threadsafe(self._attach, worker, process, ours)
+
+    def _start_process(self, link_fd: int) -> WorkerProcess:
+        if self._forks is not None and not self._forks.gone:
+            try:
+                return self._forks.spawn(self._argv, link_fd)
+            except ForkServerGone as exc:
+                LOG.debug("forking a worker failed (%s); starting a fresh interpreter", exc)
+        return subprocess.Popen(
+            [sys.executable, "-m", "sbusr.cmd.worker", "--link-fd", str(link_fd), *self._argv],
+            pass_fds=[link_fd], stdin=subprocess.DEVNULL, close_fds=True)
 
     def _launch_failed(self, worker: Worker, exc: BaseException) -> None:
         self.master.workers.remove(worker)
         self._boot_failed(worker, f"could not start a worker process: {exc}", "")
 
-    def _attach(self, worker: Worker, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def _attach(self, worker: Worker, process: WorkerProcess, sock: socket.socket) -> None:
         master = self.master
-        worker.popen = popen
-        worker.pid = popen.pid
+        worker.process = process
+        worker.pid = process.pid
         self.started += 1
         master.events.worker_state(worker.pid, worker.generation, WorkerState.STARTING)
         if not master.generations.wanted(worker.generation):
@@ -368,16 +387,16 @@ class WorkerPool:
                 f"the worker running {method} died ({status})", {"exit": status}), "crash")
 
     def reap_later(self, worker: Worker) -> None:
-        popen = worker.popen
-        if popen is None:
+        process = worker.process
+        if process is None:
             return
 
         def reap() -> None:
             try:
-                popen.wait(RETIRE_GRACE)
+                process.wait(RETIRE_GRACE)
             except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+                process.kill()
+                process.wait()
             self._to_loop(self.master.events.worker_state, worker.pid, worker.generation, "exited")
 
         self.in_background(reap)
@@ -399,9 +418,9 @@ class WorkerPool:
 def _exit_status(worker: Worker) -> int | None:
     """A dead worker's exit status (None when it does not come within EXIT_STATUS_WAIT)."""
     code = None
-    if worker.popen is not None:
+    if worker.process is not None:
         try:
-            code = worker.popen.wait(EXIT_STATUS_WAIT)
+            code = worker.process.wait(EXIT_STATUS_WAIT)
         except subprocess.TimeoutExpired:
             kill(worker)
     return code
