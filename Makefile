@@ -34,7 +34,7 @@ typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 # the suite waits far more than it computes: TEST_WORKERS pytest-xdist workers, a test file per worker
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 5
 
 test: lint typecheck
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
