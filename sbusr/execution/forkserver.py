@@ -115,7 +115,13 @@ class ForkServer:
                 raise ForkServerGone(f"cannot reach the fork server: {exc}") from None
             with self._answered:
                 if not self._answered.wait_for(lambda: self._answers or self.gone, SPAWN_TIMEOUT):
-                    raise ForkServerGone(f"the fork server did not answer within {SPAWN_TIMEOUT:g} s")
+                    # a late answer would be taken for the next request's: this fork server is done
+                    self.gone = True
+                    LOG.error("the fork server pid %d did not answer within %g s; killing it", self.pid,
+                              SPAWN_TIMEOUT)
+                    with contextlib.suppress(OSError):
+                        os.kill(self.pid, signal.SIGKILL)
+                    raise OSError(f"the fork server did not answer within {SPAWN_TIMEOUT:g} s")
                 if not self._answers:
                     raise ForkServerGone("the fork server has exited")
                 answer = self._answers.pop(0)

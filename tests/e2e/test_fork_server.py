@@ -138,7 +138,7 @@ def test_the_fork_server_leaves_with_the_master(tmp_path, on_session_bus):
 # --------------------------------------------------------------------------- the fork server alone
 
 PROBE = textwrap.dedent('''
-    import json, os, socket, sys, threading
+    import json, os, signal, socket, sys, threading
 
     from sbusr.execution import forkserver
 
@@ -162,6 +162,17 @@ PROBE = textwrap.dedent('''
     server = forkserver.start(run_worker)
     if server is None:
         print(json.dumps(None))
+        sys.exit(0)
+    if sys.argv[1] == "stopped":
+        forkserver.SPAWN_TIMEOUT = 0.5
+        os.kill(server.pid, signal.SIGSTOP)
+        ours, theirs = socket.socketpair()
+        try:
+            server.spawn(["exit", "0"], theirs.fileno())
+        except OSError as exc:
+            for reader in [t for t in threading.enumerate() if t.name == "sbusr-forks"]:
+                reader.join(30)  # it reaps the fork server and says how it ended
+            print(json.dumps({"error": str(exc), "type": type(exc).__name__, "gone": server.gone}))
         sys.exit(0)
     os.environ["LATE"] = "set after the fork"
     del os.environ["GONE"]
@@ -199,3 +210,12 @@ def test_no_fork_server_is_made_while_other_threads_run():
     assert result is None
     assert re.search(r"not starting a fork server: \d+ threads are running; workers start as fresh "
                      r"interpreters", stderr), stderr
+
+
+def test_a_fork_server_that_does_not_answer_is_killed_and_not_asked_again():
+    result, stderr = _probe("stopped")
+    assert result["type"] == "OSError" and result["gone"] is True, result
+    assert result["error"] == "the fork server did not answer within 0.5 s", result
+    assert re.search(r"the fork server pid (\d+) did not answer within 0.5 s; killing it\n"
+                     r"the fork server pid \1 exited \(killed by SIGKILL\); new workers start as fresh "
+                     r"interpreters\n", stderr), stderr
