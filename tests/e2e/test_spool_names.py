@@ -122,7 +122,9 @@ def test_a_job_queued_from_one_folder_names_its_function_the_same_from_another(t
 @pytest.fixture(scope="module", params=["thread", "process"])
 def spooling(request, tmp_path_factory, on_session_bus):
     """A server whose spooler has run the two jobs of earlier releases: every test starts from an
-    idle spooler, whichever tests of this module ran before it on this pytest-xdist worker."""
+    idle spooler, whichever tests of this module ran before it on this pytest-xdist worker (a test
+    that runs jobs returns once the supervisor has counted them: a job's output comes before its
+    count, and a count still to come would spoil the next test's "before")."""
     out = tmp_path_factory.mktemp("out")
     folder = tmp_path_factory.mktemp("deployed")  # not the folder the old jobs were queued from
     (folder / "jobs.py").write_text(JOBS.format(out=str(out)))
@@ -152,12 +154,16 @@ def spool_state(stack: Stack) -> dict:
 def test_jobs_queued_before_the_folder_moved_still_run(spooling):
     stack, out, _spool_dir, _folder = spooling
     wait_for(lambda: sorted(lines(out / "record")) == ["moved", "old-format"], "the jobs of earlier releases")
+    before = spool_state(stack)
     add(stack, "send_sms", phone="13800000000")
     wait_for(lambda: lines(out / "sms") == ["13800000000"], "the job of a named @spool function")
+    # counted once its process reported it, after its output: the next test starts from an idle spooler
+    wait_for(lambda: spool_state(stack)["finished"] == before["finished"] + 1, "the job to be counted")
 
 
 def test_a_job_whose_function_is_gone_waits_with_one_warning_until_it_is_back(spooling):
     stack, out, spool_dir, folder = spooling
+    before = spool_state(stack)
     earlier = {j["id"] for j in queued_jobs(spool_dir)}  # e.g. a retry another test left waiting
     job_id = JobStore(str(spool_dir)).enqueue("jobs.gone", {"n": 7})
 
@@ -176,6 +182,8 @@ def test_a_job_whose_function_is_gone_waits_with_one_warning_until_it_is_back(sp
         fh.write(COMEBACK)
     assert "result" in stack.ipsc.call("sys.reload")
     wait_for(lambda: lines(out / "gone") == ["7"], "the job once its function is back")
+    # both jobs counted ("after-gone" and this one): the next test starts from an idle spooler
+    wait_for(lambda: spool_state(stack)["finished"] == before["finished"] + 2, "the jobs to be counted")
     warnings = [line for line in stack.server.output().splitlines()
                 if "no @spool function named jobs.gone" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0], warnings
